@@ -1,0 +1,94 @@
+//! Client-side discovery of Kubernetes **headless** Services for [tonic]: spread a gRPC
+//! client's HTTP/2 calls across every pod.
+//!
+//! # Why
+//! gRPC runs on long-lived HTTP/2 connections. Behind an ordinary ClusterIP Service, kube-proxy
+//! balances *connections*, so one client pins all its calls to one pod. A headless Service
+//! (`clusterIP: None`) instead makes cluster DNS answer with one A/AAAA record per ready pod.
+//! This crate re-resolves that name in the background and feeds the pod addresses into a
+//! [`tonic::transport::Channel`] that balances every call across them.
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use k8s_headless_svc::{HeadlessService, Registry};
+//!
+//! # async fn run() -> Result<(), k8s_headless_svc::Error> {
+//! let user = HeadlessService::new("default", "user-svc", 8080)?; // namespace, Service, pod port
+//! let registry = Registry::builder()
+//!     .service(user.clone())
+//!     .refresh_interval(Duration::from_secs(5))
+//!     .build()?; // spawns discovery; needs a tokio runtime
+//! let channel: tonic::transport::Channel = registry.channel(&user)?; // or "user-svc.default"
+//! // let mut client = UserClient::new(channel);
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//! For each service a background task resolves
+//! `<name>.<namespace>.svc.<cluster-domain>.` (fully qualified, so a pod's `ndots:5` search
+//! list adds no queries), A and AAAA separately, with hickory-resolver and no cache. Each
+//! answer goes through a pure schedule that decides what to publish and when to ask again.
+//! The published set is a versioned snapshot; the channel's feeder diffs it against what
+//! tonic's balancer holds and sends only `Change::Insert` / `Change::Remove`. Resolution never
+//! runs on the request path.
+//!
+//! # Configuration and defaults
+//! | option | default |
+//! |---|---|
+//! | [`cluster_domain`](Builder::cluster_domain) | `cluster.local` |
+//! | [`nameservers`](Builder::nameservers) | the system's (`/etc/resolv.conf`) |
+//! | [`ip_family`](Builder::ip_family) | A and AAAA, queried separately |
+//! | [`refresh_interval`](Builder::refresh_interval) | 5 s |
+//! | [`follow_ttl`](Builder::follow_ttl) | off |
+//! | [`jitter`](Builder::jitter) | ±10 % |
+//! | [`dns_timeout`](Builder::dns_timeout) × [`dns_attempts`](Builder::dns_attempts) | 1 s × 2 |
+//! | [`failure_backoff`](Builder::failure_backoff) | 500 ms doubling to 10 s |
+//! | [`empty_confirmation`](Builder::empty_confirmation) | 3 answers and 5 s, re-checked every 1 s |
+//! | [`connect_timeout`](Builder::connect_timeout) | 1 s |
+//! | [`tcp_keepalive`](Builder::tcp_keepalive) | 30 s |
+//! | [`http2_keepalive`](Builder::http2_keepalive) | PING every 30 s with calls in flight, 10 s to answer |
+//! | [`request_timeout`](Builder::request_timeout) | none |
+//! | [`change_queue_capacity`](Builder::change_queue_capacity) | 1024 |
+//!
+//! # Behaviour on failures
+//! - **DNS down, timeout, SERVFAIL, REFUSED, I/O**: the last endpoints are kept; the
+//!   resolution is retried with backoff; each failure is logged at warn and shown by
+//!   [`Registry::status`]. If only the A or only the AAAA query fails, that family's last
+//!   addresses are kept.
+//! - **NXDOMAIN or no records** (Kubernetes' answer for a Service with no ready pods): the
+//!   endpoints are drained only once the emptiness is confirmed by several answers over a grace
+//!   period, so one wrong NXDOMAIN never empties a healthy Service; they come back with the
+//!   first answer that has records.
+//! - **One service failing** affects no other.
+//! - **No endpoints**: calls on the channel wait in tonic's buffer until one appears, so put a
+//!   deadline on them.
+//! - **Shutdown**: dropping the [`Registry`] ends its tasks; channels already handed out keep
+//!   their last endpoint set.
+//!
+//! # Feature flags
+//! None yet: the crate always uses tokio and plaintext HTTP/2.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+
+mod channel;
+mod diff;
+mod error;
+mod refresh;
+mod registry;
+mod resolve;
+mod schedule;
+mod service;
+
+pub use crate::channel::Http2Keepalive;
+pub use crate::error::{BoxError, Error, Field, Reason};
+pub use crate::refresh::Status;
+pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
+pub use crate::resolve::IpFamily;
+pub use crate::service::{ClusterDomain, HeadlessService, Port};

@@ -1,0 +1,157 @@
+//! The per-service background task: resolve, feed the schedule, publish, sleep, repeat.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::{
+    diff::diff,
+    resolve::{Dns, Query},
+    schedule::{Event, Schedule, jittered},
+    service::HeadlessService,
+};
+
+/// The endpoint set of one service, shared with every consumer.
+pub(crate) type Endpoints = Arc<BTreeSet<SocketAddr>>;
+
+/// What the refresh task shares with the registry.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) endpoints: watch::Sender<Endpoints>,
+    pub(crate) status: Mutex<Status>,
+    /// Wakes the task for an early resolution.
+    pub(crate) refresh_now: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            endpoints: watch::Sender::new(Arc::default()),
+            status: Mutex::default(),
+            refresh_now: Notify::new(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The discovery state of one service, as the observation API shows it.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// Resolutions finished so far.
+    pub resolutions: u64,
+    /// When a resolution last returned records or a confirmed empty answer.
+    pub last_success: Option<SystemTime>,
+    /// The last failure, as logged; kept after a later success.
+    pub last_error: Option<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<SystemTime>,
+    /// Resolutions in a row that failed, wholly or for one address family.
+    pub consecutive_failures: u32,
+    /// Authoritative empty answers in a row not yet confirmed (the set is kept meanwhile).
+    pub empty_streak: u32,
+}
+
+/// Resolves `query` until aborted, publishing every change of the set into `shared`.
+pub(crate) async fn run(
+    service: HeadlessService,
+    query: Query,
+    dns: Dns,
+    mut schedule: Schedule,
+    jitter: f64,
+    shared: Arc<Shared>,
+) {
+    let span = tracing::info_span!("discovery", service = %service);
+    async move {
+        loop {
+            let started = Instant::now();
+            let answers = dns.resolve(&query).await;
+            let step = schedule.on_answers(&answers, Instant::now());
+            tracing::trace!(elapsed = ?started.elapsed(), ?answers, "resolved");
+            if let Some(new) = step.publish {
+                let old = shared.endpoints.borrow().clone();
+                let changes = diff(&old, &new);
+                for addr in &changes.inserts {
+                    tracing::info!(endpoint = %addr, "Adding endpoint");
+                }
+                for addr in &changes.removes {
+                    tracing::info!(endpoint = %addr, "Removing endpoint");
+                }
+                shared.endpoints.send_replace(Arc::new(new));
+            } else if matches!(step.event, Event::Resolved) {
+                tracing::debug!(endpoints = shared.endpoints.borrow().len(), "no change");
+            }
+            record(&shared, &step.event, &schedule);
+            let delay = jittered(step.delay, jitter, fastrand::f64());
+            tracing::trace!(?delay, "next resolution");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shared.refresh_now.notified() => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs an answer's meaning and updates the status.
+fn record(shared: &Shared, event: &Event, schedule: &Schedule) {
+    let now = SystemTime::now();
+    let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+    status.resolutions += 1;
+    status.consecutive_failures = schedule.failures();
+    status.empty_streak = schedule.empty_streak();
+    let failure = match event {
+        Event::Resolved => None,
+        Event::Partial(f) => {
+            tracing::warn!(
+                kind = f.kind.as_str(),
+                failures = schedule.failures(),
+                "one lookup failed; keeping its last addresses: {}",
+                f.message
+            );
+            Some(f)
+        }
+        Event::Failed(f) => {
+            tracing::warn!(
+                kind = f.kind.as_str(),
+                failures = schedule.failures(),
+                "resolution failed; keeping the last endpoints: {}",
+                f.message
+            );
+            Some(f)
+        }
+        Event::EmptyUnconfirmed { streak, since } => {
+            tracing::warn!(
+                streak,
+                ?since,
+                "empty answer not yet confirmed; keeping the last endpoints"
+            );
+            None
+        }
+        Event::Empty(negative) => {
+            tracing::debug!(?negative, "no endpoints");
+            None
+        }
+    };
+    match failure {
+        Some(f) => {
+            status.last_error = Some(format!("{}: {}", f.kind.as_str(), f.message));
+            status.last_error_at = Some(now);
+        }
+        None if !matches!(event, Event::EmptyUnconfirmed { .. }) => status.last_success = Some(now),
+        None => {}
+    }
+}

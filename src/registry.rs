@@ -1,0 +1,596 @@
+//! The public [`Registry`], its [`Builder`], and the observation API.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{runtime::Handle, task::JoinHandle};
+use tokio_stream::{Stream, wrappers::WatchStream};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    channel::{self, EndpointTemplate, Http2Keepalive},
+    diff::diff,
+    error::Error,
+    refresh::{self, Endpoints, Shared, Status},
+    resolve::{Dns, DnsConfig, IpFamily, Query},
+    schedule::{Schedule, Timing},
+    service::{ClusterDomain, HeadlessService, Port, split_spec},
+};
+
+/// Discovers a set of headless Services and hands out one balanced [`Channel`] per service.
+///
+/// Each service has a background task that re-resolves its DNS name and feeds the changes
+/// into the service's channel. Dropping the registry (or [`Registry::shutdown`]) ends every
+/// task it started; channels already handed out keep their last endpoint set.
+pub struct Registry {
+    specs: Vec<HeadlessService>,
+    services: Vec<Entry>,
+    handle: Handle,
+    template: Arc<EndpointTemplate>,
+    queue_capacity: usize,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Entry {
+    service: HeadlessService,
+    shared: Arc<Shared>,
+    channel: OnceLock<Channel>,
+}
+
+/// Configures and starts a [`Registry`]. Every option has a documented default.
+#[derive(Clone)]
+pub struct Builder {
+    services: Vec<HeadlessService>,
+    cluster_domain: ClusterDomain,
+    dns: DnsConfig,
+    family: IpFamily,
+    timing: Timing,
+    jitter: f64,
+    template: EndpointTemplate,
+    queue_capacity: usize,
+}
+
+// === impl Builder ===
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            cluster_domain: ClusterDomain::default(),
+            dns: DnsConfig {
+                nameservers: Vec::new(),
+                timeout: Duration::from_secs(1),
+                attempts: 2,
+            },
+            family: IpFamily::Both,
+            timing: Timing {
+                interval: Duration::from_secs(5),
+                follow_ttl: None,
+                backoff_base: Duration::from_millis(500),
+                backoff_max: Duration::from_secs(10),
+                empty_confirmations: 3,
+                empty_grace: Duration::from_secs(5),
+                empty_recheck: Duration::from_secs(1),
+            },
+            jitter: 0.1,
+            template: EndpointTemplate {
+                connect_timeout: Some(Duration::from_secs(1)),
+                tcp_keepalive: Some(Duration::from_secs(30)),
+                http2_keepalive: Some(Http2Keepalive::new(
+                    Duration::from_secs(30),
+                    Duration::from_secs(10),
+                )),
+                request_timeout: None,
+                customize: None,
+            },
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("services", &self.services)
+            .field("cluster_domain", &self.cluster_domain)
+            .field("dns", &self.dns)
+            .field("family", &self.family)
+            .field("timing", &self.timing)
+            .field("jitter", &self.jitter)
+            .field("template", &self.template)
+            .field("queue_capacity", &self.queue_capacity)
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Adds a service to discover. Adding the same service twice discovers it once.
+    pub fn service(mut self, service: HeadlessService) -> Self {
+        if !self.services.contains(&service) {
+            self.services.push(service);
+        }
+        self
+    }
+
+    /// Adds several services; see [`Builder::service`].
+    pub fn services(self, services: impl IntoIterator<Item = HeadlessService>) -> Self {
+        services.into_iter().fold(self, Builder::service)
+    }
+
+    /// The cluster's DNS domain. Default: `cluster.local`.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder().cluster_domain("corp.example".parse()?);
+    /// # Ok::<(), k8s_headless_svc::Error>(())
+    /// ```
+    pub fn cluster_domain(self, domain: ClusterDomain) -> Self {
+        Self {
+            cluster_domain: domain,
+            ..self
+        }
+    }
+
+    /// Query these nameservers (UDP, with TCP when an answer is truncated) instead of the
+    /// system configuration. Default: none, so `/etc/resolv.conf` is read, as in a pod.
+    pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.dns.nameservers = servers.into_iter().collect();
+        self
+    }
+
+    /// How long one DNS query may take before it is retried. Default: 1 s (hickory's 5 s
+    /// would outlast the refresh interval).
+    pub fn dns_timeout(mut self, timeout: Duration) -> Self {
+        self.dns.timeout = timeout;
+        self
+    }
+
+    /// How many times a query is sent before the resolution counts as failed. Default: 2,
+    /// so one resolution takes at most about 2 s against a silent server.
+    pub fn dns_attempts(mut self, attempts: usize) -> Self {
+        self.dns.attempts = attempts;
+        self
+    }
+
+    /// Which address families to discover. Default: [`IpFamily::Both`], A and AAAA queried
+    /// separately.
+    pub fn ip_family(self, family: IpFamily) -> Self {
+        Self { family, ..self }
+    }
+
+    /// Time between resolutions. Default: 5 s (CoreDNS's TTL, Envoy's default).
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.timing.interval = interval;
+        self
+    }
+
+    /// Follow each answer's TTL instead of the interval, clamped to `floor..=ceiling` (the floor
+    /// keeps a TTL of 0 from spinning). Default: off, as in Envoy: kubeadm clusters answer
+    /// with TTL 30 without caching `cluster.local`, so following it would only be slower.
+    pub fn follow_ttl(mut self, floor: Duration, ceiling: Duration) -> Self {
+        self.timing.follow_ttl = Some((floor, ceiling));
+        self
+    }
+
+    /// Spread each delay uniformly over `delay × (1 ± fraction)` so that clients started
+    /// together do not query in lockstep. `0.0` turns it off. Default: `0.1`.
+    pub fn jitter(self, fraction: f64) -> Self {
+        Self {
+            jitter: fraction,
+            ..self
+        }
+    }
+
+    /// Retry a failed resolution after `base`, doubling up to `max` while it keeps failing; the
+    /// first success returns to the normal schedule. Default: 500 ms up to 10 s.
+    pub fn failure_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.timing.backoff_base = base;
+        self.timing.backoff_max = max;
+        self
+    }
+
+    /// An authoritative empty answer (NXDOMAIN, or no records in any family) drains the
+    /// endpoints only after `count` such answers in a row **and** `grace` since the first,
+    /// re-checking every `recheck` meanwhile. A single wrong NXDOMAIN (CoreDNS #6518) then
+    /// never empties a healthy Service. Default: 3 answers, 5 s, re-checked every 1 s.
+    pub fn empty_confirmation(mut self, count: u32, grace: Duration, recheck: Duration) -> Self {
+        self.timing.empty_confirmations = count;
+        self.timing.empty_grace = grace;
+        self.timing.empty_recheck = recheck;
+        self
+    }
+
+    /// Bound on connecting to a pod, so that a vanished pod IP never holds a call for the OS
+    /// TCP timeout. `None` turns it off. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.template.connect_timeout = timeout.into();
+        self
+    }
+
+    /// TCP keepalive on pod connections. `None` turns it off. Default: 30 s.
+    pub fn tcp_keepalive(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.template.tcp_keepalive = interval.into();
+        self
+    }
+
+    /// HTTP/2 keepalive on pod connections. `None` turns it off. Default: a PING every 30 s
+    /// while calls are in flight, 10 s to answer.
+    pub fn http2_keepalive(mut self, keepalive: impl Into<Option<Http2Keepalive>>) -> Self {
+        self.template.http2_keepalive = keepalive.into();
+        self
+    }
+
+    /// A timeout on every call, once a pod is picked ([`Endpoint::timeout`]). Default: none.
+    pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.template.request_timeout = timeout.into();
+        self
+    }
+
+    /// Any other tonic setting, applied to every pod's [`Endpoint`] after ours.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder()
+    ///     .map_endpoint(|ep| ep.tcp_nodelay(true).concurrency_limit(256));
+    /// ```
+    pub fn map_endpoint<F>(mut self, f: F) -> Self
+    where
+        F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
+    {
+        self.template.customize = Some(Arc::new(f));
+        self
+    }
+
+    /// Size of the change queue of each `balance_channel`. Changes that do not fit wait in the
+    /// registry as a diff, so an idle client (grpc-rust #1581) never stalls discovery.
+    /// Default: 1024.
+    pub fn change_queue_capacity(self, capacity: usize) -> Self {
+        Self {
+            queue_capacity: capacity,
+            ..self
+        }
+    }
+
+    /// Checks every option and starts discovery: each service resolves at once, then on its
+    /// schedule.
+    ///
+    /// Fails if called outside a tokio runtime, if an option cannot work, or if the system
+    /// DNS configuration cannot be read (when no nameservers were set).
+    pub fn build(self) -> Result<Registry, Error> {
+        let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        self.validate()?;
+        let dns = Dns::new(&self.dns)?;
+        let mut services = Vec::with_capacity(self.services.len());
+        let mut tasks = Vec::with_capacity(self.services.len());
+        for service in self.services {
+            let query = match service.port() {
+                Port::Number(port) => Query::Addresses {
+                    fqdn: service.fqdn(&self.cluster_domain),
+                    port: port.get(),
+                    family: self.family,
+                },
+                Port::Named(_) => Query::Srv {
+                    name: service
+                        .srv_name(&self.cluster_domain)
+                        .expect("a named port has an SRV name"),
+                    family: self.family,
+                },
+            };
+            let shared = Arc::new(Shared::new());
+            tasks.push(handle.spawn(refresh::run(
+                service.clone(),
+                query,
+                dns.clone(),
+                Schedule::new(self.timing.clone()),
+                self.jitter,
+                shared.clone(),
+            )));
+            services.push(Entry {
+                service,
+                shared,
+                channel: OnceLock::new(),
+            });
+        }
+        Ok(Registry {
+            specs: services.iter().map(|e| e.service.clone()).collect(),
+            services,
+            handle,
+            template: Arc::new(self.template),
+            queue_capacity: self.queue_capacity,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let t = &self.timing;
+        let positive = [
+            ("refresh_interval", t.interval),
+            ("dns_timeout", self.dns.timeout),
+            ("failure_backoff", t.backoff_base),
+            ("empty_confirmation", t.empty_recheck),
+        ];
+        for (option, d) in positive {
+            if d.is_zero() {
+                return Err(Error::config(option, "must be greater than zero"));
+            }
+        }
+        if t.backoff_max < t.backoff_base {
+            return Err(Error::config(
+                "failure_backoff",
+                format!("max {:?} is below base {:?}", t.backoff_max, t.backoff_base),
+            ));
+        }
+        if let Some((floor, ceiling)) = t.follow_ttl {
+            if floor.is_zero() || ceiling < floor {
+                return Err(Error::config(
+                    "follow_ttl",
+                    format!("needs 0 < floor <= ceiling, got {floor:?} and {ceiling:?}"),
+                ));
+            }
+        }
+        if self.dns.attempts == 0 {
+            return Err(Error::config("dns_attempts", "must be at least 1"));
+        }
+        if t.empty_confirmations == 0 {
+            return Err(Error::config(
+                "empty_confirmation",
+                "count must be at least 1",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::config(
+                "jitter",
+                format!("must be in 0.0..1.0, got {}", self.jitter),
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err(Error::config("change_queue_capacity", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Discovers `services` with every default: the Go original's `NewRegistry`.
+    ///
+    /// ```no_run
+    /// # use k8s_headless_svc::{HeadlessService, Registry};
+    /// # async fn f() -> Result<(), k8s_headless_svc::Error> {
+    /// let registry = Registry::new([
+    ///     HeadlessService::new("default", "user-svc", 8080)?,
+    ///     HeadlessService::new("billing", "ledger", 9090)?,
+    /// ])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn new(services: impl IntoIterator<Item = HeadlessService>) -> Result<Self, Error> {
+        Self::builder().services(services).build()
+    }
+
+    /// The balanced channel of a service: every call for the same service returns a clone
+    /// of one channel, which generated clients take as is.
+    ///
+    /// `service` is a [`HeadlessService`] or a string: `"user-svc.default"` (when the registry
+    /// holds one port of it) or `"user-svc.default:8080"`.
+    ///
+    /// With no endpoints, a call waits in tonic's buffer until one appears; bound it with a
+    /// deadline (`tokio::time::timeout` or a gRPC timeout).
+    pub fn channel<K: ServiceKey>(&self, service: K) -> Result<Channel, Error> {
+        let entry = self.entry(service)?;
+        let channel = entry.channel.get_or_init(|| {
+            // tonic spawns the balancer on the current runtime: enter ours, so that this
+            // works from any thread.
+            let _guard = self.handle.enter();
+            let (channel, tx) = Channel::balance_channel(self.queue_capacity);
+            let task = self.handle.spawn(channel::feed(
+                entry.shared.endpoints.subscribe(),
+                tx,
+                self.template.clone(),
+            ));
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(task);
+            channel
+        });
+        Ok(channel.clone())
+    }
+
+    /// The services this registry discovers.
+    pub fn services(&self) -> impl Iterator<Item = &HeadlessService> + '_ {
+        self.specs.iter()
+    }
+
+    /// The current endpoints of a service, in address order. No call is needed.
+    pub fn endpoints<K: ServiceKey>(&self, service: K) -> Result<Vec<SocketAddr>, Error> {
+        let entry = self.entry(service)?;
+        let set = entry.shared.endpoints.borrow().clone();
+        Ok(set.iter().copied().collect())
+    }
+
+    /// The discovery state of a service: failures, last success, last error.
+    pub fn status<K: ServiceKey>(&self, service: K) -> Result<Status, Error> {
+        Ok(self.entry(service)?.shared.status())
+    }
+
+    /// A stream of a service's endpoint changes. The first item lists the current endpoints
+    /// (when there are any) as added; each later one is a change. It ends when the registry
+    /// shuts down.
+    pub fn watch<K: ServiceKey>(&self, service: K) -> Result<Watch, Error> {
+        let entry = self.entry(service)?;
+        Ok(Watch {
+            service: entry.service.clone(),
+            snapshots: WatchStream::new(entry.shared.endpoints.subscribe()),
+            last: Arc::default(),
+        })
+    }
+
+    /// Ends every background task and waits until they are gone. Dropping the registry ends
+    /// them too, without waiting.
+    pub async fn shutdown(self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn entry<K: ServiceKey>(&self, key: K) -> Result<&Entry, Error> {
+        let index = key.index_in(&self.specs)?;
+        Ok(&self.services[index])
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("services", &self.specs)
+            .finish_non_exhaustive()
+    }
+}
+
+// === ServiceKey ===
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What names a service in a [`Registry`]: a [`HeadlessService`] (owned or borrowed), or a
+/// string `"name.namespace"` or `"name.namespace:port"`.
+pub trait ServiceKey: sealed::Sealed {
+    /// The index of the service among `services`.
+    #[doc(hidden)]
+    fn index_in(&self, services: &[HeadlessService]) -> Result<usize, Error>;
+}
+
+impl sealed::Sealed for HeadlessService {}
+impl ServiceKey for HeadlessService {
+    fn index_in(&self, services: &[HeadlessService]) -> Result<usize, Error> {
+        services
+            .iter()
+            .position(|s| s == self)
+            .ok_or_else(|| Error::UnknownService(self.to_string()))
+    }
+}
+
+impl<T: ServiceKey + ?Sized> sealed::Sealed for &T {}
+impl<T: ServiceKey + ?Sized> ServiceKey for &T {
+    fn index_in(&self, services: &[HeadlessService]) -> Result<usize, Error> {
+        (**self).index_in(services)
+    }
+}
+
+impl sealed::Sealed for str {}
+impl ServiceKey for str {
+    fn index_in(&self, services: &[HeadlessService]) -> Result<usize, Error> {
+        let (name, namespace, port) = split_spec(self)?;
+        if port.is_some() {
+            return self.parse::<HeadlessService>()?.index_in(services);
+        }
+        let matches: Vec<(usize, &HeadlessService)> = services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_named(name, namespace))
+            .collect();
+        match matches.as_slice() {
+            [(index, _)] => Ok(*index),
+            [] => Err(Error::UnknownService(self.to_owned())),
+            many => Err(Error::AmbiguousService {
+                query: self.to_owned(),
+                matches: many.iter().map(|(_, s)| s.to_string()).collect(),
+            }),
+        }
+    }
+}
+
+impl sealed::Sealed for String {}
+impl ServiceKey for String {
+    fn index_in(&self, services: &[HeadlessService]) -> Result<usize, Error> {
+        self.as_str().index_in(services)
+    }
+}
+
+// === Watch ===
+
+/// A stream of one service's endpoint changes, from [`Registry::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    service: HeadlessService,
+    snapshots: WatchStream<Endpoints>,
+    last: Endpoints,
+}
+
+/// One change of a service's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Update {
+    /// Endpoints that appeared, in address order.
+    pub added: Vec<SocketAddr>,
+    /// Endpoints that went away, in address order.
+    pub removed: Vec<SocketAddr>,
+    /// Every endpoint after the change.
+    pub endpoints: BTreeSet<SocketAddr>,
+}
+
+impl Watch {
+    /// The service watched.
+    pub fn service(&self) -> &HeadlessService {
+        &self.service
+    }
+
+    /// The next change; `None` once the registry has shut down.
+    pub async fn next(&mut self) -> Option<Update> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Watch {
+    type Item = Update;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        loop {
+            let set = match Pin::new(&mut self.snapshots).poll_next(cx) {
+                Poll::Ready(Some(set)) => set,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let changes = diff(&self.last, &set);
+            self.last = set.clone();
+            if !changes.is_empty() {
+                return Poll::Ready(Some(Update {
+                    added: changes.inserts,
+                    removed: changes.removes,
+                    endpoints: (*set).clone(),
+                }));
+            }
+        }
+    }
+}

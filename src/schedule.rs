@@ -1,0 +1,499 @@
+//! The refresh schedule as a pure state machine: (answer, now) → (next delay, what to publish).
+//!
+//! No runtime, no sockets: every rule of when to re-resolve, when to back off and when an empty
+//! answer may drain a Service lives here and is tested with plain values.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+/// The timing knobs of one service's refresh loop.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Timing {
+    pub(crate) interval: Duration,
+    /// `Some((floor, ceiling))` to follow the answer's TTL, clamped.
+    pub(crate) follow_ttl: Option<(Duration, Duration)>,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) empty_confirmations: u32,
+    pub(crate) empty_grace: Duration,
+    pub(crate) empty_recheck: Duration,
+}
+
+/// One part of a resolution: the A query, the AAAA query or the SRV query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    V4,
+    V6,
+    Srv,
+}
+
+impl Part {
+    /// Whether `addr` was found by this part, so that a failed part keeps what it found before.
+    fn covers(self, addr: &SocketAddr) -> bool {
+        match self {
+            Part::V4 => addr.is_ipv4(),
+            Part::V6 => addr.is_ipv6(),
+            Part::Srv => true,
+        }
+    }
+}
+
+/// What one query answered.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Answer {
+    /// At least one record; `ttl` is the smallest TTL among them.
+    Records {
+        addrs: Vec<SocketAddr>,
+        ttl: Duration,
+    },
+    /// An authoritative empty answer.
+    Empty(Negative),
+    /// No usable answer: the name may still exist.
+    Failed(Failure),
+}
+
+/// An authoritative "nothing here".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Negative {
+    /// NXDOMAIN: the name does not exist (Kubernetes: a headless Service with no ready pods).
+    NxDomain,
+    /// NOERROR with no records of the type asked (e.g. AAAA in an IPv4-only cluster).
+    NoData,
+}
+
+/// A transient failure, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+}
+
+/// The classes of transient failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Timeout,
+    ServFail,
+    Refused,
+    Io,
+    Other,
+}
+
+impl FailureKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::ServFail => "servfail",
+            FailureKind::Refused => "refused",
+            FailureKind::Io => "io",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+/// What the refresh loop should do after an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Step {
+    /// How long until the next resolution, before jitter.
+    pub(crate) delay: Duration,
+    /// The new endpoint set, when it differs from the last one published.
+    pub(crate) publish: Option<BTreeSet<SocketAddr>>,
+    /// What happened, for logs and the observation API.
+    pub(crate) event: Event,
+}
+
+/// What an answer meant.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Event {
+    /// Records came back (perhaps the same as before).
+    Resolved,
+    /// Some records came back, but another part failed: its last addresses are kept.
+    Partial(Failure),
+    /// Nothing usable came back; the last set is kept.
+    Failed(Failure),
+    /// An authoritative empty answer not yet confirmed; the last set is kept.
+    EmptyUnconfirmed { streak: u32, since: Duration },
+    /// Empty, confirmed (or nothing to drain): the set is empty.
+    Empty(Negative),
+}
+
+/// The state of one service's schedule.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    timing: Timing,
+    current: BTreeSet<SocketAddr>,
+    failures: u32,
+    empty_streak: u32,
+    empty_since: Option<Instant>,
+}
+
+impl Schedule {
+    pub(crate) fn new(timing: Timing) -> Self {
+        Self {
+            timing,
+            current: BTreeSet::new(),
+            failures: 0,
+            empty_streak: 0,
+            empty_since: None,
+        }
+    }
+
+    /// Consecutive resolutions that failed, wholly or in part.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Consecutive authoritative empty answers not yet acted on.
+    pub(crate) fn empty_streak(&self) -> u32 {
+        self.empty_streak
+    }
+
+    /// Feeds one resolution's answers, one per part queried.
+    pub(crate) fn on_answers(&mut self, answers: &[(Part, Answer)], now: Instant) -> Step {
+        let mut found = BTreeSet::new();
+        let mut any_records = false;
+        let mut ttl: Option<Duration> = None;
+        let mut failure = None;
+        let mut negative = Negative::NoData;
+        for (part, answer) in answers {
+            match answer {
+                Answer::Records { addrs, ttl: t } => {
+                    any_records = true;
+                    found.extend(addrs.iter().copied());
+                    ttl = Some(ttl.map_or(*t, |old| old.min(*t)));
+                }
+                Answer::Failed(f) => {
+                    found.extend(self.current.iter().filter(|a| part.covers(a)).copied());
+                    failure.get_or_insert_with(|| f.clone());
+                }
+                Answer::Empty(Negative::NxDomain) => negative = Negative::NxDomain,
+                Answer::Empty(Negative::NoData) => {}
+            }
+        }
+
+        if any_records {
+            self.empty_streak = 0;
+            self.empty_since = None;
+            let (delay, event) = match failure {
+                Some(f) => {
+                    self.failures += 1;
+                    (self.backoff(), Event::Partial(f))
+                }
+                None => {
+                    self.failures = 0;
+                    (self.success_delay(ttl), Event::Resolved)
+                }
+            };
+            return Step {
+                delay,
+                publish: self.replace(found),
+                event,
+            };
+        }
+
+        if let Some(f) = failure {
+            // A failure beside empty answers cannot confirm emptiness: it neither counts
+            // towards the empty streak nor resets it.
+            self.failures += 1;
+            return Step {
+                delay: self.backoff(),
+                publish: None,
+                event: Event::Failed(f),
+            };
+        }
+
+        // Every part answered authoritatively empty.
+        self.failures = 0;
+        if self.current.is_empty() {
+            self.empty_streak = 0;
+            self.empty_since = None;
+            return Step {
+                delay: self.timing.interval,
+                publish: None,
+                event: Event::Empty(negative),
+            };
+        }
+        self.empty_streak += 1;
+        let since = *self.empty_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        if self.empty_streak >= self.timing.empty_confirmations && waited >= self.timing.empty_grace
+        {
+            self.empty_streak = 0;
+            self.empty_since = None;
+            return Step {
+                delay: self.timing.interval,
+                publish: self.replace(BTreeSet::new()),
+                event: Event::Empty(negative),
+            };
+        }
+        Step {
+            delay: self.timing.empty_recheck.min(self.timing.interval),
+            publish: None,
+            event: Event::EmptyUnconfirmed {
+                streak: self.empty_streak,
+                since: waited,
+            },
+        }
+    }
+
+    fn replace(&mut self, set: BTreeSet<SocketAddr>) -> Option<BTreeSet<SocketAddr>> {
+        if set == self.current {
+            return None;
+        }
+        self.current = set.clone();
+        Some(set)
+    }
+
+    fn success_delay(&self, ttl: Option<Duration>) -> Duration {
+        match (self.timing.follow_ttl, ttl) {
+            (Some((floor, ceiling)), Some(ttl)) => ttl.clamp(floor, ceiling),
+            _ => self.timing.interval,
+        }
+    }
+
+    /// `base × 2^(failures − 1)`, capped at the maximum.
+    fn backoff(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(31);
+        self.timing
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.timing.backoff_max)
+    }
+}
+
+/// Spreads `delay` uniformly over `delay × (1 ± fraction)`, given `unit` in `[0, 1)`.
+pub(crate) fn jittered(delay: Duration, fraction: f64, unit: f64) -> Duration {
+    let factor = 1.0 + fraction * (2.0 * unit - 1.0);
+    delay.mul_f64(factor.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn timing() -> Timing {
+        Timing {
+            interval: 5 * S,
+            follow_ttl: None,
+            backoff_base: S / 2,
+            backoff_max: 8 * S,
+            empty_confirmations: 3,
+            empty_grace: 5 * S,
+            empty_recheck: S,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn records(addrs: &[&str], ttl: u64) -> Answer {
+        Answer::Records {
+            addrs: addrs.iter().map(|a| addr(a)).collect(),
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    fn failed(kind: FailureKind) -> Answer {
+        Answer::Failed(Failure {
+            kind,
+            message: kind.as_str().into(),
+        })
+    }
+
+    fn set(addrs: &[&str]) -> BTreeSet<SocketAddr> {
+        addrs.iter().map(|a| addr(a)).collect()
+    }
+
+    fn v4(answer: Answer) -> Vec<(Part, Answer)> {
+        vec![
+            (Part::V4, answer),
+            (Part::V6, Answer::Empty(Negative::NoData)),
+        ]
+    }
+
+    #[test]
+    fn success_publishes_changes_only() {
+        let mut s = Schedule::new(timing());
+        let t0 = Instant::now();
+        let step = s.on_answers(&v4(records(&["10.0.0.1:80"], 30)), t0);
+        assert_eq!(step.publish, Some(set(&["10.0.0.1:80"])));
+        assert_eq!(step.delay, 5 * S);
+        assert_eq!(step.event, Event::Resolved);
+        let step = s.on_answers(&v4(records(&["10.0.0.1:80"], 30)), t0 + 5 * S);
+        assert_eq!(step.publish, None);
+    }
+
+    #[test]
+    fn follows_ttl_within_floor_and_ceiling() {
+        let mut t = timing();
+        t.follow_ttl = Some((S, 30 * S));
+        let mut s = Schedule::new(t);
+        let now = Instant::now();
+        assert_eq!(
+            s.on_answers(&v4(records(&["10.0.0.1:80"], 0)), now).delay,
+            S
+        );
+        assert_eq!(
+            s.on_answers(&v4(records(&["10.0.0.1:80"], 12)), now).delay,
+            12 * S
+        );
+        assert_eq!(
+            s.on_answers(&v4(records(&["10.0.0.1:80"], 3600)), now)
+                .delay,
+            30 * S
+        );
+        // The smallest TTL of the parts wins.
+        let answers = [
+            (Part::V4, records(&["10.0.0.1:80"], 20)),
+            (Part::V6, records(&["[fd00::1]:80"], 7)),
+        ];
+        assert_eq!(s.on_answers(&answers, now).delay, 7 * S);
+    }
+
+    #[test]
+    fn transient_failures_keep_set_and_back_off() {
+        let mut s = Schedule::new(timing());
+        let now = Instant::now();
+        s.on_answers(&v4(records(&["10.0.0.1:80"], 30)), now);
+        let mut delays = vec![];
+        for kind in [
+            FailureKind::Timeout,
+            FailureKind::ServFail,
+            FailureKind::Refused,
+            FailureKind::Io,
+            FailureKind::Other,
+            FailureKind::Timeout,
+        ] {
+            let answers = [(Part::V4, failed(kind)), (Part::V6, failed(kind))];
+            let step = s.on_answers(&answers, now);
+            assert_eq!(step.publish, None);
+            assert!(matches!(step.event, Event::Failed(ref f) if f.kind == kind));
+            delays.push(step.delay.as_millis());
+        }
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 8000]);
+        assert_eq!(s.failures(), 6);
+        // The first success returns to the normal schedule.
+        let step = s.on_answers(&v4(records(&["10.0.0.1:80"], 30)), now);
+        assert_eq!(step.delay, 5 * S);
+        assert_eq!(s.failures(), 0);
+    }
+
+    #[test]
+    fn one_family_failing_keeps_its_addresses() {
+        let mut s = Schedule::new(timing());
+        let now = Instant::now();
+        let both = [
+            (Part::V4, records(&["10.0.0.1:80"], 5)),
+            (Part::V6, records(&["[fd00::1]:80"], 5)),
+        ];
+        s.on_answers(&both, now);
+        // AAAA times out while A answers with a new pod: IPv6 pods stay, the new pod joins.
+        let answers = [
+            (Part::V4, records(&["10.0.0.1:80", "10.0.0.2:80"], 5)),
+            (Part::V6, failed(FailureKind::Timeout)),
+        ];
+        let step = s.on_answers(&answers, now);
+        assert_eq!(
+            step.publish,
+            Some(set(&["10.0.0.1:80", "10.0.0.2:80", "[fd00::1]:80"]))
+        );
+        assert!(matches!(step.event, Event::Partial(_)));
+        assert_eq!(step.delay, S / 2);
+    }
+
+    #[test]
+    fn one_family_empty_is_not_empty() {
+        let mut s = Schedule::new(timing());
+        let now = Instant::now();
+        s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), now);
+        let answers = [
+            (Part::V4, records(&["10.0.0.1:80"], 5)),
+            (Part::V6, Answer::Empty(Negative::NxDomain)),
+        ];
+        let step = s.on_answers(&answers, now);
+        assert_eq!(step.event, Event::Resolved);
+        assert_eq!(s.empty_streak(), 0);
+    }
+
+    fn nx() -> Vec<(Part, Answer)> {
+        vec![
+            (Part::V4, Answer::Empty(Negative::NxDomain)),
+            (Part::V6, Answer::Empty(Negative::NxDomain)),
+        ]
+    }
+
+    #[test]
+    fn single_nxdomain_flap_never_drains() {
+        let mut s = Schedule::new(timing());
+        let t0 = Instant::now();
+        s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), t0);
+        let step = s.on_answers(&nx(), t0 + 5 * S);
+        assert_eq!(step.publish, None);
+        assert_eq!(step.delay, S, "unconfirmed empties are re-checked sooner");
+        assert!(matches!(
+            step.event,
+            Event::EmptyUnconfirmed { streak: 1, .. }
+        ));
+        let step = s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), t0 + 6 * S);
+        assert_eq!(step.publish, None);
+        assert_eq!(s.empty_streak(), 0, "a non-empty answer resets the streak");
+    }
+
+    #[test]
+    fn drain_needs_count_and_grace() {
+        let mut s = Schedule::new(timing());
+        let t0 = Instant::now();
+        s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), t0);
+        // Three empties within a second: the count is met, the grace is not.
+        for i in 0..3 {
+            let step = s.on_answers(&nx(), t0 + S + i * S / 4);
+            assert_eq!(step.publish, None);
+        }
+        // A transient failure between empties neither counts nor resets.
+        let step = s.on_answers(&v4(failed(FailureKind::Timeout)), t0 + 3 * S);
+        assert_eq!(step.publish, None);
+        assert_eq!(s.empty_streak(), 3);
+        let step = s.on_answers(&nx(), t0 + 5 * S);
+        assert_eq!(
+            step.publish, None,
+            "grace not over: 4 s since the first empty"
+        );
+        let step = s.on_answers(&nx(), t0 + 6 * S);
+        assert_eq!(step.publish, Some(BTreeSet::new()));
+        assert_eq!(step.event, Event::Empty(Negative::NxDomain));
+        assert_eq!(step.delay, 5 * S);
+        // Drained: more empties change nothing and are checked on the normal interval.
+        let step = s.on_answers(&nx(), t0 + 11 * S);
+        assert_eq!((step.publish, step.delay), (None, 5 * S));
+        // Records return: recovered at once.
+        let step = s.on_answers(&v4(records(&["10.0.0.2:80"], 5)), t0 + 16 * S);
+        assert_eq!(step.publish, Some(set(&["10.0.0.2:80"])));
+    }
+
+    #[test]
+    fn nodata_everywhere_is_empty_too() {
+        let mut t = timing();
+        t.empty_confirmations = 1;
+        t.empty_grace = Duration::ZERO;
+        let mut s = Schedule::new(t);
+        let now = Instant::now();
+        s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), now);
+        let step = s.on_answers(&v4(Answer::Empty(Negative::NoData)), now);
+        assert_eq!(step.publish, Some(BTreeSet::new()));
+        assert_eq!(step.event, Event::Empty(Negative::NoData));
+    }
+
+    #[test]
+    fn jitter_stays_within_fraction() {
+        assert_eq!(jittered(10 * S, 0.2, 0.5), 10 * S);
+        assert_eq!(jittered(10 * S, 0.2, 0.0), 8 * S);
+        assert!(jittered(10 * S, 0.2, 0.999_999) < 12 * S);
+        assert_eq!(jittered(10 * S, 0.0, 0.9), 10 * S);
+        assert_eq!(jittered(10 * S, 5.0, 0.0), Duration::ZERO);
+    }
+}
