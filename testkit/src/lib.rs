@@ -1,1 +1,37 @@
-pub fn x() {}
+//! Real components for the tests, the demo and the benchmarks of k8s-headless-svc:
+//! - [`dns::DnsServer`]: an authoritative hickory-server on loopback (UDP and TCP), whose
+//!   records change live and which injects faults on demand;
+//! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
+//!   own so it can be killed abruptly;
+//! - [`eventually`]: wait for a condition with a deadline.
+
+#![warn(missing_docs, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod dns;
+pub mod pod;
+pub mod user;
+
+use std::time::{Duration, Instant};
+
+pub use dns::{DnsServer, Fault, svc_fqdn};
+pub use pod::{Pod, loopback};
+pub use user::{PodStats, UserService, pb};
+
+/// Polls `condition` every 20 ms until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

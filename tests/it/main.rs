@@ -1,1 +1,7 @@
+//! Integration tests against real components: an in-process hickory DNS server and tonic
+//! pods on loopback. One binary, one module per topic.
 
+mod discovery;
+mod dns_faults;
+mod lifecycle;
+mod support;

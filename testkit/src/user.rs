@@ -1,0 +1,153 @@
+//! The `user` gRPC service: `user.proto`'s `User`, with per-pod counters and a delay knob.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
+
+/// The code generated from `proto/user.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("user");
+}
+
+use pb::{
+    BidiStreamRequest, BidiStreamResponse, CallRequest, CallResponse, ClientStreamRequest,
+    ClientStreamResponse, ServerStreamRequest, ServerStreamResponse,
+    user_server::{User, UserServer},
+};
+
+/// Counters one pod keeps, and its delay knob.
+#[derive(Debug, Default)]
+pub struct PodStats {
+    calls: AtomicU64,
+    in_flight: AtomicU64,
+    delay_ms: AtomicU64,
+}
+
+impl PodStats {
+    /// Unary calls answered or in flight.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Unary calls in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Adds `delay` before every unary reply from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// The `User` service of one pod.
+#[derive(Clone, Debug)]
+pub struct UserService {
+    pod_name: Arc<str>,
+    stats: Arc<PodStats>,
+}
+
+impl UserService {
+    /// A service that answers as `pod_name`.
+    pub fn new(pod_name: impl Into<Arc<str>>) -> Self {
+        Self {
+            pod_name: pod_name.into(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<PodStats> {
+        self.stats.clone()
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl User for UserService {
+    async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
+        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let delay = self.stats.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let msg = format!("Hello {} from {}", request.into_inner().name, self.pod_name);
+        Ok(Response::new(CallResponse { msg }))
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<ClientStreamRequest>>,
+    ) -> Result<Response<ClientStreamResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut count = 0;
+        while let Some(req) = stream.next().await {
+            req?;
+            count += 1;
+        }
+        Ok(Response::new(ClientStreamResponse { count }))
+    }
+
+    type ServerStreamStream = BoxStream<ServerStreamResponse>;
+
+    async fn server_stream(
+        &self,
+        request: Request<ServerStreamRequest>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let count = request.into_inner().count;
+        if !(0..=10_000).contains(&count) {
+            return Err(Status::invalid_argument("count must be in 0..=10000"));
+        }
+        let replies = (1..=count).map(|count| Ok(ServerStreamResponse { count }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
+    }
+
+    type BidiStreamStream = BoxStream<BidiStreamResponse>;
+
+    async fn bidi_stream(
+        &self,
+        request: Request<Streaming<BidiStreamRequest>>,
+    ) -> Result<Response<Self::BidiStreamStream>, Status> {
+        let echo = request
+            .into_inner()
+            .map(|req| req.map(|r| BidiStreamResponse { stroke: r.stroke }));
+        Ok(Response::new(Box::pin(echo)))
+    }
+}
+
+/// Serves `service` and `grpc.health.v1.Health` on `incoming` until `shutdown` completes; then
+/// reports NOT_SERVING, stops accepting, sends GOAWAY and lets calls in flight finish.
+pub async fn serve(
+    service: UserService,
+    incoming: TcpIncoming,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<UserServer<UserService>>().await;
+    let signal = async move {
+        shutdown.await;
+        reporter.set_not_serving::<UserServer<UserService>>().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(UserServer::new(service))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+}

@@ -1,0 +1,353 @@
+//! DNS failures against the in-process server: every fault keeps the endpoints, only a
+//! confirmed empty answer drains them.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_headless_svc::{HeadlessService, IpFamily, Update};
+
+use crate::support::*;
+
+/// Collects every update of a service's watch in the background.
+fn record_updates(
+    registry: &k8s_headless_svc::Registry,
+    svc: &HeadlessService,
+) -> Arc<Mutex<Vec<Update>>> {
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let mut watch = registry.watch(svc).unwrap();
+    let sink = updates.clone();
+    tokio::spawn(async move {
+        while let Some(update) = watch.next().await {
+            sink.lock().unwrap().push(update);
+        }
+    });
+    updates
+}
+
+async fn transient_fault_keeps_endpoints(net: u8, fault: Fault, kind: &str) {
+    let fx = Fixture::start(net, 2).await;
+    let registry = fx.registry();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&fx.service).unwrap().len() == 2
+        })
+        .await
+    );
+    let updates = record_updates(&registry, &fx.service);
+    fx.dns.set_fault(fault);
+    assert!(
+        eventually(SLACK, || async {
+            let status = registry.status(&fx.service).unwrap();
+            status.consecutive_failures >= 3
+                && status
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(kind))
+        })
+        .await,
+        "{:?}",
+        registry.status(&fx.service)
+    );
+    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 2);
+    let channel = registry.channel(&fx.service).unwrap();
+    let (_, errors) = spread(&channel, 20, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    fx.dns.set_fault(Fault::None);
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&fx.service).unwrap().consecutive_failures == 0
+        })
+        .await
+    );
+    let updates = updates.lock().unwrap();
+    assert!(updates.iter().all(|u| u.removed.is_empty()), "{updates:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_keeps_endpoints() {
+    transient_fault_keeps_endpoints(20, Fault::ServFail, "servfail").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_keeps_endpoints() {
+    transient_fault_keeps_endpoints(21, Fault::Refused, "refused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_keeps_endpoints() {
+    transient_fault_keeps_endpoints(22, Fault::Drop, "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_back_off_exponentially() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new("ns23", "user-svc", 80).unwrap();
+    dns.set_addrs(&svc_fqdn("user-svc", "ns23"), &[loopback(23, 2)])
+        .await;
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .jitter(0.0)
+        .failure_backoff(Duration::from_millis(100), Duration::from_millis(800))
+        .build()
+        .unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap().len() == 1
+        })
+        .await
+    );
+    dns.set_fault(Fault::ServFail);
+    // Record when each failed resolution lands.
+    let mut stamps: Vec<(u32, Instant)> = Vec::new();
+    assert!(
+        eventually(SLACK, || {
+            let f = registry.status(&svc).unwrap().consecutive_failures;
+            if f > 0 && stamps.last().is_none_or(|(last, _)| *last != f) {
+                stamps.push((f, Instant::now()));
+            }
+            async move { f >= 6 }
+        })
+        .await
+    );
+    let gaps: Vec<u128> = stamps
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).as_millis())
+        .collect();
+    eprintln!("gaps between failed resolutions (ms): {gaps:?}");
+    // 100, 200, 400, 800, 800 (each plus the retry the resolver makes): growing, then capped.
+    assert!(gaps.len() >= 4, "{stamps:?}");
+    assert!(gaps[2] > gaps[0], "no backoff: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g < 800 + 2_000), "{gaps:?}");
+    assert_eq!(registry.endpoints(&svc).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_nxdomain_flap_never_empties_the_service() {
+    let fx = Fixture::start(24, 3).await;
+    let registry = fx.registry();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&fx.service).unwrap().len() == 3
+        })
+        .await
+    );
+    let updates = record_updates(&registry, &fx.service);
+    let before = fx.dns.queries();
+    fx.dns.set_fault(Fault::NxDomainOnce);
+    // The flap is served, then several normal resolutions follow.
+    assert!(eventually(SLACK, || async { fx.dns.queries() >= before + 10 }).await);
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&fx.service).unwrap().empty_streak == 0
+        })
+        .await
+    );
+    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 3);
+    let updates = updates.lock().unwrap();
+    assert!(updates.iter().all(|u| u.removed.is_empty()), "{updates:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_drains_after_confirmation_then_recovers() {
+    let fx = Fixture::start(25, 2).await;
+    let registry = fx.registry();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&fx.service).unwrap().len() == 2
+        })
+        .await
+    );
+    let emptied = Instant::now();
+    fx.dns.set_addrs(&fx.fqdn, &[]).await;
+    // Not drained on the first empty answer...
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&fx.service).unwrap().empty_streak >= 1
+        })
+        .await
+    );
+    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 2);
+    // ...but drained once confirmed: 3 answers and 1 s of grace in the test configuration.
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&fx.service).unwrap().is_empty()
+        })
+        .await
+    );
+    let drained_after = emptied.elapsed();
+    eprintln!("drained {drained_after:?} after the records went");
+    assert!(
+        drained_after >= Duration::from_secs(1),
+        "drained before the grace: {drained_after:?}"
+    );
+
+    // Records return: recovered on the next resolution.
+    let back = Instant::now();
+    fx.dns.set_addrs(&fx.fqdn, &[fx.pods[1].addr().ip()]).await;
+    assert!(
+        eventually(INTERVAL + SLACK, || async {
+            registry.endpoints(&fx.service).unwrap() == vec![fx.pods[1].addr()]
+        })
+        .await
+    );
+    eprintln!("recovered {:?} after the records returned", back.elapsed());
+    let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 10, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_ttl_changes_the_schedule() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new("ns26", "user-svc", 80).unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns26");
+    dns.set_addrs_ttl(&fqdn, &[loopback(26, 2)], 1).await;
+    // The interval alone would not refresh within the test.
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .refresh_interval(Duration::from_secs(600))
+        .follow_ttl(Duration::from_millis(200), Duration::from_secs(600))
+        .build()
+        .unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap().len() == 1
+        })
+        .await
+    );
+    // TTL 1 s: a new record shows within about a second.
+    dns.set_addrs_ttl(&fqdn, &[loopback(26, 2), loopback(26, 3)], 600)
+        .await;
+    assert!(
+        eventually(Duration::from_secs(1) + SLACK, || async {
+            registry.endpoints(&svc).unwrap().len() == 2
+        })
+        .await
+    );
+    // TTL now 600 s: the next change is not seen for a long while.
+    let queries = dns.queries();
+    dns.set_addrs_ttl(&fqdn, &[loopback(26, 2)], 600).await;
+    let changed = eventually(Duration::from_secs(3), || async {
+        registry.endpoints(&svc).unwrap().len() != 2
+    })
+    .await;
+    assert!(!changed, "refreshed before the 600 s TTL ran out");
+    assert_eq!(dns.queries(), queries, "queried before the TTL ran out");
+}
+
+async fn large_service(net: u8, count: u32) {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new(format!("ns{net}"), "big", 8080).unwrap();
+    let ips: Vec<IpAddr> = (0..count)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    dns.set_addrs(&svc_fqdn("big", &format!("ns{net}")), &ips)
+        .await;
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .dns_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    // Whole in one refresh: the first published set already holds every pod.
+    let mut watch = registry.watch(&svc).unwrap();
+    let first = tokio::time::timeout(SLACK, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("{count} pods discovered in {:?}", started.elapsed());
+    assert_eq!(first.added.len(), count as usize);
+    assert!(first.added.iter().all(|a| a.port() == 8080));
+    let want: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
+    let mut got = registry.endpoints(&svc).unwrap();
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_pods_are_discovered_over_tcp() {
+    large_service(27, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_pods_are_discovered_whole() {
+    large_service(28, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_pod_on_loopback() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let pod = Pod::start("[::1]:0".parse().unwrap(), "v6").unwrap();
+    let svc = HeadlessService::new("ns29", "user-svc", pod.addr().port()).unwrap();
+    dns.set_addrs(&svc_fqdn("user-svc", "ns29"), &["::1".parse().unwrap()])
+        .await;
+    for family in [IpFamily::Both, IpFamily::V6] {
+        let registry = builder(&dns)
+            .service(svc.clone())
+            .ip_family(family)
+            .build()
+            .unwrap();
+        assert!(
+            eventually(SLACK, || async {
+                registry.endpoints(&svc).unwrap() == vec![pod.addr()]
+            })
+            .await
+        );
+        let (hits, errors) = spread(&registry.channel(&svc).unwrap(), 10, 2).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(hits.get("v6"), Some(&10));
+    }
+    // IPv4 only: the AAAA record is not asked for.
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .ip_family(IpFamily::V4)
+        .build()
+        .unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&svc).unwrap().resolutions >= 2
+        })
+        .await
+    );
+    assert!(registry.endpoints(&svc).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_port_is_discovered_through_srv() {
+    let fx = Fixture::start(30, 2).await;
+    let port = fx.pods[0].addr().port();
+    let mut targets = Vec::new();
+    for (i, pod) in fx.pods.iter().enumerate() {
+        let target = format!("pod-{i}.user-svc.ns30.svc.cluster.local.");
+        fx.dns.set_addrs(&target, &[pod.addr().ip()]).await;
+        targets.push(target);
+    }
+    let srv = "_grpc._tcp.user-svc.ns30.svc.cluster.local.";
+    fx.dns
+        .set_srv(
+            srv,
+            port,
+            &targets.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+    let svc: HeadlessService = "user-svc.ns30:grpc".parse().unwrap();
+    let registry = builder(&fx.dns).service(svc.clone()).build().unwrap();
+    let mut want: Vec<SocketAddr> = fx.pods.iter().map(|p| p.addr()).collect();
+    want.sort();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == want
+        })
+        .await
+    );
+    let (hits, errors) = spread(&registry.channel("user-svc.ns30").unwrap(), 40, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 2);
+}

@@ -1,0 +1,158 @@
+//! Building, looking up and shutting down a registry.
+
+use std::time::Duration;
+
+use k8s_headless_svc::{Error, Field, HeadlessService, Reason, Registry};
+
+use crate::support::*;
+
+#[test]
+fn build_outside_a_runtime_is_an_error() {
+    let svc = HeadlessService::new("default", "user-svc", 8080).unwrap();
+    let err = Registry::builder()
+        .service(svc)
+        .nameservers(["127.0.0.1:53".parse().unwrap()])
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::NoRuntime), "{err:?}");
+}
+
+#[tokio::test]
+async fn invalid_input_gets_typed_errors() {
+    let err = HeadlessService::new("default", "User_Svc", 8080).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::InvalidSpec {
+            field: Field::Name,
+            reason: Reason::InvalidChar { ch: 'U', at: 0 },
+            ..
+        }
+    ));
+    let err = "user-svc.default:0".parse::<HeadlessService>().unwrap_err();
+    assert!(err.is_invalid_spec());
+    assert!(err.to_string().contains("1..=65535"), "{err}");
+
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new("default", "user-svc", 8080).unwrap();
+    for (builder, option) in [
+        (
+            builder(&dns).refresh_interval(Duration::ZERO),
+            "refresh_interval",
+        ),
+        (builder(&dns).dns_attempts(0), "dns_attempts"),
+        (builder(&dns).jitter(1.5), "jitter"),
+        (
+            builder(&dns).failure_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+            "failure_backoff",
+        ),
+        (
+            builder(&dns).follow_ttl(Duration::ZERO, Duration::from_secs(1)),
+            "follow_ttl",
+        ),
+        (
+            builder(&dns).change_queue_capacity(0),
+            "change_queue_capacity",
+        ),
+    ] {
+        let err = builder.service(svc.clone()).build().unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig { option: o, .. } if o == option),
+            "{option}: {err:?}"
+        );
+    }
+
+    let registry = builder(&dns)
+        .services([
+            svc.clone(),
+            HeadlessService::new("default", "user-svc", 9090).unwrap(),
+        ])
+        .build()
+        .unwrap();
+    let err = registry.channel("other.default").unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownService(ref s) if s == "other.default"),
+        "{err:?}"
+    );
+    let err = registry.channel("user-svc.default").unwrap_err();
+    assert!(
+        matches!(err, Error::AmbiguousService { ref matches, .. } if matches.len() == 2),
+        "{err:?}"
+    );
+    assert!(registry.channel("user-svc.default:9090").is_ok());
+    let err = registry.endpoints("not a spec").unwrap_err();
+    assert!(err.is_invalid_spec(), "{err:?}");
+}
+
+#[test]
+fn dropping_the_registry_ends_every_task_it_started() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fx = Fixture::start(40, 2).await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // Let the fixture's own tasks settle, then take the baseline.
+        let baseline = metrics.num_alive_tasks();
+        let registry = builder(&fx.dns)
+            .services([
+                fx.service.clone(),
+                HeadlessService::new("other", "svc", 80).unwrap(),
+            ])
+            .build()
+            .unwrap();
+        let channel = registry.channel(&fx.service).unwrap();
+        assert!(
+            eventually(SLACK, || async {
+                registry.endpoints(&fx.service).unwrap().len() == 2
+            })
+            .await
+        );
+        let (_, errors) = spread(&channel, 10, 2).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        let running = metrics.num_alive_tasks();
+        assert!(
+            running > baseline,
+            "discovery started no tasks? {running} vs {baseline}"
+        );
+
+        let mut watch = registry.watch(&fx.service).unwrap();
+        let first = watch.next().await.expect("the current set");
+        assert_eq!(first.added.len(), 2);
+
+        drop(registry);
+        // Channels already handed out keep their last set.
+        let (hits, errors) = spread(&channel, 20, 2).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(hits.len(), 2);
+        // The watch ends with the registry.
+        let end = tokio::time::timeout(SLACK, watch.next()).await;
+        assert_eq!(end.expect("the watch ends"), None);
+
+        drop(channel);
+        let settled = eventually(SLACK, || async { metrics.num_alive_tasks() <= baseline }).await;
+        assert!(
+            settled,
+            "{} tasks alive after drop, baseline {baseline}",
+            metrics.num_alive_tasks()
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_tasks() {
+    let fx = Fixture::start(41, 1).await;
+    let registry = fx.registry();
+    let mut watch = registry.watch(&fx.service).unwrap();
+    let first = tokio::time::timeout(SLACK, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.added, vec![fx.pods[0].addr()]);
+    registry.shutdown().await;
+    assert_eq!(
+        tokio::time::timeout(SLACK, watch.next()).await.unwrap(),
+        None
+    );
+}

@@ -1,0 +1,129 @@
+//! Shared fixtures: a DNS server, pods and a registry pointed at them.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use k8s_headless_svc::{Builder, HeadlessService, Registry};
+pub use testkit::{DnsServer, Fault, Pod, eventually, loopback, pb, svc_fqdn};
+use tonic::transport::Channel;
+
+/// The refresh interval the tests run with.
+pub const INTERVAL: Duration = Duration::from_millis(200);
+/// Slack on top of an interval for anything that waits on discovery: generous, since the
+/// machine is small and shared.
+pub const SLACK: Duration = Duration::from_secs(10);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "k8s_headless_svc=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A registry builder aimed at `dns`, with test timings.
+pub fn builder(dns: &DnsServer) -> Builder {
+    Registry::builder()
+        .nameservers([dns.addr()])
+        .refresh_interval(INTERVAL)
+        .dns_timeout(Duration::from_millis(300))
+        .failure_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .empty_confirmation(3, Duration::from_secs(1), Duration::from_millis(100))
+}
+
+/// A DNS server, `count` pods on `127.0.net.2..` and the Service `user-svc.<ns>` listing
+/// them all.
+pub struct Fixture {
+    pub dns: DnsServer,
+    pub pods: Vec<Pod>,
+    pub service: HeadlessService,
+    pub fqdn: String,
+}
+
+impl Fixture {
+    pub async fn start(net: u8, count: u8) -> Fixture {
+        init_tracing();
+        let dns = DnsServer::start().await.expect("dns server");
+        let pods = Pod::start_many(net, count, &format!("pod{net}")).expect("pods");
+        let namespace = format!("ns{net}");
+        let service = HeadlessService::new(&namespace, "user-svc", pods[0].addr().port()).unwrap();
+        let fqdn = svc_fqdn("user-svc", &namespace);
+        let ips: Vec<IpAddr> = pods.iter().map(|p| p.addr().ip()).collect();
+        dns.set_addrs(&fqdn, &ips).await;
+        Fixture {
+            dns,
+            pods,
+            service,
+            fqdn,
+        }
+    }
+
+    pub fn registry(&self) -> Registry {
+        builder(&self.dns)
+            .service(self.service.clone())
+            .build()
+            .unwrap()
+    }
+
+    /// Starts one more pod on `127.0.net.host`, on the fixture's port, without a record.
+    pub fn extra_pod(&self, host: u8) -> Pod {
+        let ip = self.pods[0].addr().ip();
+        let IpAddr::V4(v4) = ip else { unreachable!() };
+        let net = v4.octets()[2];
+        Pod::start(
+            std::net::SocketAddr::new(loopback(net, host), self.pods[0].addr().port()),
+            &format!("pod{net}-extra{host}"),
+        )
+        .expect("extra pod")
+    }
+}
+
+/// One `User.Call`; the answering pod's name.
+pub async fn call(channel: &Channel) -> Result<String, tonic::Status> {
+    let mut client = pb::user_client::UserClient::new(channel.clone());
+    let reply = client
+        .call(pb::CallRequest {
+            name: "test".into(),
+        })
+        .await?
+        .into_inner();
+    Ok(reply
+        .msg
+        .rsplit(" from ")
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// `calls` calls, `concurrency` at a time, each bounded by 5 s; calls per pod name, and the
+/// errors.
+pub async fn spread(
+    channel: &Channel,
+    calls: usize,
+    concurrency: usize,
+) -> (HashMap<String, usize>, Vec<String>) {
+    let mut hits = HashMap::new();
+    let mut errors = Vec::new();
+    let mut done = 0;
+    while done < calls {
+        let batch = concurrency.min(calls - done);
+        let tasks: Vec<_> = (0..batch)
+            .map(|_| {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(5), call(&channel)).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            match task.await.expect("call task") {
+                Ok(Ok(pod)) => *hits.entry(pod).or_insert(0) += 1,
+                Ok(Err(status)) => errors.push(status.to_string()),
+                Err(_) => errors.push("timed out".into()),
+            }
+        }
+        done += batch;
+    }
+    (hits, errors)
+}
