@@ -44,6 +44,15 @@ pub enum Error {
     #[error("service {0:?} is not in this registry")]
     UnknownService(String),
 
+    /// A service had no endpoints for as long as the caller was willing to wait.
+    #[error("service {service} has no endpoints (waited {waited:?})")]
+    NoEndpoints {
+        /// The service.
+        service: String,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+
     /// A lookup without a port matched more than one service in the registry.
     #[error("service {query:?} is ambiguous: it matches {matches:?}; add the port")]
     AmbiguousService {
@@ -66,6 +75,12 @@ impl Error {
             self,
             Error::UnknownService(_) | Error::AmbiguousService { .. }
         )
+    }
+
+    /// True if a service had no endpoints within the time allowed: a caller would answer
+    /// `UNAVAILABLE`.
+    pub fn is_no_endpoints(&self) -> bool {
+        matches!(self, Error::NoEndpoints { .. })
     }
 
     pub(crate) fn spec(field: Field, value: impl Into<String>, reason: Reason) -> Self {

@@ -409,6 +409,30 @@ impl Registry {
         Ok(channel.clone())
     }
 
+    /// Waits until a service has at least one endpoint, for at most `timeout`: a bounded
+    /// readiness check before a call, since a call on a channel with no endpoints waits in
+    /// tonic's buffer until one appears.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn f(registry: k8s_headless_svc::Registry) -> Result<(), k8s_headless_svc::Error> {
+    /// registry.ready("user-svc.default", Duration::from_secs(1)).await?; // Error::NoEndpoints
+    /// let channel = registry.channel("user-svc.default")?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ready<K: ServiceKey>(&self, service: K, timeout: Duration) -> Result<(), Error> {
+        let entry = self.entry(service)?;
+        let mut snapshots = entry.shared.endpoints.subscribe();
+        match tokio::time::timeout(timeout, snapshots.wait_for(|set| !set.is_empty())).await {
+            Ok(Ok(_)) => Ok(()),
+            // Timed out, or the registry is shutting down.
+            Ok(Err(_)) | Err(_) => Err(Error::NoEndpoints {
+                service: entry.service.to_string(),
+                waited: timeout,
+            }),
+        }
+    }
+
     /// The services this registry discovers.
     pub fn services(&self) -> impl Iterator<Item = &HeadlessService> + '_ {
         self.specs.iter()

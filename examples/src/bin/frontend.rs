@@ -1,0 +1,107 @@
+//! The `frontend` HTTP service: `GET /index` calls `User.Call` through the registry's
+//! balanced channel and answers with the reply, or 503 within `--timeout`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use clap::Parser;
+use k8s_headless_svc::{HeadlessService, Registry};
+use testkit::pb::{CallRequest, user_client::UserClient};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(about = "HTTP frontend calling the user service through a headless Service")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Name of the user headless Service.
+    #[arg(long, env = "USER_SVC", default_value = "user-svc")]
+    user_svc: String,
+    /// Namespace of the user Service.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Port the user pods listen on.
+    #[arg(long, env = "USER_PORT", default_value_t = 8080)]
+    user_port: u16,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// DNS server ADDR:PORT (repeatable); default: the system resolver configuration.
+    #[arg(long, env = "NAMESERVER", value_delimiter = ',')]
+    nameserver: Vec<SocketAddr>,
+    /// Time between DNS refreshes.
+    #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
+    refresh_interval: Duration,
+    /// Deadline of one /index request, DNS wait and call included.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "3s", value_parser = examples::parse_duration)]
+    timeout: Duration,
+}
+
+struct App {
+    registry: Registry,
+    service: HeadlessService,
+    client: UserClient<Channel>,
+    timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing("info");
+    let args = Args::parse();
+    let service = HeadlessService::new(&args.namespace, &args.user_svc, args.user_port)?;
+    let registry = Registry::builder()
+        .service(service.clone())
+        .cluster_domain(args.cluster_domain.parse()?)
+        .nameservers(args.nameserver.iter().copied())
+        .refresh_interval(args.refresh_interval)
+        .build()?;
+    let client = UserClient::new(registry.channel(&service)?);
+    let app = Arc::new(App {
+        registry,
+        service,
+        client,
+        timeout: args.timeout,
+    });
+    let router = Router::new()
+        .route("/index", get(index))
+        .route("/_healthz", get(|| async { "ok" }))
+        .route(
+            "/robots.txt",
+            get(|| async { "User-agent: *\nDisallow: /\n" }),
+        )
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "frontend serving");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(examples::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
+    let started = Instant::now();
+    // Fail fast when discovery has nothing: the call would otherwise wait in tonic's buffer.
+    if let Err(e) = app.registry.ready(&app.service, app.timeout).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    }
+    let left = app.timeout.saturating_sub(started.elapsed());
+    let mut request = tonic::Request::new(CallRequest {
+        name: "frontend".into(),
+    });
+    request.set_timeout(left);
+    let mut client = app.client.clone();
+    match tokio::time::timeout(left, client.call(request)).await {
+        Ok(Ok(reply)) => (StatusCode::OK, format!("{}\n", reply.into_inner().msg)),
+        Ok(Err(status)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("user service: {}: {}\n", status.code(), status.message()),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("user service: no reply within {:?}\n", app.timeout),
+        ),
+    }
+}

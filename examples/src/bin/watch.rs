@@ -1,0 +1,67 @@
+//! `watch`: prints what discovery sees. One line per endpoint change, flushed at once:
+//! `+ <service>.<namespace> <ip>:<port>` or `- <service>.<namespace> <ip>:<port>`.
+
+use std::{io::Write, net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use k8s_headless_svc::{HeadlessService, Registry};
+
+#[derive(Debug, Parser)]
+#[command(about = "Print endpoint changes of headless Services as discovery sees them")]
+struct Args {
+    /// Services to watch, as SERVICE.NAMESPACE:PORT (PORT may be a port name).
+    #[arg(required = true)]
+    services: Vec<HeadlessService>,
+    /// DNS server ADDR:PORT (repeatable); default: the system resolver configuration.
+    #[arg(long, env = "NAMESERVER", value_delimiter = ',')]
+    nameserver: Vec<SocketAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Time between DNS refreshes.
+    #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
+    refresh_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing("warn");
+    let args = Args::parse();
+    let registry = Registry::builder()
+        .services(args.services.iter().cloned())
+        .cluster_domain(args.cluster_domain.parse()?)
+        .nameservers(args.nameserver.iter().copied())
+        .refresh_interval(args.refresh_interval)
+        .build()?;
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for service in registry.services() {
+        let mut watch = registry.watch(service)?;
+        let tx = lines_tx.clone();
+        let label = format!("{}.{}", service.name(), service.namespace());
+        tokio::spawn(async move {
+            while let Some(update) = watch.next().await {
+                for addr in &update.removed {
+                    let _ = tx.send(format!("- {label} {addr}"));
+                }
+                for addr in &update.added {
+                    let _ = tx.send(format!("+ {label} {addr}"));
+                }
+            }
+        });
+    }
+    drop(lines_tx);
+    let print = async {
+        let stdout = std::io::stdout();
+        while let Some(line) = lines.recv().await {
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::select! {
+        result = print => result?,
+        () = examples::shutdown_signal() => {}
+    }
+    Ok(())
+}
