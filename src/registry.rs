@@ -327,13 +327,13 @@ impl Builder {
                 format!("max {:?} is below base {:?}", t.backoff_max, t.backoff_base),
             ));
         }
-        if let Some((floor, ceiling)) = t.follow_ttl {
-            if floor.is_zero() || ceiling < floor {
-                return Err(Error::config(
-                    "follow_ttl",
-                    format!("needs 0 < floor <= ceiling, got {floor:?} and {ceiling:?}"),
-                ));
-            }
+        if let Some((floor, ceiling)) = t.follow_ttl
+            && (floor.is_zero() || ceiling < floor)
+        {
+            return Err(Error::config(
+                "follow_ttl",
+                format!("needs 0 < floor <= ceiling, got {floor:?} and {ceiling:?}"),
+            ));
         }
         if self.dns.attempts == 0 {
             return Err(Error::config("dns_attempts", "must be at least 1"));

@@ -1,0 +1,231 @@
+//! The example programs, run as real processes against the in-process DNS server and loopback
+//! pods.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use testkit::{DnsServer, Pod, eventually, loopback, svc_fqdn};
+
+const SLACK: Duration = Duration::from_secs(10);
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &str, args: &[String]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}")),
+    )
+}
+
+/// A free port on `ip`.
+fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over HTTP/1.1: status and body.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: frontend\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
+}
+
+async fn frontend(
+    dns: &DnsServer,
+    net: u8,
+    namespace: &str,
+    user_port: u16,
+    timeout: &str,
+) -> (Proc, SocketAddr) {
+    let ip = loopback(net, 1);
+    let addr = SocketAddr::new(ip, free_port(ip));
+    let proc = spawn(
+        env!("CARGO_BIN_EXE_frontend"),
+        &[
+            format!("--listen={addr}"),
+            format!("--namespace={namespace}"),
+            format!("--user-port={user_port}"),
+            format!("--nameserver={}", dns.addr()),
+            "--refresh-interval=200ms".into(),
+            format!("--timeout={timeout}"),
+        ],
+    );
+    let up = eventually(SLACK, || async {
+        get(addr, "/_healthz").is_ok_and(|(s, b)| s == 200 && b == "ok")
+    })
+    .await;
+    assert!(up, "frontend never answered /_healthz");
+    (proc, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_index_spreads_over_pods() {
+    let dns = DnsServer::start().await.unwrap();
+    let pods = Pod::start_many(50, 3, "user").unwrap();
+    dns.set_addrs(
+        &svc_fqdn("user-svc", "ns50"),
+        &pods.iter().map(|p| p.addr().ip()).collect::<Vec<_>>(),
+    )
+    .await;
+    let (_proc, addr) = frontend(&dns, 50, "ns50", pods[0].addr().port(), "3s").await;
+    let robots = get(addr, "/robots.txt").unwrap();
+    assert_eq!(robots, (200, "User-agent: *\nDisallow: /\n".to_owned()));
+    let mut seen = std::collections::BTreeSet::new();
+    let spread = eventually(SLACK, || {
+        let (status, body) = get(addr, "/index").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("Hello frontend from user-"), "{body}");
+        seen.insert(body.trim().to_owned());
+        let all = seen.len() == 3;
+        async move { all }
+    })
+    .await;
+    assert!(spread, "only {seen:?} answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_answers_503_within_its_timeout_with_no_pods() {
+    let dns = DnsServer::start().await.unwrap();
+    let (_proc, addr) = frontend(&dns, 51, "ns51", 8080, "1s").await;
+    let started = Instant::now();
+    let (status, body) = tokio::task::spawn_blocking(move || get(addr, "/index"))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no endpoints"), "{body}");
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_secs(2),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_endpoint_changes() {
+    let dns = DnsServer::start().await.unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns52");
+    dns.set_addrs(&fqdn, &[loopback(52, 2), loopback(52, 3)])
+        .await;
+    let mut proc = spawn(
+        env!("CARGO_BIN_EXE_watch"),
+        &[
+            "user-svc.ns52:8080".into(),
+            format!("--nameserver={}", dns.addr()),
+            "--refresh-interval=200ms".into(),
+        ],
+    );
+    let (tx, lines) = mpsc::channel();
+    let stdout = proc.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |want: &str| {
+        let line = lines
+            .recv_timeout(SLACK)
+            .unwrap_or_else(|_| panic!("no line; wanted {want:?}"));
+        assert_eq!(line, want);
+    };
+    next("+ user-svc.ns52 127.0.52.2:8080");
+    next("+ user-svc.ns52 127.0.52.3:8080");
+    dns.set_addrs(&fqdn, &[loopback(52, 3), "::1".parse().unwrap()])
+        .await;
+    next("- user-svc.ns52 127.0.52.2:8080");
+    next("+ user-svc.ns52 [::1]:8080");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_serves_health_and_stops_gracefully_on_sigterm() {
+    let ip = loopback(53, 2);
+    let addr = SocketAddr::new(ip, free_port(ip));
+    let mut proc = spawn(
+        env!("CARGO_BIN_EXE_user"),
+        &[format!("--listen={addr}"), "--pod-name=u1".into()],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = eventually(SLACK, || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "user.User".into(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                })
+        }
+    })
+    .await;
+    assert!(serving);
+    let mut user = testkit::pb::user_client::UserClient::new(channel);
+    let reply = user
+        .call(testkit::pb::CallRequest { name: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.msg, "Hello t from u1");
+    let _ = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = eventually(SLACK, || {
+        let done = proc.0.try_wait().unwrap();
+        async move { done.is_some_and(|s| s.success()) }
+    })
+    .await;
+    assert!(exited, "user did not exit 0 after SIGTERM");
+}
