@@ -92,3 +92,8 @@ pub use crate::refresh::Status;
 pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
 pub use crate::resolve::IpFamily;
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
+
+/// The README's examples, compiled as doctests so that they cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -3,5 +3,6 @@
 
 mod discovery;
 mod dns_faults;
+mod external_dns;
 mod lifecycle;
 mod support;
