@@ -75,9 +75,17 @@ pub(crate) async fn run(
 ) {
     let span = tracing::info_span!("discovery", service = %service);
     async move {
+        let mut noted_tcp = false;
         loop {
             let started = Instant::now();
-            let answers = dns.resolve(&query).await;
+            let (answers, over_udp) = dns.resolve(&query).await;
+            if over_udp && !noted_tcp {
+                noted_tcp = true;
+                tracing::info!(
+                    "the answer is too large for UDP and came over TCP; \
+                     cluster DNS must allow TCP/53 from this client"
+                );
+            }
             let step = schedule.on_answers(&answers, Instant::now());
             tracing::trace!(elapsed = ?started.elapsed(), ?answers, "resolved");
             if let Some(new) = step.publish {

@@ -125,9 +125,10 @@ impl Dns {
         Ok(Self { resolver, deadline })
     }
 
-    /// Runs one resolution: one answer per part queried.
-    pub(crate) async fn resolve(&self, query: &Query) -> Vec<(Part, Answer)> {
-        match query {
+    /// Runs one resolution: one answer per part queried, and whether an answer was too large
+    /// for UDP (so it came over TCP).
+    pub(crate) async fn resolve(&self, query: &Query) -> (Vec<(Part, Answer)>, bool) {
+        let answers = match query {
             Query::Addresses { fqdn, port, family } => {
                 let lookup = |part| async move { (part, self.addresses(fqdn, part, *port).await) };
                 match family {
@@ -140,7 +141,16 @@ impl Dns {
                 }
             }
             Query::Srv { name, family } => vec![(Part::Srv, self.srv(name, *family).await)],
-        }
+        };
+        let name = match query {
+            Query::Addresses { fqdn, .. } => fqdn,
+            Query::Srv { name, .. } => name,
+        };
+        let over_udp = answers.iter().any(|(part, answer)| match answer {
+            Answer::Records { addrs, .. } => wire_size(*part, name, addrs.len()) > UDP_PAYLOAD,
+            _ => false,
+        });
+        (answers, over_udp)
     }
 
     async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, NetError> {
@@ -225,6 +235,22 @@ impl Dns {
     }
 }
 
+/// The EDNS payload size hickory advertises: a larger answer is truncated over UDP and
+/// retried over TCP.
+const UDP_PAYLOAD: usize = 1232;
+
+/// An estimate of an answer's size on the wire (hickory does not say which transport
+/// answered): header, question, OPT record, and each record with a compressed owner name.
+fn wire_size(part: Part, name: &str, records: usize) -> usize {
+    let per_record = match part {
+        Part::V4 => 2 + 10 + 4,
+        Part::V6 => 2 + 10 + 16,
+        // SRV rdata plus a target about as long as the name, and the target's A record.
+        Part::Srv => (2 + 10 + 6 + name.len()) + (2 + 10 + 4),
+    };
+    12 + name.len() + 2 + 4 + 11 + records * per_record
+}
+
 fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
     if addrs.is_empty() {
         return Answer::Empty(Negative::NoData);
@@ -257,4 +283,19 @@ fn classify(err: &NetError) -> Answer {
         kind,
         message: err.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_size_matches_measured_truncation_points() {
+        // hickory-server truncates an A answer for this name at 73 records with EDNS 1232.
+        let name = "big.ns27.svc.cluster.local.";
+        assert!(wire_size(Part::V4, name, 70) <= UDP_PAYLOAD);
+        assert!(wire_size(Part::V4, name, 75) > UDP_PAYLOAD);
+        assert!(wire_size(Part::V6, name, 45) > UDP_PAYLOAD);
+        assert!(wire_size(Part::V4, name, 3) < 200);
+    }
 }

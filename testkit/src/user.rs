@@ -85,7 +85,9 @@ impl User for UserService {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let msg = format!("Hello {} from {}", request.into_inner().name, self.pod_name);
+        let name = request.into_inner().name;
+        tracing::debug!(%name, "Call");
+        let msg = format!("Hello {name} from {}", self.pod_name);
         Ok(Response::new(CallResponse { msg }))
     }
 
