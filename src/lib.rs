@@ -80,6 +80,7 @@
 mod channel;
 mod diff;
 mod error;
+mod health;
 mod refresh;
 mod registry;
 mod resolve;
@@ -88,6 +89,7 @@ mod service;
 
 pub use crate::channel::Http2Keepalive;
 pub use crate::error::{BoxError, Error, Field, Reason};
+pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::refresh::Status;
 pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
 pub use crate::resolve::IpFamily;

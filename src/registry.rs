@@ -13,11 +13,13 @@ use std::{
 use tokio::{runtime::Handle, task::JoinHandle};
 use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use crate::{
     channel::{self, EndpointTemplate, Http2Keepalive},
     diff::diff,
     error::Error,
+    health::{self, EndpointHealth, HealthCheck, HealthConfig, HealthShared},
     refresh::{self, Endpoints, Shared, Status},
     resolve::{Dns, DnsConfig, IpFamily, Query},
     schedule::{Schedule, Timing},
@@ -41,6 +43,8 @@ pub struct Registry {
 struct Entry {
     service: HeadlessService,
     shared: Arc<Shared>,
+    /// The health gate's output, when health checks are on.
+    health: Option<Arc<HealthShared>>,
     channel: OnceLock<Channel>,
 }
 
@@ -54,6 +58,7 @@ pub struct Builder {
     timing: Timing,
     jitter: f64,
     template: EndpointTemplate,
+    health: HealthConfig,
     queue_capacity: usize,
 }
 
@@ -90,6 +95,15 @@ impl Default for Builder {
                 request_timeout: None,
                 customize: None,
             },
+            health: HealthConfig {
+                check: HealthCheck::default(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                unhealthy_after: 2,
+                healthy_after: 2,
+                max_ejection: 0.5,
+                ejected_backoff_max: Duration::from_secs(4),
+            },
             queue_capacity: 1024,
         }
     }
@@ -105,6 +119,7 @@ impl fmt::Debug for Builder {
             .field("timing", &self.timing)
             .field("jitter", &self.jitter)
             .field("template", &self.template)
+            .field("health", &self.health)
             .field("queue_capacity", &self.queue_capacity)
             .finish()
     }
@@ -248,6 +263,46 @@ impl Builder {
         self
     }
 
+    /// How endpoints are probed before and while they take calls. Default:
+    /// [`HealthCheck::grpc("")`](HealthCheck::grpc), the standard health service on a
+    /// connection of its own; a pod without one counts as healthy while it answers.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health.check = check;
+        self
+    }
+
+    /// Time between probes of a healthy endpoint, and each probe's timeout. Default: 1 s and
+    /// 1 s.
+    pub fn health_interval(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.health.interval = interval;
+        self.health.timeout = timeout;
+        self
+    }
+
+    /// An endpoint is ejected after `unhealthy_after` failed probes in a row and re-admitted
+    /// after `healthy_after` successes in a row; a new endpoint goes in on its first success.
+    /// Default: 2 and 2.
+    pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
+        self.health.unhealthy_after = unhealthy_after;
+        self.health.healthy_after = healthy_after;
+        self
+    }
+
+    /// The panic threshold: at most this share of a service's endpoints (and at least one) is
+    /// ejected at once; beyond it the least recently failed stay in, and when every endpoint
+    /// fails they all stay in, as in Envoy's panic mode. Default: `0.5`.
+    pub fn max_ejection(mut self, share: f64) -> Self {
+        self.health.max_ejection = share;
+        self
+    }
+
+    /// Re-probes of an ejected endpoint back off from the probe interval, doubling, up to
+    /// `max`. Default: 4 s.
+    pub fn ejected_probe_backoff(mut self, max: Duration) -> Self {
+        self.health.ejected_backoff_max = max;
+        self
+    }
+
     /// Size of the change queue of each `balance_channel`. Changes that do not fit wait in the
     /// registry as a diff, so an idle client (grpc-rust #1581) never stalls discovery.
     /// Default: 1024.
@@ -267,6 +322,7 @@ impl Builder {
         let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.validate()?;
         let dns = Dns::new(&self.dns)?;
+        let template = Arc::new(self.template);
         let mut services = Vec::with_capacity(self.services.len());
         let mut tasks = Vec::with_capacity(self.services.len());
         for service in self.services {
@@ -292,9 +348,31 @@ impl Builder {
                 self.jitter,
                 shared.clone(),
             )));
+            let health = (self.health.check != HealthCheck::Off).then(|| {
+                let gate = Arc::new(HealthShared {
+                    serving: tokio::sync::watch::Sender::new(Arc::default()),
+                    report: Mutex::default(),
+                });
+                let refresh = shared.clone();
+                let span = tracing::info_span!("health", service = %service);
+                tasks.push(
+                    handle.spawn(
+                        health::run(
+                            shared.endpoints.subscribe(),
+                            self.health.clone(),
+                            template.clone(),
+                            gate.clone(),
+                            move || refresh.refresh_now.notify_one(),
+                        )
+                        .instrument(span),
+                    ),
+                );
+                gate
+            });
             services.push(Entry {
                 service,
                 shared,
+                health,
                 channel: OnceLock::new(),
             });
         }
@@ -302,7 +380,7 @@ impl Builder {
             specs: services.iter().map(|e| e.service.clone()).collect(),
             services,
             handle,
-            template: Arc::new(self.template),
+            template,
             queue_capacity: self.queue_capacity,
             tasks: Mutex::new(tasks),
         })
@@ -334,6 +412,24 @@ impl Builder {
                 "follow_ttl",
                 format!("needs 0 < floor <= ceiling, got {floor:?} and {ceiling:?}"),
             ));
+        }
+        let h = &self.health;
+        if h.check != HealthCheck::Off {
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                return Err(Error::config(
+                    "health_interval",
+                    "must be greater than zero",
+                ));
+            }
+            if h.unhealthy_after == 0 || h.healthy_after == 0 {
+                return Err(Error::config("health_thresholds", "must be at least 1"));
+            }
+            if !(0.0..=1.0).contains(&h.max_ejection) {
+                return Err(Error::config(
+                    "max_ejection",
+                    format!("must be in 0.0..=1.0, got {}", h.max_ejection),
+                ));
+            }
         }
         if self.dns.attempts == 0 {
             return Err(Error::config("dns_attempts", "must be at least 1"));
@@ -395,11 +491,9 @@ impl Registry {
             // works from any thread.
             let _guard = self.handle.enter();
             let (channel, tx) = Channel::balance_channel(self.queue_capacity);
-            let task = self.handle.spawn(channel::feed(
-                entry.shared.endpoints.subscribe(),
-                tx,
-                self.template.clone(),
-            ));
+            let task = self
+                .handle
+                .spawn(channel::feed(entry.serving(), tx, self.template.clone()));
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -422,7 +516,7 @@ impl Registry {
     /// ```
     pub async fn ready<K: ServiceKey>(&self, service: K, timeout: Duration) -> Result<(), Error> {
         let entry = self.entry(service)?;
-        let mut snapshots = entry.shared.endpoints.subscribe();
+        let mut snapshots = entry.serving();
         match tokio::time::timeout(timeout, snapshots.wait_for(|set| !set.is_empty())).await {
             Ok(Ok(_)) => Ok(()),
             // Timed out, or the registry is shutting down.
@@ -443,6 +537,26 @@ impl Registry {
         let entry = self.entry(service)?;
         let set = entry.shared.endpoints.borrow().clone();
         Ok(set.iter().copied().collect())
+    }
+
+    /// Each endpoint's health: state, whether the balancer holds it, last probe and its
+    /// time. With health checks off, every endpoint DNS reports is shown as serving.
+    pub fn health<K: ServiceKey>(&self, service: K) -> Result<Vec<EndpointHealth>, Error> {
+        let entry = self.entry(service)?;
+        Ok(match &entry.health {
+            Some(gate) => gate
+                .report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            None => entry
+                .shared
+                .endpoints
+                .borrow()
+                .iter()
+                .map(|addr| EndpointHealth::unchecked(*addr))
+                .collect(),
+        })
     }
 
     /// The discovery state of a service: failures, last success, last error.
@@ -477,6 +591,16 @@ impl Registry {
     fn entry<K: ServiceKey>(&self, key: K) -> Result<&Entry, Error> {
         let index = key.index_in(&self.specs)?;
         Ok(&self.services[index])
+    }
+}
+
+impl Entry {
+    /// The set the balancer should hold: the health gate's output, or DNS's when it is off.
+    fn serving(&self) -> tokio::sync::watch::Receiver<Endpoints> {
+        match &self.health {
+            Some(gate) => gate.serving.subscribe(),
+            None => self.shared.endpoints.subscribe(),
+        }
     }
 }
 

@@ -218,7 +218,7 @@ async fn external_five_hundred_records() {
     let dns = Dnsmasq::start("big");
     let fqdn = svc_fqdn("big", "ns62");
     let addrs: Vec<IpAddr> = (0..500u32)
-        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)))
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x7f03_0000 + i)))
         .collect();
     dns.set(&fqdn, &addrs);
     let svc = HeadlessService::new("ns62", "big", 8080).unwrap();

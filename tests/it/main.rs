@@ -4,5 +4,6 @@
 mod discovery;
 mod dns_faults;
 mod external_dns;
+mod health;
 mod lifecycle;
 mod support;

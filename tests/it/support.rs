@@ -127,3 +127,88 @@ pub async fn spread(
     }
     (hits, errors)
 }
+
+/// Heavy load tests take this lock so that they never run at the same time on 2 cores.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Calls from `callers` concurrent loops until `stop` is set, each call bounded by 5 s.
+pub struct Load {
+    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the loops; each stops by itself after `limit` at the latest.
+    pub fn start(channel: &Channel, callers: usize, limit: Duration) -> Load {
+        use std::sync::{Arc, atomic::*};
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let end = tokio::time::Instant::now() + limit;
+        let tasks = (0..callers)
+            .map(|_| {
+                let (channel, ok, failed, errors, stop) = (
+                    channel.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    errors.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+                        match tokio::time::timeout(Duration::from_secs(5), call(&channel)).await {
+                            Ok(Ok(_)) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(Err(status)) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                errors.lock().unwrap().push(status.message().to_owned());
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push("call timed out after 5 s".into());
+                            }
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            failed,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the loops and waits for them.
+    pub async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(std::sync::atomic::Ordering::SeqCst),
+            self.failed.load(std::sync::atomic::Ordering::SeqCst),
+            errors,
+        )
+    }
+}

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::Parser;
-use k8s_headless_svc::{HeadlessService, Registry};
+use k8s_headless_svc::{HeadlessService, HealthCheck, Registry};
 use testkit::pb::{CallRequest, user_client::UserClient};
 use tonic::transport::Channel;
 
@@ -33,6 +33,12 @@ struct Args {
     /// Time between DNS refreshes.
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
     refresh_interval: Duration,
+    /// How user pods are probed before and while they take calls: grpc, tcp or off.
+    #[arg(long, env = "HEALTH_CHECK", default_value = "grpc", value_parser = parse_health)]
+    health_check: HealthCheck,
+    /// Time between health probes of each user pod.
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = examples::parse_duration)]
+    health_interval: Duration,
     /// Deadline of one /index request, DNS wait and call included.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "3s", value_parser = examples::parse_duration)]
     timeout: Duration,
@@ -55,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
         .cluster_domain(args.cluster_domain.parse()?)
         .nameservers(args.nameserver.iter().copied())
         .refresh_interval(args.refresh_interval)
+        .health_check(args.health_check)
+        .health_interval(args.health_interval, args.health_interval)
         .build()?;
     let client = UserClient::new(registry.channel(&service)?);
     let app = Arc::new(App {
@@ -79,6 +87,15 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(examples::shutdown_signal())
         .await?;
     Ok(())
+}
+
+fn parse_health(s: &str) -> Result<HealthCheck, String> {
+    match s {
+        "grpc" => Ok(HealthCheck::default()),
+        "tcp" => Ok(HealthCheck::Tcp),
+        "off" => Ok(HealthCheck::Off),
+        other => Err(format!("expected grpc, tcp or off, got {other:?}")),
+    }
 }
 
 async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
