@@ -48,6 +48,10 @@ impl Http2Keepalive {
 /// How every pod's [`Endpoint`] is made.
 #[derive(Clone)]
 pub(crate) struct EndpointTemplate {
+    /// The Service's DNS name (no trailing dot), for TLS verification and `:authority`.
+    pub(crate) server_name: Option<String>,
+    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) tcp_keepalive: Option<Duration>,
     pub(crate) http2_keepalive: Option<Http2Keepalive>,
@@ -58,6 +62,8 @@ pub(crate) struct EndpointTemplate {
 impl fmt::Debug for EndpointTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointTemplate")
+            .field("server_name", &self.server_name)
+            .field("tls", &self.uses_tls())
             .field("connect_timeout", &self.connect_timeout)
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("http2_keepalive", &self.http2_keepalive)
@@ -68,15 +74,41 @@ impl fmt::Debug for EndpointTemplate {
 }
 
 impl EndpointTemplate {
-    /// The endpoint of the pod at `addr` (IPv6 bracketed, as `SocketAddr` prints it).
-    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Endpoint {
+    /// Whether endpoints are dialed with TLS.
+    pub(crate) fn uses_tls(&self) -> bool {
+        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+        return self.tls.is_some();
+        #[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc")))]
+        return false;
+    }
+
+    /// The endpoint of the pod at `addr` (IPv6 bracketed, as `SocketAddr` prints it). With TLS
+    /// it is `https`, and the certificate is verified against the Service's DNS name, which
+    /// is also the `:authority`, as a client of a ClusterIP Service would see it.
+    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
+        let scheme = if self.uses_tls() { "https" } else { "http" };
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(addr.to_string())
             .path_and_query("/")
             .build()
             .expect("a socket address is a valid URI authority");
         let mut ep = Endpoint::from(uri).tcp_keepalive(self.tcp_keepalive);
+        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+        if let Some(tls) = &self.tls {
+            let mut tls = tls.clone();
+            if let Some(name) = &self.server_name {
+                tls = tls.domain_name(name.clone());
+                let origin = http::Uri::builder()
+                    .scheme("https")
+                    .authority(format!("{name}:{}", addr.port()))
+                    .path_and_query("/")
+                    .build()
+                    .expect("a validated Service name is a valid URI authority");
+                ep = ep.origin(origin);
+            }
+            ep = ep.tls_config(tls)?;
+        }
         if let Some(t) = self.connect_timeout {
             ep = ep.connect_timeout(t);
         }
@@ -89,10 +121,10 @@ impl EndpointTemplate {
                 .keep_alive_timeout(k.timeout)
                 .keep_alive_while_idle(k.while_idle);
         }
-        match &self.customize {
+        Ok(match &self.customize {
             Some(f) => f(ep),
             None => ep,
-        }
+        })
     }
 }
 
@@ -143,7 +175,13 @@ fn push(
     let inserts = changes.inserts.into_iter().map(|a| (a, true));
     for (addr, insert) in removes.chain(inserts) {
         let change = if insert {
-            Change::Insert(addr, template.endpoint(addr))
+            match template.endpoint(addr) {
+                Ok(endpoint) => Change::Insert(addr, endpoint),
+                Err(e) => {
+                    tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}");
+                    continue;
+                }
+            }
         } else {
             Change::Remove(addr)
         };
@@ -173,6 +211,9 @@ mod tests {
 
     fn template() -> EndpointTemplate {
         EndpointTemplate {
+            server_name: None,
+            #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+            tls: None,
             connect_timeout: Some(Duration::from_secs(1)),
             tcp_keepalive: None,
             http2_keepalive: None,
@@ -198,7 +239,9 @@ mod tests {
 
     #[test]
     fn ipv6_endpoints_are_bracketed() {
-        let ep = template().endpoint("[fd00::1]:8080".parse().unwrap());
+        let ep = template()
+            .endpoint("[fd00::1]:8080".parse().unwrap())
+            .unwrap();
         assert_eq!(ep.uri().to_string(), "http://[fd00::1]:8080/");
         assert_eq!(ep.get_connect_timeout(), Some(Duration::from_secs(1)));
     }

@@ -325,20 +325,21 @@ impl Prober {
         let timeout = self.timeout;
         let check = self.check.clone();
         let client = match &check {
-            HealthCheck::Grpc { .. } => Some(
-                self.clients
-                    .entry(addr)
-                    .or_insert_with(|| {
-                        HealthClient::new(self.template.endpoint(addr).connect_lazy())
-                    })
-                    .clone(),
-            ),
+            HealthCheck::Grpc { .. } => match self.clients.get(&addr) {
+                Some(client) => Some(Ok(client.clone())),
+                None => Some(self.template.endpoint(addr).map(|ep| {
+                    let client = HealthClient::new(ep.connect_lazy());
+                    self.clients.insert(addr, client.clone());
+                    client
+                })),
+            },
             _ => None,
         };
         async move {
             let probe = async {
                 match (check, client) {
-                    (HealthCheck::Grpc { service }, Some(mut client)) => {
+                    (HealthCheck::Grpc { .. }, Some(Err(e))) => Err(format!("endpoint: {e}")),
+                    (HealthCheck::Grpc { service }, Some(Ok(mut client))) => {
                         let mut request = tonic::Request::new(HealthCheckRequest { service });
                         request.set_timeout(timeout);
                         match client.check(request).await {
@@ -392,13 +393,18 @@ pub(crate) async fn run(
         clients: HashMap::new(),
     };
     let mut probes = JoinSet::new();
+    let mut probing: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
     let mut last_refresh: Option<Instant> = None;
     let mut dns_open = true;
+    // The set may have been published before this task started: take it first.
+    let initial = dns.borrow_and_update().clone();
+    gate.set_dns(&initial, Instant::now());
     loop {
         let now = Instant::now();
         for addr in gate.due(now) {
             let probe = prober.probe(addr);
-            probes.spawn(async move { (addr, probe.await) });
+            let task = probes.spawn(probe);
+            probing.insert(task.id(), addr);
         }
         let wake = gate.next_due().unwrap_or(now + config.interval);
         tokio::select! {
@@ -411,8 +417,12 @@ pub(crate) async fn run(
                 gate.set_dns(&set, Instant::now());
                 prober.forget_except(&set);
             }
-            Some(done) = probes.join_next(), if !probes.is_empty() => {
-                let Ok((addr, result)) = done else { continue };
+            Some(done) = probes.join_next_with_id(), if !probes.is_empty() => {
+                let (id, result) = match done {
+                    Ok((id, result)) => (id, result),
+                    Err(e) => (e.id(), Err(format!("probe failed to run: {e}"))),
+                };
+                let Some(addr) = probing.remove(&id) else { continue };
                 if let Err(reason) = &result {
                     tracing::debug!(endpoint = %addr, %reason, "probe failed");
                 }

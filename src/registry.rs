@@ -35,7 +35,6 @@ pub struct Registry {
     specs: Vec<HeadlessService>,
     services: Vec<Entry>,
     handle: Handle,
-    template: Arc<EndpointTemplate>,
     queue_capacity: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -45,6 +44,8 @@ struct Entry {
     shared: Arc<Shared>,
     /// The health gate's output, when health checks are on.
     health: Option<Arc<HealthShared>>,
+    /// How this service's pods are dialed.
+    template: Arc<EndpointTemplate>,
     channel: OnceLock<Channel>,
 }
 
@@ -86,6 +87,9 @@ impl Default for Builder {
             },
             jitter: 0.1,
             template: EndpointTemplate {
+                server_name: None,
+                #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+                tls: None,
                 connect_timeout: Some(Duration::from_secs(1)),
                 tcp_keepalive: Some(Duration::from_secs(30)),
                 http2_keepalive: Some(Http2Keepalive::new(
@@ -248,6 +252,20 @@ impl Builder {
         self
     }
 
+    /// Dial every pod with TLS: the endpoints become `https`, and each pod's certificate is
+    /// verified against its Service's DNS name (`user-svc.default.svc.cluster.local`), which
+    /// is also sent as `:authority`, as a client of a ClusterIP Service would see it. Set the
+    /// CA (or client identity) in `config`; its domain name is set per service.
+    ///
+    /// TLS cannot go through [`Builder::map_endpoint`]: tonic applies it only to `https`
+    /// endpoints, so it would silently stay plaintext. Needs the `tls-ring` or `tls-aws-lc`
+    /// feature.
+    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+    pub fn tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
+        self.template.tls = Some(config);
+        self
+    }
+
     /// Any other tonic setting, applied to every pod's [`Endpoint`] after ours.
     ///
     /// ```
@@ -322,7 +340,6 @@ impl Builder {
         let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.validate()?;
         let dns = Dns::new(&self.dns)?;
-        let template = Arc::new(self.template);
         let mut services = Vec::with_capacity(self.services.len());
         let mut tasks = Vec::with_capacity(self.services.len());
         for service in self.services {
@@ -339,7 +356,22 @@ impl Builder {
                     family: self.family,
                 },
             };
+            let template = Arc::new(EndpointTemplate {
+                server_name: Some(
+                    service
+                        .fqdn(&self.cluster_domain)
+                        .trim_end_matches('.')
+                        .to_owned(),
+                ),
+                ..self.template.clone()
+            });
+            // Fail now, not on every endpoint, if the TLS settings cannot work.
+            template
+                .endpoint(SocketAddr::from(([127, 0, 0, 1], 1)))
+                .map_err(|e| Error::config("tls", e.to_string()))?;
             let shared = Arc::new(Shared::new());
+            // Subscribed before discovery starts, so the gate sees its first set.
+            let gate_input = shared.endpoints.subscribe();
             tasks.push(handle.spawn(refresh::run(
                 service.clone(),
                 query,
@@ -358,7 +390,7 @@ impl Builder {
                 tasks.push(
                     handle.spawn(
                         health::run(
-                            shared.endpoints.subscribe(),
+                            gate_input,
                             self.health.clone(),
                             template.clone(),
                             gate.clone(),
@@ -373,6 +405,7 @@ impl Builder {
                 service,
                 shared,
                 health,
+                template,
                 channel: OnceLock::new(),
             });
         }
@@ -380,7 +413,6 @@ impl Builder {
             specs: services.iter().map(|e| e.service.clone()).collect(),
             services,
             handle,
-            template,
             queue_capacity: self.queue_capacity,
             tasks: Mutex::new(tasks),
         })
@@ -491,9 +523,9 @@ impl Registry {
             // works from any thread.
             let _guard = self.handle.enter();
             let (channel, tx) = Channel::balance_channel(self.queue_capacity);
-            let task = self
-                .handle
-                .spawn(channel::feed(entry.serving(), tx, self.template.clone()));
+            let task =
+                self.handle
+                    .spawn(channel::feed(entry.serving(), tx, entry.template.clone()));
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -46,6 +46,26 @@ impl std::fmt::Debug for Stop {
 impl Pod {
     /// Starts a pod named `name` on `addr` (port 0 picks one).
     pub fn start(addr: SocketAddr, name: &str) -> io::Result<Pod> {
+        Self::start_with(addr, name, None)
+    }
+
+    /// Starts a pod that serves TLS with `cert_pem` and `key_pem`.
+    pub fn start_tls(
+        addr: SocketAddr,
+        name: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> io::Result<Pod> {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        Self::start_with(addr, name, Some(tls))
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        name: &str,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> io::Result<Pod> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -61,7 +81,7 @@ impl Pod {
         thread::Builder::new()
             .name(format!("pod-{name}"))
             .spawn(move || {
-                runtime.block_on(run(service, listener, control_rx));
+                runtime.block_on(run(service, listener, tls, control_rx));
                 // Kill: whatever is left (open connections) goes with the runtime.
                 runtime.shutdown_background();
                 let _ = done_tx.send(());
@@ -136,6 +156,7 @@ impl Drop for Pod {
 async fn run(
     service: UserService,
     listener: std::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     control: oneshot::Receiver<Stop>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -146,7 +167,7 @@ async fn run(
         }
     };
     let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
-    let server = serve(service, TcpIncoming::from(listener), async {
+    let server = serve(service, TcpIncoming::from(listener), tls, async {
         let _ = graceful_rx.await;
     });
     tokio::pin!(server);

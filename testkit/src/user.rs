@@ -131,11 +131,13 @@ impl User for UserService {
     }
 }
 
-/// Serves `service` and `grpc.health.v1.Health` on `incoming` until `shutdown` completes; then
-/// reports NOT_SERVING, stops accepting, sends GOAWAY and lets calls in flight finish.
+/// Serves `service` and `grpc.health.v1.Health` on `incoming` (with TLS when `tls` is given)
+/// until `shutdown` completes; then reports NOT_SERVING, stops accepting, sends GOAWAY and
+/// lets calls in flight finish.
 pub async fn serve(
     service: UserService,
     incoming: TcpIncoming,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -147,7 +149,11 @@ pub async fn serve(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(health)
         .add_service(UserServer::new(service))
         .serve_with_incoming_shutdown(incoming, signal)

@@ -309,11 +309,6 @@ async fn idle_client_with_tiny_queue_never_stalls_discovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_rpc_kinds_work_through_the_balanced_channel() {
-    use pb::{
-        BidiStreamRequest, ClientStreamRequest, ServerStreamRequest, user_client::UserClient,
-    };
-    use tokio_stream::StreamExt;
-
     let fx = Fixture::start(18, 3).await;
     let registry = fx.registry();
     assert!(
@@ -322,35 +317,44 @@ async fn all_four_rpc_kinds_work_through_the_balanced_channel() {
         })
         .await
     );
-    let mut client = UserClient::new(registry.channel(&fx.service).unwrap());
+    let mut client = pb::user_client::UserClient::new(registry.channel(&fx.service).unwrap());
     for _ in 0..6 {
-        let reply = client
-            .call(pb::CallRequest { name: "x".into() })
+        tokio::time::timeout(SLACK, all_kinds(&mut client))
             .await
-            .unwrap();
-        assert!(reply.into_inner().msg.starts_with("Hello x from pod18-"));
-
-        let strokes = tokio_stream::iter((1..=5).map(|stroke| ClientStreamRequest { stroke }));
-        let counted = client.client_stream(strokes).await.unwrap().into_inner();
-        assert_eq!(counted.count, 5);
-
-        let mut replies = client
-            .server_stream(ServerStreamRequest { count: 4 })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut got = vec![];
-        while let Some(r) = replies.next().await {
-            got.push(r.unwrap().count);
-        }
-        assert_eq!(got, [1, 2, 3, 4]);
-
-        let strokes = tokio_stream::iter((10..13).map(|stroke| BidiStreamRequest { stroke }));
-        let mut echo = client.bidi_stream(strokes).await.unwrap().into_inner();
-        let mut got = vec![];
-        while let Some(r) = echo.next().await {
-            got.push(r.unwrap().stroke);
-        }
-        assert_eq!(got, [10, 11, 12]);
+            .expect("the four calls finish in time");
     }
+}
+
+async fn all_kinds(client: &mut pb::user_client::UserClient<tonic::transport::Channel>) {
+    use pb::{BidiStreamRequest, ClientStreamRequest, ServerStreamRequest};
+    use tokio_stream::StreamExt;
+
+    let reply = client
+        .call(pb::CallRequest { name: "x".into() })
+        .await
+        .unwrap();
+    assert!(reply.into_inner().msg.starts_with("Hello x from pod18-"));
+
+    let strokes = tokio_stream::iter((1..=5).map(|stroke| ClientStreamRequest { stroke }));
+    let counted = client.client_stream(strokes).await.unwrap().into_inner();
+    assert_eq!(counted.count, 5);
+
+    let mut replies = client
+        .server_stream(ServerStreamRequest { count: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = vec![];
+    while let Some(r) = replies.next().await {
+        got.push(r.unwrap().count);
+    }
+    assert_eq!(got, [1, 2, 3, 4]);
+
+    let strokes = tokio_stream::iter((10..13).map(|stroke| BidiStreamRequest { stroke }));
+    let mut echo = client.bidi_stream(strokes).await.unwrap().into_inner();
+    let mut got = vec![];
+    while let Some(r) = echo.next().await {
+        got.push(r.unwrap().stroke);
+    }
+    assert_eq!(got, [10, 11, 12]);
 }

@@ -7,3 +7,4 @@ mod external_dns;
 mod health;
 mod lifecycle;
 mod support;
+mod tls;

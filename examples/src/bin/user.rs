@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     testkit::user::serve(
         testkit::UserService::new(pod_name),
         incoming,
+        None,
         examples::shutdown_signal(),
     )
     .await?;
