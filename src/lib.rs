@@ -50,6 +50,12 @@
 //! | [`http2_keepalive`](Builder::http2_keepalive) | PING every 30 s with calls in flight, 10 s to answer |
 //! | [`request_timeout`](Builder::request_timeout) | none |
 //! | [`change_queue_capacity`](Builder::change_queue_capacity) | 1024 |
+//! | [`health_check`](Builder::health_check) | `grpc.health.v1` probe, service `""` |
+//! | [`health_interval`](Builder::health_interval) | every 1 s, 1 s timeout |
+//! | [`health_thresholds`](Builder::health_thresholds) | eject after 2 failures, re-admit after 2 successes |
+//! | [`max_ejection`](Builder::max_ejection) | half the endpoints (at least one) |
+//! | [`ejected_probe_backoff`](Builder::ejected_probe_backoff) | up to 4 s |
+//! | `tls` (features `tls-ring`, `tls-aws-lc`) | off |
 //!
 //! # Behaviour on failures
 //! - **DNS down, timeout, SERVFAIL, REFUSED, I/O**: the last endpoints are kept; the
@@ -60,6 +66,10 @@
 //!   endpoints are drained only once the emptiness is confirmed by several answers over a grace
 //!   period, so one wrong NXDOMAIN never empties a healthy Service; they come back with the
 //!   first answer that has records.
+//! - **A pod that crashes or stops serving** while still in DNS fails its health probes and
+//!   is taken out of the channel after 2 of them; it comes back after 2 good ones. A new pod
+//!   gets calls only once its first probe passes. At most half the endpoints are ejected at
+//!   once, and when all fail, all stay in.
 //! - **One service failing** affects no other.
 //! - **No endpoints**: calls on the channel wait in tonic's buffer until one appears, so put a
 //!   deadline on them.
@@ -67,7 +77,9 @@
 //!   their last endpoint set.
 //!
 //! # Feature flags
-//! None yet: the crate always uses tokio and plaintext HTTP/2.
+//! - `tls-ring` (off): TLS to the pods with rustls and ring, through tonic's `tls-ring`;
+//!   enables `Builder::tls`.
+//! - `tls-aws-lc` (off): the same with aws-lc-rs, through tonic's `tls-aws-lc`.
 
 #![warn(
     missing_docs,
