@@ -89,6 +89,7 @@
 )]
 #![forbid(unsafe_code)]
 
+mod balanced;
 mod channel;
 mod diff;
 mod error;
@@ -99,6 +100,7 @@ mod resolve;
 mod schedule;
 mod service;
 
+pub use crate::balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::channel::Http2Keepalive;
 pub use crate::error::{BoxError, Error, Field, Reason};
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};

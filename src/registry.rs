@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use crate::{
+    balanced::{BalanceConfig, Discovery, LoadBalancedChannel, LoadMeasure},
     channel::{self, EndpointTemplate, Http2Keepalive},
     diff::diff,
     error::Error,
@@ -35,6 +36,7 @@ pub struct Registry {
     specs: Vec<HeadlessService>,
     services: Vec<Entry>,
     handle: Handle,
+    balance: BalanceConfig,
     queue_capacity: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -47,6 +49,7 @@ struct Entry {
     /// How this service's pods are dialed.
     template: Arc<EndpointTemplate>,
     channel: OnceLock<Channel>,
+    balanced: OnceLock<LoadBalancedChannel>,
 }
 
 /// Configures and starts a [`Registry`]. Every option has a documented default.
@@ -60,6 +63,7 @@ pub struct Builder {
     jitter: f64,
     template: EndpointTemplate,
     health: HealthConfig,
+    balance: BalanceConfig,
     queue_capacity: usize,
 }
 
@@ -108,6 +112,15 @@ impl Default for Builder {
                 max_ejection: 0.5,
                 ejected_backoff_max: Duration::from_secs(4),
             },
+            balance: BalanceConfig {
+                measure: LoadMeasure::default(),
+                failures: 5,
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(30),
+                failfast: Duration::from_secs(3),
+                max_ejection: 0.5,
+                queue: 1024,
+            },
             queue_capacity: 1024,
         }
     }
@@ -124,6 +137,7 @@ impl fmt::Debug for Builder {
             .field("jitter", &self.jitter)
             .field("template", &self.template)
             .field("health", &self.health)
+            .field("balance", &self.balance)
             .field("queue_capacity", &self.queue_capacity)
             .finish()
     }
@@ -311,6 +325,7 @@ impl Builder {
     /// fails they all stay in, as in Envoy's panic mode. Default: `0.5`.
     pub fn max_ejection(mut self, share: f64) -> Self {
         self.health.max_ejection = share;
+        self.balance.max_ejection = share;
         self
     }
 
@@ -318,6 +333,31 @@ impl Builder {
     /// `max`. Default: 4 s.
     pub fn ejected_probe_backoff(mut self, max: Duration) -> Self {
         self.health.ejected_backoff_max = max;
+        self
+    }
+
+    /// How the load-aware channel ([`Registry::load_balanced`]) measures each pod's load.
+    /// Default: [`LoadMeasure::PeakEwma`] with a 30 ms initial latency and a 10 s decay.
+    pub fn load_measure(mut self, measure: LoadMeasure) -> Self {
+        self.balance.measure = measure;
+        self
+    }
+
+    /// Passive failure accrual of the load-aware channel: after `failures` failed calls in a
+    /// row a pod rests for `base` (doubling up to `max` while its trial calls fail), then one
+    /// real call tests it. At most [`max_ejection`](Builder::max_ejection) of the pods rest
+    /// at once. Default: 5 failures, 1 s doubling to 30 s.
+    pub fn failure_accrual(mut self, failures: u32, base: Duration, max: Duration) -> Self {
+        self.balance.failures = failures;
+        self.balance.backoff_base = base;
+        self.balance.backoff_max = max;
+        self
+    }
+
+    /// How long a call on the load-aware channel waits for a ready pod before it fails with
+    /// `UNAVAILABLE`. Default: 3 s (linkerd's).
+    pub fn failfast(mut self, timeout: Duration) -> Self {
+        self.balance.failfast = timeout;
         self
     }
 
@@ -407,12 +447,14 @@ impl Builder {
                 health,
                 template,
                 channel: OnceLock::new(),
+                balanced: OnceLock::new(),
             });
         }
         Ok(Registry {
             specs: services.iter().map(|e| e.service.clone()).collect(),
             services,
             handle,
+            balance: self.balance,
             queue_capacity: self.queue_capacity,
             tasks: Mutex::new(tasks),
         })
@@ -462,6 +504,24 @@ impl Builder {
                     format!("must be in 0.0..=1.0, got {}", h.max_ejection),
                 ));
             }
+        }
+        let b = &self.balance;
+        if b.failures == 0 || b.backoff_base.is_zero() || b.backoff_max < b.backoff_base {
+            return Err(Error::config(
+                "failure_accrual",
+                "needs at least 1 failure and 0 < base <= max",
+            ));
+        }
+        if b.failfast.is_zero() {
+            return Err(Error::config("failfast", "must be greater than zero"));
+        }
+        if let LoadMeasure::PeakEwma { decay, .. } = b.measure
+            && decay.is_zero()
+        {
+            return Err(Error::config(
+                "load_measure",
+                "decay must be greater than zero",
+            ));
         }
         if self.dns.attempts == 0 {
             return Err(Error::config("dns_attempts", "must be at least 1"));
@@ -533,6 +593,63 @@ impl Registry {
             channel
         });
         Ok(channel.clone())
+    }
+
+    /// The load-aware channel of a service: p2c over per-pod connections weighted by their
+    /// load (Peak-EWMA by default), with passive failure accrual and failfast. Every call for
+    /// the same service returns a clone of one channel; generated clients take it as they take
+    /// a [`Channel`].
+    ///
+    /// Pick it over [`Registry::channel`] when one slow or failing pod must not drag the
+    /// client down; [`Registry::channel`] is tonic's own balancer, uniform over the pods.
+    ///
+    /// ```no_run
+    /// # async fn f(registry: k8s_headless_svc::Registry) -> Result<(), k8s_headless_svc::Error> {
+    /// let channel = registry.load_balanced("user-svc.default")?;
+    /// // let mut client = UserClient::new(channel);
+    /// # Ok(()) }
+    /// ```
+    pub fn load_balanced<K: ServiceKey>(&self, service: K) -> Result<LoadBalancedChannel, Error> {
+        let entry = self.entry(service)?;
+        let channel = entry.balanced.get_or_init(|| {
+            let (channel, task) = LoadBalancedChannel::spawn(
+                &self.handle,
+                entry.serving(),
+                entry.template.clone(),
+                self.balance.clone(),
+            );
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(task);
+            channel
+        });
+        Ok(channel.clone())
+    }
+
+    /// A discovery stream of a service for a `tower::balance` stack of your own: each endpoint
+    /// the balancer should hold (health-gated like the channels) becomes a service through
+    /// `make`. tower's blanket impl makes it a `tower::discover::Discover`.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use tower::{balance::p2c::Balance, load::{CompleteOnResponse, PendingRequests}};
+    /// # async fn f(registry: k8s_headless_svc::Registry) -> Result<(), k8s_headless_svc::Error> {
+    /// let discovery = registry.discover("user-svc.default", |addr: SocketAddr| {
+    ///     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    ///         .expect("a valid URI")
+    ///         .connect_lazy();
+    ///     PendingRequests::new(channel, CompleteOnResponse::default())
+    /// })?;
+    /// let balance = Balance::<_, http::Request<tonic::body::Body>>::new(discovery);
+    /// # Ok(()) }
+    /// ```
+    pub fn discover<K, F, S>(&self, service: K, make: F) -> Result<Discovery<F, S>, Error>
+    where
+        K: ServiceKey,
+        F: FnMut(SocketAddr) -> S,
+    {
+        Ok(Discovery::new(self.entry(service)?.serving(), make))
     }
 
     /// Waits until a service has at least one endpoint, for at most `timeout`: a bounded

@@ -326,6 +326,14 @@ async fn all_four_rpc_kinds_work_through_the_balanced_channel() {
 }
 
 async fn all_kinds(client: &mut pb::user_client::UserClient<tonic::transport::Channel>) {
+    all_kinds_named(client, "pod18-").await
+}
+
+/// Each of the four RPC kinds once; `Call` must be answered by a pod named `prefix…`.
+pub async fn all_kinds_named<C: Caller + GrpcClient>(
+    client: &mut pb::user_client::UserClient<C>,
+    prefix: &str,
+) {
     use pb::{BidiStreamRequest, ClientStreamRequest, ServerStreamRequest};
     use tokio_stream::StreamExt;
 
@@ -333,7 +341,12 @@ async fn all_kinds(client: &mut pb::user_client::UserClient<tonic::transport::Ch
         .call(pb::CallRequest { name: "x".into() })
         .await
         .unwrap();
-    assert!(reply.into_inner().msg.starts_with("Hello x from pod18-"));
+    assert!(
+        reply
+            .into_inner()
+            .msg
+            .starts_with(&format!("Hello x from {prefix}"))
+    );
 
     let strokes = tokio_stream::iter((1..=5).map(|stroke| ClientStreamRequest { stroke }));
     let counted = client.client_stream(strokes).await.unwrap().into_inner();

@@ -79,9 +79,28 @@ impl Fixture {
     }
 }
 
+/// A channel kind a generated client takes: tonic's `Channel` or the load-aware one.
+pub trait Caller: Clone + Send + Sync + 'static {
+    fn client(&self) -> pb::user_client::UserClient<Self>
+    where
+        Self: Sized;
+}
+
+impl Caller for Channel {
+    fn client(&self) -> pb::user_client::UserClient<Self> {
+        pb::user_client::UserClient::new(self.clone())
+    }
+}
+
+impl Caller for k8s_headless_svc::LoadBalancedChannel {
+    fn client(&self) -> pb::user_client::UserClient<Self> {
+        pb::user_client::UserClient::new(self.clone())
+    }
+}
+
 /// One `User.Call`; the answering pod's name.
-pub async fn call(channel: &Channel) -> Result<String, tonic::Status> {
-    let mut client = pb::user_client::UserClient::new(channel.clone());
+pub async fn call<C: Caller + GrpcClient>(channel: &C) -> Result<String, tonic::Status> {
+    let mut client = channel.client();
     let reply = client
         .call(pb::CallRequest {
             name: "test".into(),
@@ -98,8 +117,8 @@ pub async fn call(channel: &Channel) -> Result<String, tonic::Status> {
 
 /// `calls` calls, `concurrency` at a time, each bounded by 5 s; calls per pod name, and the
 /// errors.
-pub async fn spread(
-    channel: &Channel,
+pub async fn spread<C: Caller + GrpcClient>(
+    channel: &C,
     calls: usize,
     concurrency: usize,
 ) -> (HashMap<String, usize>, Vec<String>) {
@@ -142,7 +161,7 @@ pub struct Load {
 
 impl Load {
     /// Starts the loops; each stops by itself after `limit` at the latest.
-    pub fn start(channel: &Channel, callers: usize, limit: Duration) -> Load {
+    pub fn start<C: Caller + GrpcClient>(channel: &C, callers: usize, limit: Duration) -> Load {
         use std::sync::{Arc, atomic::*};
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -211,4 +230,33 @@ impl Load {
             errors,
         )
     }
+}
+
+/// What a generated client needs of its transport.
+pub trait GrpcClient:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: tonic::codegen::Body<
+            Data = tonic::codegen::Bytes,
+            Error: Into<tonic::codegen::StdError> + Send,
+        > + Send
+                          + 'static,
+        Future: Send,
+    > + Send
+{
+}
+
+impl<T> GrpcClient for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: tonic::codegen::Body<
+                Data = tonic::codegen::Bytes,
+                Error: Into<tonic::codegen::StdError> + Send,
+            > + Send
+                              + 'static,
+            Future: Send,
+        > + Send
+{
 }

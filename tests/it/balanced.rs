@@ -1,0 +1,181 @@
+//! The load-aware channel: a slow pod gets a small share, a dead one is rested by its breaker,
+//! discovery applies with no traffic, and calls fail fast when no pod is ready.
+
+use std::time::{Duration, Instant};
+
+use k8s_headless_svc::{HeadlessService, HealthCheck, LoadMeasure};
+
+use crate::support::*;
+
+fn lb_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
+    builder(&fx.dns)
+        .service(fx.service.clone())
+        .load_measure(LoadMeasure::PeakEwma {
+            default_rtt: Duration::from_millis(5),
+            decay: Duration::from_secs(1),
+        })
+        .failure_accrual(3, Duration::from_millis(500), Duration::from_secs(4))
+}
+
+/// Calls per pod over `window` while `load` runs.
+async fn shares(load: &Load, pods: &[Pod], window: Duration) -> Vec<u64> {
+    let before: Vec<u64> = pods.iter().map(|p| p.stats().calls()).collect();
+    let ok = load.ok();
+    assert!(eventually(window + SLACK, || async { load.ok() > ok }).await);
+    tokio::time::sleep(window).await;
+    pods.iter()
+        .zip(before)
+        .map(|(p, b)| p.stats().calls() - b)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_pod_gets_a_small_share_and_recovers() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(80, 3).await;
+    let registry = lb_builder(&fx).build().unwrap();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    fx.pods[0].stats().set_delay(Duration::from_millis(20));
+    let load = Load::start(&channel, 16, Duration::from_secs(30));
+    // Let the EWMA learn, then measure.
+    let _ = shares(&load, &fx.pods, Duration::from_secs(1)).await;
+    let calls = shares(&load, &fx.pods, Duration::from_secs(2)).await;
+    let total: u64 = calls.iter().sum();
+    let slow_share = calls[0] as f64 / total as f64;
+    eprintln!("slow pod (+20 ms): {calls:?}, share {:.3}", slow_share);
+    assert!(total > 100, "{calls:?}");
+    assert!(
+        slow_share < 1.0 / 6.0,
+        "slow pod share {slow_share:.3}: {calls:?}"
+    );
+
+    // Fast again: it wins its share back as the peak decays.
+    fx.pods[0].stats().set_delay(Duration::ZERO);
+    let mut last = vec![];
+    let recovered = eventually(SLACK, || {
+        let load = &load;
+        let pods = &fx.pods;
+        async move {
+            let calls = shares(load, pods, Duration::from_millis(500)).await;
+            let total: u64 = calls.iter().sum();
+            calls[0] as f64 / total.max(1) as f64 > 0.2
+        }
+    })
+    .await;
+    last.push(recovered);
+    assert!(recovered, "the recovered pod never got its share back");
+    let (ok, failed, errors) = load.stop().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    eprintln!("slow-pod test: {ok} calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(81, 3).await;
+    // No health checks: the breaker alone must handle it.
+    let registry = lb_builder(&fx)
+        .health_check(HealthCheck::Off)
+        .build()
+        .unwrap();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    let load = Load::start(&channel, 8, Duration::from_secs(30));
+    assert!(eventually(SLACK, || async { load.ok() > 300 }).await);
+    let Fixture {
+        dns: _dns,
+        mut pods,
+        ..
+    } = fx;
+    let victim = pods.remove(2);
+    let before = load.failed();
+    victim.kill().await;
+    // Give the breaker its k failures, then watch a 5 s window.
+    assert!(eventually(SLACK, || async { load.failed() > before }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok0, failed0) = (load.ok(), load.failed());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (ok1, failed1) = (load.ok(), load.failed());
+    let window_failed = failed1 - failed0;
+    let window_calls = (ok1 - ok0) + window_failed;
+    eprintln!(
+        "killed pod: {} calls failed before the breaker opened; in the next 5 s {window_failed} of {window_calls} failed ({:.4} %)",
+        failed0 - before,
+        window_failed as f64 * 100.0 / window_calls.max(1) as f64
+    );
+    assert!(window_calls > 1000, "too little load: {window_calls}");
+    // Only the breaker's trial calls (0.5 s, 1 s, 2 s, 4 s backoff) may fail in the window.
+    assert!(
+        window_failed <= 8,
+        "{window_failed} failed: {:?}",
+        load.errors.lock().unwrap().last()
+    );
+    let _ = load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_rpc_kinds_work_through_the_load_aware_channel() {
+    let fx = Fixture::start(82, 3).await;
+    let registry = lb_builder(&fx).build().unwrap();
+    let channel = registry.load_balanced("user-svc.ns82").unwrap();
+    let mut client = pb::user_client::UserClient::new(channel);
+    for _ in 0..6 {
+        tokio::time::timeout(
+            SLACK,
+            crate::discovery::all_kinds_named(&mut client, "pod82-"),
+        )
+        .await
+        .expect("the four calls finish in time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_applies_with_no_traffic_at_all() {
+    let fx = Fixture::start(83, 3).await;
+    let registry = lb_builder(&fx).build().unwrap();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    let extra = fx.extra_pod(9);
+    fx.dns.add_addr(&fx.fqdn, extra.addr().ip()).await;
+    assert!(eventually(SLACK, || async { channel.endpoints() == 4 }).await);
+    let Fixture {
+        dns,
+        mut pods,
+        fqdn,
+        ..
+    } = fx;
+    for pod in pods.drain(..2) {
+        dns.remove_addr(&fqdn, pod.addr().ip()).await;
+        pod.kill().await;
+    }
+    assert!(eventually(SLACK, || async { channel.endpoints() == 2 }).await);
+    // The first call ever reaches a live pod.
+    let pod = tokio::time::timeout(SLACK, call(&channel))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pod == pods[0].name() || pod == extra.name(), "{pod}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_pod_fails_fast_with_unavailable() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new("ns84", "user-svc", 8080).unwrap();
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .failfast(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let channel = registry.load_balanced(&svc).unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = tokio::time::timeout(SLACK, call(&channel))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(started.elapsed() < Duration::from_millis(500) + Duration::from_secs(3));
+    }
+}
