@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::{Stream, wrappers::WatchStream};
+use tokio_stream::Stream;
 use tonic::body::Body;
 use tower::{
     Service,
@@ -82,7 +82,10 @@ pub(crate) struct BalanceConfig {
 /// [`Registry::discover`](crate::Registry::discover). When the registry shuts down, the
 /// stream stays pending, so a balancer keeps its last set.
 pub struct Discovery<F, S> {
-    sets: WatchStream<Endpoints>,
+    sets: watch::Receiver<Endpoints>,
+    /// Wakes the task when the set changes; rebuilt after every read.
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    started: bool,
     held: BTreeSet<SocketAddr>,
     queue: VecDeque<Change<SocketAddr, S>>,
     make: F,
@@ -103,7 +106,9 @@ where
 {
     pub(crate) fn new(sets: watch::Receiver<Endpoints>, make: F) -> Self {
         Self {
-            sets: WatchStream::new(sets),
+            sets,
+            wait: None,
+            started: false,
             held: BTreeSet::new(),
             queue: VecDeque::new(),
             make,
@@ -126,23 +131,38 @@ where
             if let Some(change) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            match Pin::new(&mut this.sets).poll_next(cx) {
-                Poll::Ready(Some(set)) => {
-                    let changes = diff(&this.held, &set);
-                    for addr in changes.removes {
-                        this.queue.push_back(Change::Remove(addr));
-                    }
-                    for addr in changes.inserts {
-                        this.queue
-                            .push_back(Change::Insert(addr, (this.make)(addr)));
-                    }
-                    this.held = (*set).clone();
-                    if let Some(size) = &this.size {
-                        size.store(this.held.len(), Ordering::SeqCst);
-                    }
+            let changed = !this.started || this.sets.has_changed().unwrap_or(false);
+            if changed {
+                this.started = true;
+                this.wait = None;
+                let set = this.sets.borrow_and_update().clone();
+                let changes = diff(&this.held, &set);
+                for addr in changes.removes {
+                    this.queue.push_back(Change::Remove(addr));
                 }
-                // The registry is gone: keep the last set, like tonic's balancer.
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                for addr in changes.inserts {
+                    this.queue
+                        .push_back(Change::Insert(addr, (this.make)(addr)));
+                }
+                this.held = (*set).clone();
+                if let Some(size) = &this.size {
+                    size.store(this.held.len(), Ordering::SeqCst);
+                }
+                continue;
+            }
+            let wait = this.wait.get_or_insert_with(|| {
+                let mut sets = this.sets.clone();
+                Box::pin(async move {
+                    // When the registry is gone this never completes: the last set stays,
+                    // like tonic's balancer.
+                    if sets.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            });
+            match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => this.wait = None,
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -457,6 +477,8 @@ async fn worker<D>(
     <D::Service as Service<http::Request<Body>>>::Future: Send + 'static,
 {
     let mut watching = true;
+    // Take the set published before this worker started.
+    absorb(&mut balance, &balanced).await;
     loop {
         tokio::select! {
             biased;
@@ -493,16 +515,28 @@ async fn worker<D>(
                     watching = false;
                     continue;
                 }
-                // Let the balancer take the new set now, with no call waiting.
-                std::future::poll_fn(|cx| {
-                    let _ = balance.poll_ready(cx);
-                    Poll::Ready(())
-                })
-                .await;
-                balanced.store(balance.len(), Ordering::SeqCst);
+                absorb(&mut balance, &balanced).await;
             }
         }
     }
+}
+
+/// Lets the balancer take the latest set now, with no call waiting.
+async fn absorb<D>(balance: &mut Balance<D, http::Request<Body>>, balanced: &AtomicUsize)
+where
+    D: tower::discover::Discover<Key = SocketAddr> + Unpin,
+    D::Error: Into<BoxError>,
+    D::Service:
+        Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError> + Load,
+    <D::Service as Load>::Metric: fmt::Debug,
+{
+    std::future::poll_fn(|cx| {
+        let _ = balance.poll_ready(cx);
+        Poll::Ready(())
+    })
+    .await;
+    tracing::trace!(len = balance.len(), "absorbed discovery changes");
+    balanced.store(balance.len(), Ordering::SeqCst);
 }
 
 fn unavailable(failfast: Duration) -> ResponseFuture {

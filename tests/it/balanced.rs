@@ -52,7 +52,6 @@ async fn slow_pod_gets_a_small_share_and_recovers() {
 
     // Fast again: it wins its share back as the peak decays.
     fx.pods[0].stats().set_delay(Duration::ZERO);
-    let mut last = vec![];
     let recovered = eventually(SLACK, || {
         let load = &load;
         let pods = &fx.pods;
@@ -63,7 +62,6 @@ async fn slow_pod_gets_a_small_share_and_recovers() {
         }
     })
     .await;
-    last.push(recovered);
     assert!(recovered, "the recovered pod never got its share back");
     let (ok, failed, errors) = load.stop().await;
     assert_eq!(failed, 0, "{errors:?}");
