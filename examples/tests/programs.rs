@@ -73,6 +73,7 @@ async fn frontend(
     namespace: &str,
     user_port: u16,
     timeout: &str,
+    balancer: &str,
 ) -> (Proc, SocketAddr) {
     let ip = loopback(net, 1);
     let addr = SocketAddr::new(ip, free_port(ip));
@@ -85,6 +86,7 @@ async fn frontend(
             format!("--nameserver={}", dns.addr()),
             "--refresh-interval=200ms".into(),
             format!("--timeout={timeout}"),
+            format!("--balancer={balancer}"),
         ],
     );
     let up = eventually(SLACK, || async {
@@ -104,26 +106,29 @@ async fn frontend_index_spreads_over_pods() {
         &pods.iter().map(|p| p.addr().ip()).collect::<Vec<_>>(),
     )
     .await;
-    let (_proc, addr) = frontend(&dns, 50, "ns50", pods[0].addr().port(), "3s").await;
-    let robots = get(addr, "/robots.txt").unwrap();
-    assert_eq!(robots, (200, "User-agent: *\nDisallow: /\n".to_owned()));
-    let mut seen = std::collections::BTreeSet::new();
-    let spread = eventually(SLACK, || {
-        let (status, body) = get(addr, "/index").unwrap();
-        assert_eq!(status, 200, "{body}");
-        assert!(body.starts_with("Hello frontend from user-"), "{body}");
-        seen.insert(body.trim().to_owned());
-        let all = seen.len() == 3;
-        async move { all }
-    })
-    .await;
-    assert!(spread, "only {seen:?} answered");
+    for (net, balancer) in [(56, "channel"), (57, "load-aware")] {
+        let (_proc, addr) =
+            frontend(&dns, net, "ns50", pods[0].addr().port(), "3s", balancer).await;
+        let robots = get(addr, "/robots.txt").unwrap();
+        assert_eq!(robots, (200, "User-agent: *\nDisallow: /\n".to_owned()));
+        let mut seen = std::collections::BTreeSet::new();
+        let spread = eventually(SLACK, || {
+            let (status, body) = get(addr, "/index").unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.starts_with("Hello frontend from user-"), "{body}");
+            seen.insert(body.trim().to_owned());
+            let all = seen.len() == 3;
+            async move { all }
+        })
+        .await;
+        assert!(spread, "{balancer}: only {seen:?} answered");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_answers_503_within_its_timeout_with_no_pods() {
     let dns = DnsServer::start().await.unwrap();
-    let (_proc, addr) = frontend(&dns, 51, "ns51", 8080, "1s").await;
+    let (_proc, addr) = frontend(&dns, 51, "ns51", 8080, "1s", "load-aware").await;
     let started = Instant::now();
     let (status, body) = tokio::task::spawn_blocking(move || get(addr, "/index"))
         .await

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::Parser;
-use k8s_headless_svc::{HeadlessService, HealthCheck, Registry};
+use k8s_headless_svc::{HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
 use testkit::pb::{CallRequest, user_client::UserClient};
 use tonic::transport::Channel;
 
@@ -33,6 +33,11 @@ struct Args {
     /// Time between DNS refreshes.
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
     refresh_interval: Duration,
+    /// Which channel kind spreads the calls: `load-aware` (p2c over Peak-EWMA with failure
+    /// accrual: one slow or dead pod gets few calls) or `channel` (tonic's balance_channel,
+    /// uniform).
+    #[arg(long, env = "BALANCER", default_value = "load-aware", value_parser = ["load-aware", "channel"])]
+    balancer: String,
     /// How user pods are probed before and while they take calls: grpc, tcp or off.
     #[arg(long, env = "HEALTH_CHECK", default_value = "grpc", value_parser = parse_health)]
     health_check: HealthCheck,
@@ -47,8 +52,27 @@ struct Args {
 struct App {
     registry: Registry,
     service: HeadlessService,
-    client: UserClient<Channel>,
+    client: Client,
     timeout: Duration,
+}
+
+/// The user client over either channel kind.
+#[derive(Clone)]
+enum Client {
+    Channel(UserClient<Channel>),
+    LoadAware(UserClient<LoadBalancedChannel>),
+}
+
+impl Client {
+    async fn call(
+        &self,
+        request: tonic::Request<CallRequest>,
+    ) -> Result<tonic::Response<testkit::pb::CallResponse>, tonic::Status> {
+        match self.clone() {
+            Client::Channel(mut c) => c.call(request).await,
+            Client::LoadAware(mut c) => c.call(request).await,
+        }
+    }
 }
 
 #[tokio::main]
@@ -64,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
         .health_check(args.health_check)
         .health_interval(args.health_interval, args.health_interval)
         .build()?;
-    let client = UserClient::new(registry.channel(&service)?);
+    let client = match args.balancer.as_str() {
+        "channel" => Client::Channel(UserClient::new(registry.channel(&service)?)),
+        _ => Client::LoadAware(UserClient::new(registry.load_balanced(&service)?)),
+    };
+    tracing::info!(balancer = %args.balancer, "calling {service}");
     let app = Arc::new(App {
         registry,
         service,
@@ -109,8 +137,7 @@ async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
         name: "frontend".into(),
     });
     request.set_timeout(left);
-    let mut client = app.client.clone();
-    match tokio::time::timeout(left, client.call(request)).await {
+    match tokio::time::timeout(left, app.client.call(request)).await {
         Ok(Ok(reply)) => (StatusCode::OK, format!("{}\n", reply.into_inner().msg)),
         Ok(Err(status)) => (
             StatusCode::SERVICE_UNAVAILABLE,
