@@ -24,6 +24,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Two channel kinds
+//! - [`Registry::channel`]: a plain [`tonic::transport::Channel`] fed by discovery (tonic's
+//!   `balance_channel`, uniform over the pods).
+//! - [`Registry::load_balanced`]: a [`LoadBalancedChannel`], p2c over per-pod connections
+//!   weighted by Peak-EWMA latency, with passive failure accrual and failfast, so that one
+//!   slow or dead pod cannot drag the client down.
+//!
+//! Both are health-gated: the balancer holds the pods DNS lists that pass their probes.
+//!
 //! # How it works
 //! For each service a background task resolves
 //! `<name>.<namespace>.svc.<cluster-domain>.` (fully qualified, so a pod's `ndots:5` search
@@ -56,6 +65,9 @@
 //! | [`max_ejection`](Builder::max_ejection) | half the endpoints (at least one) |
 //! | [`ejected_probe_backoff`](Builder::ejected_probe_backoff) | up to 4 s |
 //! | `tls` (features `tls-ring`, `tls-aws-lc`) | off |
+//! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 30 ms initial, 10 s decay |
+//! | [`failure_accrual`](Builder::failure_accrual) | 5 failures, rest 1 s doubling to 30 s |
+//! | [`failfast`](Builder::failfast) | 3 s |
 //!
 //! # Behaviour on failures
 //! - **DNS down, timeout, SERVFAIL, REFUSED, I/O**: the last endpoints are kept; the
@@ -71,8 +83,9 @@
 //!   gets calls only once its first probe passes. At most half the endpoints are ejected at
 //!   once, and when all fail, all stay in.
 //! - **One service failing** affects no other.
-//! - **No endpoints**: calls on the channel wait in tonic's buffer until one appears, so put a
-//!   deadline on them.
+//! - **No endpoints**: calls on [`Registry::channel`] wait in tonic's buffer until one appears,
+//!   so bound them ([`Registry::ready`], deadlines); calls on [`Registry::load_balanced`] fail
+//!   with `UNAVAILABLE` after the failfast time.
 //! - **Shutdown**: dropping the [`Registry`] ends its tasks; channels already handed out keep
 //!   their last endpoint set.
 //!
