@@ -60,12 +60,18 @@ impl System {
     }
 
     async fn call(&self) -> Result<(), tonic::Status> {
-        let request = pb::CallRequest { name: "bench".into() };
+        let request = pb::CallRequest {
+            name: "bench".into(),
+        };
         match self.clone() {
-            System::BalanceList(c) | System::Ours(c) => {
-                pb::user_client::UserClient::new(c).call(request).await.map(drop)
-            }
-            System::LoadAware(c) => pb::user_client::UserClient::new(c).call(request).await.map(drop),
+            System::BalanceList(c) | System::Ours(c) => pb::user_client::UserClient::new(c)
+                .call(request)
+                .await
+                .map(drop),
+            System::LoadAware(c) => pb::user_client::UserClient::new(c)
+                .call(request)
+                .await
+                .map(drop),
         }
     }
 }
@@ -185,7 +191,11 @@ async fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.push_str(&format!(
@@ -195,7 +205,11 @@ async fn main() -> anyhow::Result<()> {
 
     let mut fast = Vec::new();
     for (title, slow) in [("all pods fast", false), ("one pod +20 ms", true)] {
-        pods[0].stats().set_delay(if slow { Duration::from_millis(20) } else { Duration::ZERO });
+        pods[0].stats().set_delay(if slow {
+            Duration::from_millis(20)
+        } else {
+            Duration::ZERO
+        });
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); systems.len()];
         for _ in 0..args.rounds {
             for (i, s) in systems.iter().enumerate() {
@@ -207,16 +221,26 @@ async fn main() -> anyhow::Result<()> {
             "### {title}\n\n| system | calls/s | × balance_list | × own all-fast | p50 ms | p99 ms | × own all-fast p99 | failed |\n|---|---|---|---|---|---|---|---|\n"
         ));
         for (i, (s, sum)) in systems.iter().zip(&sums).enumerate() {
-            let (own_tp, own_p99) = fast.get(i).map_or((f64::NAN, f64::NAN), |f: &Summary| (f.throughput, f.p99));
+            let (own_tp, own_p99) = fast
+                .get(i)
+                .map_or((f64::NAN, f64::NAN), |f: &Summary| (f.throughput, f.p99));
             report.push_str(&format!(
                 "| {} | {:.0} | {:.2} | {} | {:.2} | {:.2} | {} | {} of {} |\n",
                 s.name(),
                 sum.throughput,
                 sum.throughput / sums[0].throughput,
-                if slow { format!("{:.2}", sum.throughput / own_tp) } else { "1.00".into() },
+                if slow {
+                    format!("{:.2}", sum.throughput / own_tp)
+                } else {
+                    "1.00".into()
+                },
                 sum.p50,
                 sum.p99,
-                if slow { format!("{:.2}", sum.p99 / own_p99) } else { "1.00".into() },
+                if slow {
+                    format!("{:.2}", sum.p99 / own_p99)
+                } else {
+                    "1.00".into()
+                },
                 sum.failed,
                 sum.calls,
             ));
@@ -230,7 +254,11 @@ async fn main() -> anyhow::Result<()> {
 
     // One pod killed while DNS still lists it: for each system in turn, (re)start the pod,
     // let the system use it, kill it, and count failures over the next window.
-    let window = if args.quick { Duration::from_millis(500) } else { Duration::from_secs(5) };
+    let window = if args.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
     let victim_addr: SocketAddr = pods[2].addr();
     report.push_str(&format!(
         "### one pod killed, still in DNS ({window:?} window)\n\n| system | calls in window | failed | failed % |\n|---|---|---|---|\n",
@@ -238,7 +266,9 @@ async fn main() -> anyhow::Result<()> {
     for s in &systems {
         let victim = pods.remove(2);
         let _ = eventually(Duration::from_secs(10), || async {
-            registry.health(&service).is_ok_and(|h| h.iter().filter(|e| e.serving).count() == 3)
+            registry
+                .health(&service)
+                .is_ok_and(|h| h.iter().filter(|e| e.serving).count() == 3)
         })
         .await;
         let _ = run(s, args.callers, Duration::from_millis(500)).await;
