@@ -37,12 +37,7 @@ async fn added_record_gets_traffic_within_interval_and_slack() {
     let fx = Fixture::start(11, 2).await;
     let registry = fx.registry();
     let channel = registry.channel("user-svc.ns11").unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 2
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 2).await);
     let (_, errors) = spread(&channel, 20, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
 
@@ -66,12 +61,7 @@ async fn removed_record_gets_no_new_calls_while_call_in_flight_completes() {
     let fx = Fixture::start(12, 3).await;
     let registry = fx.registry();
     let channel = registry.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     let (_, errors) = spread(&channel, 30, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
 
@@ -122,12 +112,7 @@ async fn dns_server_stopping_changes_nothing_for_callers() {
     let fx = Fixture::start(13, 3).await;
     let registry = fx.registry();
     let channel = registry.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     let Fixture {
         dns, pods, service, ..
     } = fx;
@@ -215,12 +200,7 @@ async fn idle_churn(net: u8, capacity: usize, strict_first_call: bool) {
         .build()
         .unwrap();
     let channel = registry.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     let (_, errors) = spread(&channel, 12, 3).await;
     assert!(errors.is_empty(), "{errors:?}");
 
@@ -311,12 +291,7 @@ async fn idle_client_with_tiny_queue_never_stalls_discovery() {
 async fn all_four_rpc_kinds_work_through_the_balanced_channel() {
     let fx = Fixture::start(18, 3).await;
     let registry = fx.registry();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     let mut client = pb::user_client::UserClient::new(registry.channel(&fx.service).unwrap());
     for _ in 0..6 {
         tokio::time::timeout(SLACK, all_kinds(&mut client))

@@ -30,12 +30,7 @@ fn record_updates(
 async fn transient_fault_keeps_endpoints(net: u8, fault: Fault, kind: &str) {
     let fx = Fixture::start(net, 2).await;
     let registry = fx.registry();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 2
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 2).await);
     let updates = record_updates(&registry, &fx.service);
     fx.dns.set_fault(fault);
     assert!(
@@ -129,12 +124,7 @@ async fn failures_back_off_exponentially() {
 async fn single_nxdomain_flap_never_empties_the_service() {
     let fx = Fixture::start(24, 3).await;
     let registry = fx.registry();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     let updates = record_updates(&registry, &fx.service);
     let before = fx.dns.queries();
     fx.dns.set_fault(Fault::NxDomainOnce);
@@ -155,12 +145,7 @@ async fn single_nxdomain_flap_never_empties_the_service() {
 async fn scale_to_zero_drains_after_confirmation_then_recovers() {
     let fx = Fixture::start(25, 2).await;
     let registry = fx.registry();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 2
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 2).await);
     let emptied = Instant::now();
     fx.dns.set_addrs(&fx.fqdn, &[]).await;
     // Not drained on the first empty answer...

@@ -35,18 +35,7 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
     let fx = Fixture::start(70, 3).await;
     let registry = health_builder(&fx).build().unwrap();
     let channel = registry.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry
-                .health(&fx.service)
-                .unwrap()
-                .iter()
-                .filter(|h| h.serving)
-                .count()
-                == 3
-        })
-        .await
-    );
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
     let load = Load::start(&channel, 4, Duration::from_secs(30));
     assert!(eventually(SLACK, || async { load.ok() > 200 }).await);
 
@@ -145,12 +134,7 @@ async fn black_holed_pod_never_hangs_calls_and_is_ejected() {
 
     // With health checks: never admitted, shown as ejected.
     let registry = health_builder(&fx).build().unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &fx.service, 3).await);
     assert!(
         eventually(SLACK, || async {
             state_of(&registry, &fx, hole_addr) == Some((HealthState::Ejected, false))
@@ -196,18 +180,7 @@ async fn rolling_update_loses_no_call() {
     let fx = Fixture::start(72, 3).await;
     let registry = health_builder(&fx).build().unwrap();
     let channel = registry.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry
-                .health(&fx.service)
-                .unwrap()
-                .iter()
-                .filter(|h| h.serving)
-                .count()
-                == 3
-        })
-        .await
-    );
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
     let load = Load::start(&channel, 8, Duration::from_secs(20));
     let Fixture {
         dns,

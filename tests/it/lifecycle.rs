@@ -103,12 +103,7 @@ fn dropping_the_registry_ends_every_task_it_started() {
             .build()
             .unwrap();
         let channel = registry.channel(&fx.service).unwrap();
-        assert!(
-            eventually(SLACK, || async {
-                registry.endpoints(&fx.service).unwrap().len() == 2
-            })
-            .await
-        );
+        assert!(discovered(&registry, &fx.service, 2).await);
         let (_, errors) = spread(&channel, 10, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
         let running = metrics.num_alive_tasks();

@@ -98,6 +98,24 @@ impl Caller for k8s_headless_svc::LoadBalancedChannel {
     }
 }
 
+/// How many endpoints of `service` the balancer holds now (health-gated).
+pub fn serving(registry: &Registry, service: &HeadlessService) -> usize {
+    registry
+        .health(service)
+        .unwrap()
+        .iter()
+        .filter(|h| h.serving)
+        .count()
+}
+
+/// Waits until DNS lists `count` endpoints of `service`.
+pub async fn discovered(registry: &Registry, service: &HeadlessService, count: usize) -> bool {
+    eventually(SLACK, || async {
+        registry.endpoints(service).unwrap().len() == count
+    })
+    .await
+}
+
 /// One `User.Call`; the answering pod's name.
 pub async fn call<C: Caller + GrpcClient>(channel: &C) -> Result<String, tonic::Status> {
     let mut client = channel.client();
