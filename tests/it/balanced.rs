@@ -177,3 +177,41 @@ async fn no_ready_pod_fails_fast_with_unavailable() {
         assert!(started.elapsed() < Duration::from_millis(500) + Duration::from_secs(3));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_stream_drives_a_tower_balance_of_ones_own() {
+    use std::net::SocketAddr;
+    use tower::{
+        balance::p2c::Balance,
+        load::{CompleteOnResponse, PendingRequests},
+    };
+
+    let fx = Fixture::start(85, 3).await;
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .build()
+        .unwrap();
+    let discovery = registry
+        .discover(&fx.service, |addr: SocketAddr| {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy();
+            PendingRequests::new(channel, CompleteOnResponse::default())
+        })
+        .unwrap();
+    let balance = Balance::<_, http::Request<tonic::body::Body>>::new(discovery);
+    let mut client = pb::user_client::UserClient::new(balance);
+    // Every pod answers within a bounded number of calls.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let reply = tokio::time::timeout(SLACK, client.call(pb::CallRequest { name: "t".into() }))
+            .await
+            .expect("bounded")
+            .expect("call");
+        seen.insert(reply.into_inner().msg);
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
