@@ -379,6 +379,7 @@ pub(crate) struct HealthShared {
 
 /// Gates `dns` into `shared.serving` until aborted.
 pub(crate) async fn run(
+    label: String,
     mut dns: watch::Receiver<Endpoints>,
     config: HealthConfig,
     template: Arc<EndpointTemplate>,
@@ -429,9 +430,11 @@ pub(crate) async fn run(
                 match gate.on_probe(addr, result.clone(), Instant::now()) {
                     Some(Transition::Admitted) => tracing::debug!(endpoint = %addr, "healthy"),
                     Some(Transition::Readmitted) => {
+                        crate::metrics::health_transition(&label, false);
                         tracing::info!(endpoint = %addr, "Re-admitting endpoint: probes pass again");
                     }
                     Some(Transition::Ejected) => {
+                        crate::metrics::health_transition(&label, true);
                         tracing::warn!(
                             endpoint = %addr,
                             reason = result.err().unwrap_or_default(),
@@ -456,7 +459,17 @@ pub(crate) async fn run(
             *current = Arc::new(serving);
             true
         });
-        *shared.report.lock().unwrap_or_else(|e| e.into_inner()) = gate.report();
+        let report = gate.report();
+        let healthy = report
+            .iter()
+            .filter(|e| e.state == HealthState::Healthy)
+            .count();
+        let ejected = report
+            .iter()
+            .filter(|e| e.state == HealthState::Ejected)
+            .count();
+        crate::metrics::health(&label, healthy, ejected);
+        *shared.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
     }
 }
 

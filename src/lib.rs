@@ -93,6 +93,14 @@
 //! - `tls-ring` (off): TLS to the pods with rustls and ring, through tonic's `tls-ring`;
 //!   enables `Builder::tls`.
 //! - `tls-aws-lc` (off): the same with aws-lc-rs, through tonic's `tls-aws-lc`.
+//! - `metrics` (off): metrics through the [`metrics`](https://docs.rs/metrics) facade, so any
+//!   exporter works. Every name starts with `k8s_headless_svc_` and carries a `service` label:
+//!   - `k8s_headless_svc_endpoints` (gauge; `state` = `discovered`, `healthy`, `ejected`);
+//!   - `k8s_headless_svc_resolutions_total` (counter; `outcome` = `ok`, `nodata`, `nxdomain`,
+//!     `timeout`, `servfail`, `refused`, `other`);
+//!   - `k8s_headless_svc_resolution_duration_seconds` (histogram);
+//!   - `k8s_headless_svc_endpoints_inserted_total`, `k8s_headless_svc_endpoints_removed_total`;
+//!   - `k8s_headless_svc_health_ejections_total`, `k8s_headless_svc_health_readmissions_total`.
 
 #![warn(
     missing_docs,
@@ -107,6 +115,7 @@ mod channel;
 mod diff;
 mod error;
 mod health;
+mod metrics;
 mod refresh;
 mod registry;
 mod resolve;

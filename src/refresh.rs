@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::{
     diff::diff,
     resolve::{Dns, Query},
-    schedule::{Event, Schedule, jittered},
+    schedule::{Event, Schedule, jittered, outcome},
     service::HeadlessService,
 };
 
@@ -74,6 +74,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
 ) {
     let span = tracing::info_span!("discovery", service = %service);
+    let label = service.to_string();
     async move {
         let mut noted_tcp = false;
         loop {
@@ -86,6 +87,7 @@ pub(crate) async fn run(
                      cluster DNS must allow TCP/53 from this client"
                 );
             }
+            crate::metrics::resolution(&label, outcome(&answers), started.elapsed());
             let step = schedule.on_answers(&answers, Instant::now());
             tracing::trace!(elapsed = ?started.elapsed(), ?answers, "resolved");
             if let Some(new) = step.publish {
@@ -97,6 +99,12 @@ pub(crate) async fn run(
                 for addr in &changes.removes {
                     tracing::info!(endpoint = %addr, "Removing endpoint");
                 }
+                crate::metrics::discovered(
+                    &label,
+                    new.len(),
+                    changes.inserts.len(),
+                    changes.removes.len(),
+                );
                 shared.endpoints.send_replace(Arc::new(new));
             } else if matches!(step.event, Event::Resolved) {
                 tracing::debug!(endpoints = shared.endpoints.borrow().len(), "no change");

@@ -430,6 +430,7 @@ impl Builder {
                 tasks.push(
                     handle.spawn(
                         health::run(
+                            service.to_string(),
                             gate_input,
                             self.health.clone(),
                             template.clone(),

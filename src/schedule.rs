@@ -263,6 +263,33 @@ impl Schedule {
     }
 }
 
+/// The outcome label of one resolution, for metrics: `ok` when records came back and nothing
+/// failed; else the first failure's class; else `nxdomain` or `nodata`.
+pub(crate) fn outcome(answers: &[(Part, Answer)]) -> &'static str {
+    if let Some(failure) = answers.iter().find_map(|(_, a)| match a {
+        Answer::Failed(f) => Some(f),
+        _ => None,
+    }) {
+        return match failure.kind {
+            FailureKind::Io => "other",
+            kind => kind.as_str(),
+        };
+    }
+    if answers
+        .iter()
+        .any(|(_, a)| matches!(a, Answer::Records { .. }))
+    {
+        "ok"
+    } else if answers
+        .iter()
+        .any(|(_, a)| matches!(a, Answer::Empty(Negative::NxDomain)))
+    {
+        "nxdomain"
+    } else {
+        "nodata"
+    }
+}
+
 /// Spreads `delay` uniformly over `delay × (1 ± fraction)`, given `unit` in `[0, 1)`.
 pub(crate) fn jittered(delay: Duration, fraction: f64, unit: f64) -> Duration {
     let factor = 1.0 + fraction * (2.0 * unit - 1.0);
@@ -486,6 +513,20 @@ mod tests {
         let step = s.on_answers(&v4(Answer::Empty(Negative::NoData)), now);
         assert_eq!(step.publish, Some(BTreeSet::new()));
         assert_eq!(step.event, Event::Empty(Negative::NoData));
+    }
+
+    #[test]
+    fn outcome_labels() {
+        assert_eq!(outcome(&v4(records(&["10.0.0.1:80"], 5))), "ok");
+        assert_eq!(outcome(&nx()), "nxdomain");
+        assert_eq!(outcome(&v4(Answer::Empty(Negative::NoData))), "nodata");
+        assert_eq!(outcome(&v4(failed(FailureKind::ServFail))), "servfail");
+        assert_eq!(outcome(&v4(failed(FailureKind::Io))), "other");
+        let partial = [
+            (Part::V4, records(&["10.0.0.1:80"], 5)),
+            (Part::V6, failed(FailureKind::Timeout)),
+        ];
+        assert_eq!(outcome(&partial), "timeout");
     }
 
     #[test]

@@ -122,6 +122,33 @@ async fn frontend_index_spreads_over_pods() {
         })
         .await;
         assert!(spread, "{balancer}: only {seen:?} answered");
+
+        // The metrics show what discovery did, with real values.
+        let (status, text) = get(addr, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        let service = format!("user-svc.ns50:{}", pods[0].addr().port());
+        let value = |name: &str, labels: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(labels) && l.contains(&service))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}{{{labels}}} in:\n{text}"))
+        };
+        assert!(value("k8s_headless_svc_resolutions_total", "outcome=\"ok\"") >= 1.0);
+        assert_eq!(
+            value("k8s_headless_svc_endpoints", "state=\"discovered\""),
+            3.0
+        );
+        assert_eq!(
+            value("k8s_headless_svc_endpoints", "state=\"healthy\""),
+            3.0
+        );
+        assert_eq!(value("k8s_headless_svc_endpoints_inserted_total", ""), 3.0);
+        assert!(
+            text.contains("k8s_headless_svc_resolution_duration_seconds"),
+            "{text}"
+        );
+        eprintln!("{balancer}: /metrics\n{text}");
     }
 }
 

@@ -50,6 +50,7 @@ struct Args {
 }
 
 struct App {
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     registry: Registry,
     service: HeadlessService,
     client: Client,
@@ -79,6 +80,7 @@ impl Client {
 async fn main() -> anyhow::Result<()> {
     examples::init_tracing("info");
     let args = Args::parse();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let service = HeadlessService::new(&args.namespace, &args.user_svc, args.user_port)?;
     let registry = Registry::builder()
         .service(service.clone())
@@ -94,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(balancer = %args.balancer, "calling {service}");
     let app = Arc::new(App {
+        metrics,
         registry,
         service,
         client,
@@ -102,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let router = Router::new()
         .route("/index", get(index))
         .route("/_healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route(
             "/robots.txt",
             get(|| async { "User-agent: *\nDisallow: /\n" }),
@@ -115,6 +119,12 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(examples::shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// Prometheus text format: discovery, health and resolution metrics.
+async fn metrics_text(State(app): State<Arc<App>>) -> String {
+    app.metrics.run_upkeep();
+    app.metrics.render()
 }
 
 fn parse_health(s: &str) -> Result<HealthCheck, String> {
