@@ -93,6 +93,8 @@
 //! - `tls-ring` (off): TLS to the pods with rustls and ring, through tonic's `tls-ring`;
 //!   enables `Builder::tls`.
 //! - `tls-aws-lc` (off): the same with aws-lc-rs, through tonic's `tls-aws-lc`.
+//! - `serde` (off): `Config`, the registry's settings deserialized with serde
+//!   (from a ConfigMap's YAML, say) and validated like the builder.
 //! - `metrics` (off): metrics through the [`metrics`](https://docs.rs/metrics) facade, so any
 //!   exporter works. Every name starts with `k8s_headless_svc_` and carries a `service` label:
 //!   - `k8s_headless_svc_endpoints` (gauge; `state` = `discovered`, `healthy`, `ejected`);
@@ -112,6 +114,8 @@
 
 mod balanced;
 mod channel;
+#[cfg(feature = "serde")]
+mod config;
 mod diff;
 mod error;
 mod health;
@@ -124,6 +128,8 @@ mod service;
 
 pub use crate::balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::channel::Http2Keepalive;
+#[cfg(feature = "serde")]
+pub use crate::config::{Config, HealthConfig};
 pub use crate::error::{BoxError, Error, Field, Reason};
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::refresh::Status;

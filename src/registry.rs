@@ -461,7 +461,19 @@ impl Builder {
         })
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// The probe interval and timeout set so far.
+    #[cfg(feature = "serde")]
+    pub(crate) fn health_timing(&self) -> (Duration, Duration) {
+        (self.health.interval, self.health.timeout)
+    }
+
+    /// The ejection and re-admission counts set so far.
+    #[cfg(feature = "serde")]
+    pub(crate) fn health_counts(&self) -> (u32, u32) {
+        (self.health.unhealthy_after, self.health.healthy_after)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let t = &self.timing;
         let positive = [
             ("refresh_interval", t.interval),

@@ -209,6 +209,62 @@ async fn watch_prints_endpoint_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reads_its_settings_from_yaml() {
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_addrs(&svc_fqdn("user-svc", "ns54"), &[loopback(54, 2)])
+        .await;
+    let dir = std::env::temp_dir().join(format!("k8s-headless-svc-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The shipped example, pointed at the test's DNS server and Service.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/registry.yaml")).unwrap();
+    let yaml = shipped
+        .replace(
+            "  - user-svc.default:8080\n  - user-svc.default:grpc\n",
+            "  - user-svc.ns54:8080\n",
+        )
+        .replace(
+            "# nameservers: [\"10.96.0.10:53\"]",
+            &format!("nameservers: [\"{}\"]", dns.addr()),
+        )
+        .replace("refresh_interval: 5s", "refresh_interval: 200ms");
+    assert!(
+        yaml.contains("ns54") && yaml.contains("nameservers: ["),
+        "{yaml}"
+    );
+    let path = dir.join("registry.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut proc = spawn(
+        env!("CARGO_BIN_EXE_watch"),
+        &[format!("--config={}", path.display())],
+    );
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        lines.recv_timeout(SLACK).unwrap(),
+        "+ user-svc.ns54 127.0.54.2:8080"
+    );
+
+    // A bad value is refused with the builder's error.
+    std::fs::write(&path, "services: [\"User.default:80\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_watch"))
+        .arg(format!("--config={}", path.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid Service name \"User\""), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_serves_health_and_stops_gracefully_on_sigterm() {
     let ip = loopback(53, 2);
     let addr = SocketAddr::new(ip, free_port(ip));

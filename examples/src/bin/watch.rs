@@ -10,8 +10,12 @@ use k8s_headless_svc::{HeadlessService, Registry};
 #[command(about = "Print endpoint changes of headless Services as discovery sees them")]
 struct Args {
     /// Services to watch, as SERVICE.NAMESPACE:PORT (PORT may be a port name).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "config")]
     services: Vec<HeadlessService>,
+    /// Read the registry's settings (services included) from this YAML file, e.g. a mounted
+    /// ConfigMap; see examples/registry.yaml. Flags are then ignored.
+    #[arg(long, env = "CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// DNS server ADDR:PORT (repeatable); default: the system resolver configuration.
     #[arg(long, env = "NAMESERVER", value_delimiter = ',')]
     nameserver: Vec<SocketAddr>,
@@ -27,12 +31,21 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     examples::init_tracing("warn");
     let args = Args::parse();
-    let registry = Registry::builder()
-        .services(args.services.iter().cloned())
-        .cluster_domain(args.cluster_domain.parse()?)
-        .nameservers(args.nameserver.iter().copied())
-        .refresh_interval(args.refresh_interval)
-        .build()?;
+    let registry = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let config: k8s_headless_svc::Config = serde_yaml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            config.builder()?.build()?
+        }
+        None => Registry::builder()
+            .services(args.services.iter().cloned())
+            .cluster_domain(args.cluster_domain.parse()?)
+            .nameservers(args.nameserver.iter().copied())
+            .refresh_interval(args.refresh_interval)
+            .build()?,
+    };
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     for service in registry.services() {
         let mut watch = registry.watch(service)?;
