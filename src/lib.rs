@@ -89,6 +89,21 @@
 //! - **Shutdown**: dropping the [`Registry`] ends its tasks; channels already handed out keep
 //!   their last endpoint set.
 //!
+//! # The Kubernetes side
+//! - **A headless Service** (`clusterIP: None`) makes cluster DNS answer
+//!   `<svc>.<ns>.svc.<domain>` with one A/AAAA record per *ready* pod, and NXDOMAIN when
+//!   there is none; `publishNotReadyAddresses: true` lists unready pods too.
+//! - **Named ports** (`ports[].name: grpc`) also get SRV records,
+//!   `_grpc._tcp.<svc>.<ns>.svc.<domain>`: use [`HeadlessService::named_port`] (or
+//!   `"svc.ns:grpc"`) so that clients need not know the pod port.
+//! - **preStop arithmetic.** A terminating pod leaves DNS at once, but a client drops it only
+//!   after CoreDNS's TTL (5 s) + the refresh interval with jitter (5.5 s) + one resolution
+//!   (≤ 2 s) + propagation (~1 s) ≈ 13.5 s. Keep the pod serving that long (`preStop` sleep
+//!   15 s), then let SIGTERM report NOT_SERVING (health probes eject it within 2 probes) and
+//!   drain in-flight calls: `terminationGracePeriodSeconds` ≥ 15 s + drain time.
+//! - **No `sessionAffinity`**: on a headless Service it does nothing, since no kube-proxy sits
+//!   in the path.
+//!
 //! # Feature flags
 //! - `tls-ring` (off): TLS to the pods with rustls and ring, through tonic's `tls-ring`;
 //!   enables `Builder::tls`.
