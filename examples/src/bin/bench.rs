@@ -38,6 +38,9 @@ struct Args {
     /// Length of one run.
     #[arg(long, default_value = "2s", value_parser = examples::parse_duration)]
     run: Duration,
+    /// Turn off our default HTTP/2 and TCP keepalive, to measure what they cost.
+    #[arg(long)]
+    no_keepalive: bool,
     /// Write the table to this Markdown file too.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
@@ -168,11 +171,14 @@ async fn main() -> anyhow::Result<()> {
     let ips: Vec<_> = pods.iter().map(|p| p.addr().ip()).collect();
     dns.set_addrs(&fqdn, &ips).await;
     let service = HeadlessService::new("bench", "user-svc", port)?;
-    let registry = Registry::builder()
+    let mut builder = Registry::builder()
         .service(service.clone())
         .nameservers([dns.addr()])
-        .refresh_interval(Duration::from_secs(1))
-        .build()?;
+        .refresh_interval(Duration::from_secs(1));
+    if args.no_keepalive {
+        builder = builder.http2_keepalive(None).tcp_keepalive(None);
+    }
+    let registry = builder.build()?;
     registry.ready(&service, Duration::from_secs(10)).await?;
     let list = Channel::balance_list(
         pods.iter()
@@ -199,8 +205,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.push_str(&format!(
-        "Machine: {cores} cores, {cpu}. Callers: {}. Rounds: {} of {:?} per system, interleaved.\n\n",
-        args.callers, args.rounds, args.run
+        "Machine: {cores} cores, {cpu}. Callers: {}. Rounds: {} of {:?} per system, interleaved. Keepalive: {}.\n\n",
+        args.callers,
+        args.rounds,
+        args.run,
+        if args.no_keepalive { "off" } else { "on (defaults)" },
     ));
 
     let mut fast = Vec::new();
