@@ -31,7 +31,10 @@ use tower::{
     load::{CompleteOnResponse, Load, PeakEwma, PendingRequests},
 };
 
-use crate::{channel::EndpointTemplate, diff::diff, error::BoxError, refresh::Endpoints};
+use crate::{
+    channel::EndpointTemplate, diff::diff, error::BoxError, health::ejection_cap,
+    refresh::Endpoints,
+};
 
 /// How the load-aware channel measures each pod's load.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,7 +184,7 @@ struct Budget {
 impl Budget {
     fn try_open(&self) -> bool {
         let total = self.total.load(Ordering::SeqCst);
-        let cap = ((self.share * total as f64).floor() as usize).max(1);
+        let cap = ejection_cap(self.share, total);
         // Never open the last closed breaker: a service with every pod failing keeps them all.
         let cap = cap.min(total.saturating_sub(1));
         self.open

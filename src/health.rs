@@ -112,6 +112,12 @@ impl EndpointHealth {
     }
 }
 
+/// How many of `total` endpoints may be out of rotation at once: `⌊share × total⌋`, and at
+/// least one. The health gate and the load-aware channel's breakers share this rule.
+pub(crate) fn ejection_cap(share: f64, total: usize) -> usize {
+    ((share * total as f64).floor() as usize).max(1)
+}
+
 // === Gate ===
 
 #[derive(Debug)]
@@ -276,7 +282,7 @@ impl Gate {
             return serving;
         }
         let total = self.entries.len();
-        let cap = ((self.config.max_ejection * total as f64).floor() as usize).max(1);
+        let cap = ejection_cap(self.config.max_ejection, total);
         if ejected.len() > cap {
             // Most recent failures stay ejected; the least recently failed go back in.
             ejected.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_failure));
