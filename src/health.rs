@@ -291,9 +291,8 @@ impl Gate {
         serving
     }
 
-    /// Every endpoint's health, for the observation API.
-    pub(crate) fn report(&self) -> Vec<EndpointHealth> {
-        let serving = self.serving();
+    /// Every endpoint's health, for the observation API, given the current [`Gate::serving`].
+    pub(crate) fn report(&self, serving: &BTreeSet<SocketAddr>) -> Vec<EndpointHealth> {
         self.entries
             .iter()
             .map(|(addr, e)| EndpointHealth {
@@ -458,6 +457,7 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         let serving = gate.serving();
+        let report = gate.report(&serving);
         shared.serving.send_if_modified(|current| {
             if **current == serving {
                 return false;
@@ -465,7 +465,6 @@ pub(crate) async fn run(
             *current = Arc::new(serving);
             true
         });
-        let report = gate.report();
         let healthy = report
             .iter()
             .filter(|e| e.state == HealthState::Healthy)
@@ -623,6 +622,6 @@ mod tests {
             None,
             "a late result for a gone endpoint"
         );
-        assert_eq!(g.report().len(), 1);
+        assert_eq!(g.report(&g.serving()).len(), 1);
     }
 }
