@@ -32,7 +32,10 @@ use tower::{
 };
 
 use crate::{
-    channel::EndpointTemplate, diff::diff, error::BoxError, health::ejection_cap,
+    channel::EndpointTemplate,
+    diff::{Edit, diff},
+    error::BoxError,
+    health::ejection_cap,
     refresh::Endpoints,
 };
 
@@ -139,13 +142,11 @@ where
                 this.started = true;
                 this.wait = None;
                 let set = this.sets.borrow_and_update().clone();
-                let changes = diff(&this.held, &set);
-                for addr in changes.removes {
-                    this.queue.push_back(Change::Remove(addr));
-                }
-                for addr in changes.inserts {
-                    this.queue
-                        .push_back(Change::Insert(addr, (this.make)(addr)));
+                for edit in diff(&this.held, &set).edits() {
+                    this.queue.push_back(match edit {
+                        Edit::Remove(addr) => Change::Remove(addr),
+                        Edit::Insert(addr) => Change::Insert(addr, (this.make)(addr)),
+                    });
                 }
                 this.held = (*set).clone();
                 if let Some(size) = &this.size {

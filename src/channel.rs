@@ -9,7 +9,10 @@ use tokio::sync::{
 };
 use tonic::transport::{Endpoint, channel::Change};
 
-use crate::{diff::diff, refresh::Endpoints};
+use crate::{
+    diff::{Edit, diff},
+    refresh::Endpoints,
+};
 
 /// A user hook applied to every pod's [`Endpoint`] after our own settings.
 pub(crate) type Customize = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
@@ -170,28 +173,26 @@ fn push(
     desired: &BTreeSet<SocketAddr>,
     template: &EndpointTemplate,
 ) -> Result<bool, Closed> {
-    let changes = diff(held, desired);
-    let removes = changes.removes.into_iter().map(|a| (a, false));
-    let inserts = changes.inserts.into_iter().map(|a| (a, true));
-    for (addr, insert) in removes.chain(inserts) {
-        let change = if insert {
-            match template.endpoint(addr) {
+    for edit in diff(held, desired).edits() {
+        let change = match edit {
+            Edit::Insert(addr) => match template.endpoint(addr) {
                 Ok(endpoint) => Change::Insert(addr, endpoint),
                 Err(e) => {
                     tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}");
                     continue;
                 }
-            }
-        } else {
-            Change::Remove(addr)
+            },
+            Edit::Remove(addr) => Change::Remove(addr),
         };
         match tx.try_send(change) {
-            Ok(()) if insert => {
-                held.insert(addr);
-            }
-            Ok(()) => {
-                held.remove(&addr);
-            }
+            Ok(()) => match edit {
+                Edit::Insert(addr) => {
+                    held.insert(addr);
+                }
+                Edit::Remove(addr) => {
+                    held.remove(&addr);
+                }
+            },
             Err(TrySendError::Full(_)) => {
                 tracing::debug!(
                     queued = tx.max_capacity(),

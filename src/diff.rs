@@ -11,9 +11,23 @@ pub(crate) struct Diff {
     pub(crate) removes: Vec<SocketAddr>,
 }
 
+/// One step of a [`Diff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Edit {
+    Remove(SocketAddr),
+    Insert(SocketAddr),
+}
+
 impl Diff {
     pub(crate) fn is_empty(&self) -> bool {
         self.inserts.is_empty() && self.removes.is_empty()
+    }
+
+    /// The steps to apply, removals first: a gone (maybe dead) pod leaves a balancer before
+    /// anything else arrives.
+    pub(crate) fn edits(self) -> impl Iterator<Item = Edit> {
+        let removes = self.removes.into_iter().map(Edit::Remove);
+        removes.chain(self.inserts.into_iter().map(Edit::Insert))
     }
 }
 
