@@ -89,12 +89,7 @@ async fn failures_back_off_exponentially() {
         .failure_backoff(Duration::from_millis(100), Duration::from_millis(800))
         .build()
         .unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 1
-        })
-        .await
-    );
+    assert!(discovered(&registry, &svc, 1).await);
     dns.set_fault(Fault::ServFail);
     // Record when each failed resolution lands.
     let mut stamps: Vec<(u32, Instant)> = Vec::new();
@@ -199,12 +194,7 @@ async fn following_ttl_changes_the_schedule() {
         .follow_ttl(Duration::from_millis(200), Duration::from_secs(600))
         .build()
         .unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 1
-        })
-        .await
-    );
+    assert!(discovered(&registry, &svc, 1).await);
     // TTL 1 s: a new record shows within about a second.
     dns.set_addrs_ttl(&fqdn, &[loopback(26, 2), loopback(26, 3)], 600)
         .await;

@@ -133,12 +133,7 @@ async fn external_spread_add_and_remove() {
     dns.set(&fqdn, &ips(&pods));
     let svc = HeadlessService::new("ns60", "user-svc", port).unwrap();
     let registry = dns.registry(&svc);
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&registry, &svc, 3).await);
     let channel = registry.channel(&svc).unwrap();
     let (hits, errors) = spread(&channel, 150, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -179,12 +174,7 @@ async fn external_nxdomain_drains_after_confirmation() {
     dns.set(&fqdn, &[loopback(61, 2), loopback(61, 3)]);
     let svc = HeadlessService::new("ns61", "user-svc", 8080).unwrap();
     let registry = dns.registry(&svc);
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 2
-        })
-        .await
-    );
+    assert!(discovered(&registry, &svc, 2).await);
     let emptied = Instant::now();
     dns.set(&fqdn, &[]);
     assert!(
@@ -204,12 +194,7 @@ async fn external_nxdomain_drains_after_confirmation() {
         "drained before the grace"
     );
     dns.set(&fqdn, &[loopback(61, 4)]);
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 1
-        })
-        .await
-    );
+    assert!(discovered(&registry, &svc, 1).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

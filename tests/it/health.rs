@@ -20,6 +20,20 @@ fn health_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
         .ejected_probe_backoff(Duration::from_millis(800))
 }
 
+/// Waits until `service` has `count` endpoints, all in `state` and all held by the balancer.
+async fn all_serving_as(
+    registry: &Registry,
+    service: &k8s_headless_svc::HeadlessService,
+    count: usize,
+    state: HealthState,
+) -> bool {
+    eventually(SLACK, || async {
+        let h = registry.health(service).unwrap();
+        h.len() == count && h.iter().all(|e| e.state == state && e.serving)
+    })
+    .await
+}
+
 fn state_of(registry: &Registry, fx: &Fixture, addr: SocketAddr) -> Option<(HealthState, bool)> {
     registry
         .health(&fx.service)
@@ -153,12 +167,7 @@ async fn black_holed_pod_never_hangs_calls_and_is_ejected() {
         .build()
         .unwrap();
     let channel = unchecked.channel(&fx.service).unwrap();
-    assert!(
-        eventually(SLACK, || async {
-            unchecked.endpoints(&fx.service).unwrap().len() == 3
-        })
-        .await
-    );
+    assert!(discovered(&unchecked, &fx.service, 3).await);
     let mut slowest = Duration::ZERO;
     for _ in 0..30 {
         let started = Instant::now();
@@ -236,13 +245,7 @@ async fn panic_threshold_keeps_pods_when_every_probe_fails() {
         .build()
         .unwrap();
     assert!(
-        eventually(SLACK, || async {
-            let h = registry.health(&fx.service).unwrap();
-            h.len() == 3
-                && h.iter()
-                    .all(|e| e.state == HealthState::Ejected && e.serving)
-        })
-        .await,
+        all_serving_as(&registry, &fx.service, 3, HealthState::Ejected).await,
         "{:?}",
         registry.health(&fx.service)
     );
@@ -278,13 +281,7 @@ async fn tcp_probes_and_pods_without_health_service() {
             .build()
             .unwrap();
         assert!(
-            eventually(SLACK, || async {
-                let h = registry.health(&fx.service).unwrap();
-                h.len() == 3
-                    && h.iter()
-                        .all(|e| e.state == HealthState::Healthy && e.serving)
-            })
-            .await,
+            all_serving_as(&registry, &fx.service, 3, HealthState::Healthy).await,
             "{check:?}: {:?}",
             registry.health(&fx.service)
         );
