@@ -1,0 +1,549 @@
+//! `bench`: every discovery layer for tonic side by side, on the same loopback pods, in one run.
+//!
+//! Systems, each in a client process of its own (see [`roles::System`]): a plain `Channel` to
+//! one pod, tonic's `balance_list`, both of this crate's kinds, and ginepro 0.9.3, built from
+//! `bench/ginepro-client` (tonic 0.13) by this program. The pods are processes too, and the DNS
+//! server is in this one. Every measurement runs the systems in turn, interleaved
+//! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
+//! and noisy. BENCHMARKS.md explains the method and holds the last full run.
+//!
+//! `cargo run --release -p examples --bin bench` (under 10 minutes; writes BENCHMARKS.md);
+//! `--quick` is a smoke run of the harness, with no meaningful figures.
+
+mod proc;
+mod report;
+mod roles;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use k8s_headless_svc::HeadlessService;
+use proc::Proc;
+use report::{Reaction, Run, Scale};
+use roles::System;
+use testkit::{DnsServer, svc_fqdn};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Compare discovery layers for tonic on loopback pods",
+    args_conflicts_with_subcommands = true
+)]
+struct Args {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Short runs and small scales, in the dev profile: a smoke test of the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of the interleaved throughput runs.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Length of one throughput run.
+    #[arg(long, default_value = "2s", value_parser = examples::parse_duration)]
+    run: Duration,
+    /// Trials of the discovery reaction.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
+    /// for a full run, nowhere for `--quick`.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// One pod process (used by the harness).
+    #[command(hide = true)]
+    Pod {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// `NAME=IP`, one per pod.
+        pods: Vec<String>,
+    },
+    /// One client process (used by the harness).
+    #[command(hide = true)]
+    Client {
+        #[arg(long, value_enum)]
+        system: System,
+        #[arg(long)]
+        dns: SocketAddr,
+        #[arg(long)]
+        service: HeadlessService,
+        #[arg(long, value_delimiter = ',')]
+        pods: Vec<SocketAddr>,
+        #[arg(long, value_parser = examples::parse_duration)]
+        interval: Duration,
+    },
+    /// The discovery-at-scale client (used by the harness).
+    #[command(hide = true)]
+    Scale {
+        #[arg(long)]
+        dns: SocketAddr,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        services: usize,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_parser = examples::parse_duration)]
+        interval: Duration,
+        #[arg(long)]
+        expect: usize,
+        #[arg(long)]
+        health: bool,
+    },
+}
+
+/// Callers, the refresh interval both discovering systems get, and waits.
+const CALLERS: [usize; 3] = [1, 16, 128];
+const FAULT_CALLERS: usize = 16;
+const INTERVAL: Duration = Duration::from_secs(1);
+const ANSWER: Duration = Duration::from_secs(60);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing("error");
+    let mut args = Args::parse();
+    match args.role.take() {
+        Some(Role::Pod { port, pods }) => roles::pod(port, pods).await,
+        Some(Role::Client {
+            system,
+            dns,
+            service,
+            pods,
+            interval,
+        }) => roles::client(system, dns, service, pods, interval).await,
+        Some(Role::Scale {
+            dns,
+            namespace,
+            services,
+            port,
+            interval,
+            expect,
+            health,
+        }) => roles::scale(dns, &namespace, services, port, interval, expect, health).await,
+        None => harness(args).await,
+    }
+}
+
+/// The workspace root, where `Cargo.lock`, `bench/` and `BENCHMARKS.md` are.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("examples/ sits in the workspace")
+        .to_owned()
+}
+
+/// Builds the ginepro client in this build's profile, into the shared target directory.
+fn build_ginepro() -> anyhow::Result<PathBuf> {
+    let root = root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let release = !cfg!(debug_assertions);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--locked", "--manifest-path"])
+        .arg(root.join("bench/ginepro-client/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    if release {
+        build.arg("--release");
+    }
+    eprintln!("building the ginepro client (tonic 0.13): {build:?}");
+    let status = build.status().context("running cargo")?;
+    if !status.success() {
+        bail!("building bench/ginepro-client failed: {status}");
+    }
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("ginepro-client"))
+}
+
+fn pod_proc(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<Proc> {
+    let me = std::env::current_exe()?;
+    let mut args = vec!["pod".to_owned(), "--port".to_owned(), port.to_string()];
+    args.extend(pods.iter().map(|(name, ip)| format!("{name}={ip}")));
+    Proc::spawn(&format!("pods {}", pods[0].0), &me, &args)
+}
+
+/// Starts pods in one process; returns it with their port.
+async fn start_pods(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<(Proc, u16)> {
+    let mut p = pod_proc(port, pods)?;
+    let port = p.expect("ready", ANSWER).await?.parse()?;
+    Ok((p, port))
+}
+
+fn ip(net: u8, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, net, host))
+}
+
+async fn harness(args: Args) -> anyhow::Result<()> {
+    let quick = args.quick;
+    let (rounds, run, trials) = if quick {
+        (1, Duration::from_millis(300), 1)
+    } else {
+        (args.rounds, args.run, args.trials)
+    };
+    let ginepro = build_ginepro()?;
+    let started = std::time::Instant::now();
+    let dns = DnsServer::start().await?;
+
+    // Pods bench-0, bench-1, bench-2 in processes of their own: 0 turns slow, 2 gets killed.
+    // bench-3 comes and goes in DNS for the discovery reaction.
+    let names: Vec<(String, IpAddr)> = (0..4)
+        .map(|i| (format!("bench-{i}"), ip(90, 2 + i)))
+        .collect();
+    let (mut slow_pod, port) = start_pods(0, &names[0..1]).await?;
+    let (middle_pod, _) = start_pods(port, &names[1..2]).await?;
+    let (victim_pod, _) = start_pods(port, &names[2..3]).await?;
+    let (extra_pod, _) = start_pods(port, &names[3..4]).await?;
+    let fqdn = svc_fqdn("user-svc", "bench");
+    let listed: Vec<IpAddr> = names[..3].iter().map(|(_, ip)| *ip).collect();
+    dns.set_addrs(&fqdn, &listed).await;
+    let service = format!("user-svc.bench:{port}");
+    let pods: Vec<SocketAddr> = listed.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+
+    let me = std::env::current_exe()?;
+    let systems = [
+        System::Single,
+        System::BalanceList,
+        System::Channel,
+        System::LoadAware,
+        System::Ginepro,
+    ];
+    let mut clients = Vec::new();
+    for system in systems {
+        let proc = if system == System::Ginepro {
+            let args = [
+                format!("--dns={}", dns.addr()),
+                format!("--host={fqdn}"),
+                format!("--port={port}"),
+                format!("--interval-ms={}", INTERVAL.as_millis()),
+            ];
+            Proc::spawn(system.label(), &ginepro, &args)?
+        } else {
+            // The single pod is bench-1: neither slowed nor killed.
+            let pods = if system == System::Single {
+                pods[1].to_string()
+            } else {
+                pods.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let args = [
+                "client".to_owned(),
+                format!(
+                    "--system={}",
+                    clap::ValueEnum::to_possible_value(&system)
+                        .map_or(String::new(), |v| v.get_name().to_owned())
+                ),
+                format!("--dns={}", dns.addr()),
+                format!("--service={service}"),
+                format!("--pods={pods}"),
+                format!("--interval={}ms", INTERVAL.as_millis()),
+            ];
+            Proc::spawn(system.label(), &me, &args)?
+        };
+        clients.push((system, proc));
+    }
+
+    let mut report = report::Report::new(&args_line(), rounds, run, trials);
+
+    // 1. All pods fast, at each concurrency.
+    for callers in CALLERS {
+        let runs = interleaved(&mut clients, |_| true, callers, rounds, run).await?;
+        report.fast(callers, runs);
+    }
+
+    // 2. One pod +20 ms.
+    slow_pod.ask("delay 20", ANSWER).await?;
+    let runs = interleaved(
+        &mut clients,
+        |s| s != System::Single,
+        FAULT_CALLERS,
+        rounds,
+        run,
+    )
+    .await?;
+    slow_pod.ask("delay 0", ANSWER).await?;
+    report.slow(FAULT_CALLERS, runs);
+
+    // 3. One pod killed while DNS still lists it: for each system in turn, (re)start the pod,
+    // wait until the system calls it, kill it 50 ms into a 5 s run, count the failures.
+    let window = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut victim = Some(victim_pod);
+    let mut killed = Vec::new();
+    for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+        let proc = match victim.take() {
+            Some(p) => p,
+            None => start_pods(port, &names[2..3]).await?.0,
+        };
+        client.send(&format!("first {} 30000", names[2].0)).await?;
+        client.expect("ack", ANSWER).await?;
+        client
+            .expect("ok", ANSWER)
+            .await
+            .with_context(|| format!("{} never called the restarted pod", system.label()))?;
+        client
+            .send(&format!("run {FAULT_CALLERS} {}", window.as_millis()))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proc.kill().await;
+        let r = Run::parse(&client.expect("ok", ANSWER).await?)?;
+        killed.push((*system, r));
+    }
+    // The killed pod back, so that every client sees three pods again.
+    let victim_pod = start_pods(port, &names[2..3]).await?.0;
+    report.killed(window, killed);
+
+    // 4. Discovery reaction: bench-3 added to DNS, then removed.
+    let extra_ip = names[3].1;
+    let mut reactions: Vec<(System, Vec<Reaction>)> = Vec::new();
+    for _ in 0..trials {
+        for (system, client) in clients.iter_mut() {
+            if !matches!(
+                system,
+                System::Channel | System::LoadAware | System::Ginepro
+            ) {
+                continue;
+            }
+            client.send(&format!("first {} 20000", names[3].0)).await?;
+            client.expect("ack", ANSWER).await?;
+            dns.add_addr(&fqdn, extra_ip).await;
+            let added = client.expect("ok", ANSWER).await;
+            client
+                .send(&format!("last {} 3000 20000", names[3].0))
+                .await?;
+            client.expect("ack", ANSWER).await?;
+            dns.remove_addr(&fqdn, extra_ip).await;
+            let removed = client.expect("ok", ANSWER).await;
+            let reaction = Reaction {
+                first_call: added
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_micros),
+                last_call: removed
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_micros),
+            };
+            match reactions.iter_mut().find(|(s, _)| s == system) {
+                Some((_, v)) => v.push(reaction),
+                None => reactions.push((*system, vec![reaction])),
+            }
+        }
+    }
+    report.reaction(INTERVAL, reactions);
+
+    for (_, c) in clients {
+        c.close().await;
+    }
+    for p in [slow_pod, middle_pod, victim_pod, extra_pod] {
+        p.close().await;
+    }
+
+    // 5. Discovery at scale, in a client process of its own.
+    let scales = scale(&dns, &me, quick).await?;
+    report.scale(scales);
+
+    let text = report.finish(started.elapsed());
+    print!("{text}");
+    let target = args
+        .write
+        .or_else(|| (!quick).then(|| root().join("BENCHMARKS.md")));
+    if let Some(path) = target {
+        report::write_between_markers(&path, &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The command line as typed, for the report.
+fn args_line() -> String {
+    let rest: Vec<String> = std::env::args().skip(1).collect();
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        "--release "
+    };
+    let mut line = format!("cargo run {profile}-p examples --bin bench");
+    if !rest.is_empty() {
+        line.push_str(" -- ");
+        line.push_str(&rest.join(" "));
+    }
+    line
+}
+
+/// `rounds` rounds; each round runs every system that `include` takes once, in turn.
+async fn interleaved(
+    clients: &mut [(System, Proc)],
+    include: impl Fn(System) -> bool,
+    callers: usize,
+    rounds: usize,
+    run: Duration,
+) -> anyhow::Result<Vec<(System, Vec<Run>)>> {
+    let mut runs: Vec<(System, Vec<Run>)> = Vec::new();
+    // One short warm-up run each, not counted.
+    for (system, client) in clients.iter_mut().filter(|(s, _)| include(*s)) {
+        client.ask(&format!("run {callers} 300"), ANSWER).await?;
+        runs.push((*system, Vec::new()));
+    }
+    for _ in 0..rounds {
+        for (system, client) in clients.iter_mut().filter(|(s, _)| include(*s)) {
+            let line = client
+                .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
+                .await?;
+            let r = Run::parse(&line)?;
+            if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
+                v.push(r);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Ips for the scale runs, distinct per service: 127.1.0.0/16 onwards.
+fn scale_ip(service: usize, pod: usize, pods: usize) -> IpAddr {
+    let n = (service * pods + pod) as u32;
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n))
+}
+
+/// One scale measurement's setup.
+struct ScaleRun {
+    title: String,
+    namespace: &'static str,
+    services: usize,
+    pods: usize,
+    port: u16,
+    health: bool,
+    /// How long to measure CPU and memory for, once discovered; `None`: discovery time only.
+    window: Option<Duration>,
+}
+
+/// Discovery cost: many services at once (health checks off, then on against real pods), and
+/// one service with many pods.
+async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Scale>> {
+    let (services, pods, window) = if quick {
+        (20, 50, Duration::from_secs(2))
+    } else {
+        (1000, 50, Duration::from_secs(30))
+    };
+    let mut out = Vec::new();
+
+    // Many services, health checks off: nothing but discovery, no connections.
+    for s in 0..services {
+        let ips: Vec<IpAddr> = (0..pods).map(|p| scale_ip(s, p, pods)).collect();
+        dns.set_addrs(&svc_fqdn(&format!("s{s}"), "scale"), &ips)
+            .await;
+    }
+    let run = ScaleRun {
+        title: format!("{services} services × {pods} pods, health checks off"),
+        namespace: "scale",
+        services,
+        pods,
+        port: 50051,
+        health: false,
+        window: Some(window),
+    };
+    out.push(measure_scale(me, dns.addr(), run).await?);
+
+    // Health checks' added cost: services × the same live pods, off and then on.
+    let (hs, hp) = if quick { (4, 5) } else { (100, 50) };
+    let pod_names: Vec<(String, IpAddr)> = (0..hp)
+        .map(|p| (format!("scale-{p}"), ip(91, 2 + p as u8)))
+        .collect();
+    let (pods_proc, port) = start_pods(0, &pod_names).await?;
+    let pod_ips: Vec<IpAddr> = pod_names.iter().map(|(_, ip)| *ip).collect();
+    for s in 0..hs {
+        dns.set_addrs(&svc_fqdn(&format!("s{s}"), "health"), &pod_ips)
+            .await;
+    }
+    for health in [false, true] {
+        let run = ScaleRun {
+            title: format!(
+                "{hs} services × {hp} live pods, health checks {}",
+                if health {
+                    "on (gRPC, every 1 s)"
+                } else {
+                    "off"
+                }
+            ),
+            namespace: "health",
+            services: hs,
+            pods: hp,
+            port,
+            health,
+            window: Some(window),
+        };
+        out.push(measure_scale(me, dns.addr(), run).await?);
+    }
+    pods_proc.close().await;
+
+    // One service with many pods: time to discover them all.
+    let big = if quick { 100 } else { 1000 };
+    let ips: Vec<IpAddr> = (0..big).map(|p| scale_ip(0, p, big)).collect();
+    dns.set_addrs(&svc_fqdn("s0", "big"), &ips).await;
+    let run = ScaleRun {
+        title: format!("1 service × {big} pods"),
+        namespace: "big",
+        services: 1,
+        pods: big,
+        port: 50051,
+        health: false,
+        window: None,
+    };
+    out.push(measure_scale(me, dns.addr(), run).await?);
+    Ok(out)
+}
+
+/// Refreshes every 5 s (the default) in every scale run.
+const SCALE_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn measure_scale(me: &Path, dns: SocketAddr, run: ScaleRun) -> anyhow::Result<Scale> {
+    let mut args = vec![
+        "scale".to_owned(),
+        format!("--dns={dns}"),
+        format!("--namespace={}", run.namespace),
+        format!("--services={}", run.services),
+        format!("--port={}", run.port),
+        format!("--interval={}ms", SCALE_INTERVAL.as_millis()),
+        format!("--expect={}", run.pods),
+    ];
+    if run.health {
+        args.push("--health".to_owned());
+    }
+    let mut p = Proc::spawn(&format!("scale {}", run.namespace), me, &args)?;
+    let baseline: u64 = p.expect("baseline", ANSWER).await?.parse()?;
+    let ready: u64 = p.expect("ready", Duration::from_secs(120)).await?.parse()?;
+    let pid = p.pid().context("the scale client's pid")?;
+    let mut scale = Scale {
+        title: run.title,
+        endpoints: run.services * run.pods,
+        discovered: Duration::from_micros(ready),
+        cpu_share: None,
+        rss_kib: None,
+        baseline_kib: baseline,
+    };
+    if let Some(window) = run.window {
+        // Let the first refreshes settle, then measure one window.
+        tokio::time::sleep(SCALE_INTERVAL.min(window)).await;
+        let (cpu0, t0) = (proc::cpu_time(pid)?, std::time::Instant::now());
+        tokio::time::sleep(window).await;
+        let (cpu1, t1) = (proc::cpu_time(pid)?, std::time::Instant::now());
+        scale.cpu_share = Some((cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64());
+        scale.rss_kib = Some(proc::rss_kib(pid)?);
+    }
+    p.close().await;
+    Ok(scale)
+}

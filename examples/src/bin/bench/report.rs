@@ -1,0 +1,477 @@
+//! The figures, their ratios and the goals, as Markdown.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::Context;
+
+use crate::roles::System;
+
+/// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    calls: u64,
+    failed: u64,
+    p50: Duration,
+    p99: Duration,
+    elapsed: Duration,
+}
+
+impl Run {
+    pub fn parse(line: &str) -> anyhow::Result<Run> {
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("a run's figures: {line:?}"))?;
+        let [calls, failed, p50, p99, elapsed] = n[..] else {
+            anyhow::bail!("a run's figures: {line:?}");
+        };
+        Ok(Run {
+            calls,
+            failed,
+            p50: Duration::from_micros(p50),
+            p99: Duration::from_micros(p99),
+            elapsed: Duration::from_micros(elapsed),
+        })
+    }
+
+    fn throughput(&self) -> f64 {
+        (self.calls - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One discovery-reaction trial; `None` where it timed out.
+#[derive(Clone, Copy, Debug)]
+pub struct Reaction {
+    pub first_call: Option<Duration>,
+    pub last_call: Option<Duration>,
+}
+
+/// One scale measurement.
+#[derive(Clone, Debug)]
+pub struct Scale {
+    pub title: String,
+    pub endpoints: usize,
+    pub discovered: Duration,
+    pub cpu_share: Option<f64>,
+    pub rss_kib: Option<u64>,
+    pub baseline_kib: u64,
+}
+
+impl Scale {
+    fn kib_per_endpoint(&self) -> Option<f64> {
+        self.rss_kib
+            .map(|rss| rss.saturating_sub(self.baseline_kib) as f64 / self.endpoints as f64)
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| x.is_finite());
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Medians over rounds of one system.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: u64,
+    calls: u64,
+}
+
+fn summarize(runs: &[Run]) -> Summary {
+    Summary {
+        throughput: median(runs.iter().map(Run::throughput).collect()),
+        p50_ms: median(runs.iter().map(|r| ms(r.p50)).collect()),
+        p99_ms: median(runs.iter().map(|r| ms(r.p99)).collect()),
+        failed: runs.iter().map(|r| r.failed).sum(),
+        calls: runs.iter().map(|r| r.calls).sum(),
+    }
+}
+
+/// The median over rounds of `a`'s throughput over `b`'s in the same round.
+fn paired_ratio(a: &[Run], b: &[Run]) -> f64 {
+    median(
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| a.throughput() / b.throughput())
+            .collect(),
+    )
+}
+
+fn runs_of(runs: &[(System, Vec<Run>)], system: System) -> Option<&[Run]> {
+    runs.iter()
+        .find(|(s, _)| *s == system)
+        .map(|(_, r)| r.as_slice())
+}
+
+/// A goal and whether this run met it.
+struct Goal {
+    text: String,
+    measured: String,
+    holds: bool,
+}
+
+pub struct Report {
+    header: String,
+    body: String,
+    goals: Vec<Goal>,
+    fast16: Vec<(System, Summary)>,
+}
+
+impl Report {
+    pub fn new(command: &str, rounds: usize, run: Duration, trials: usize) -> Report {
+        let mut header = String::new();
+        let _ = writeln!(header, "- Date: {}", today());
+        let _ = writeln!(header, "- Command: `{command}`");
+        let _ = writeln!(header, "- Machine: {}", machine());
+        let _ = writeln!(header, "- Versions: {}", versions());
+        let _ = writeln!(
+            header,
+            "- Throughput: {rounds} interleaved rounds of {run:?} per system; medians over rounds, \
+             ratios are medians of per-round ratios. Discovery reaction: {trials} trials."
+        );
+        Report {
+            header,
+            body: String::new(),
+            goals: Vec::new(),
+            fast16: Vec::new(),
+        }
+    }
+
+    fn goal(&mut self, text: &str, measured: String, holds: bool) {
+        self.goals.push(Goal {
+            text: text.to_owned(),
+            measured,
+            holds,
+        });
+    }
+
+    /// All pods fast at one concurrency.
+    pub fn fast(&mut self, callers: usize, runs: Vec<(System, Vec<Run>)>) {
+        let list = runs_of(&runs, System::BalanceList).map(<[Run]>::to_vec);
+        let ginepro = runs_of(&runs, System::Ginepro).map(<[Run]>::to_vec);
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "### All pods fast, {callers} caller{}\n\n| system | calls/s | × balance_list | × ginepro | p50 ms | p99 ms | failed |\n|---|---|---|---|---|---|---|",
+            if callers == 1 { "" } else { "s" }
+        );
+        let mut checks = Vec::new();
+        for (system, r) in &runs {
+            let s = summarize(r);
+            let vs_list = list.as_deref().map_or(f64::NAN, |l| paired_ratio(r, l));
+            let vs_ginepro = ginepro.as_deref().map_or(f64::NAN, |g| paired_ratio(r, g));
+            let _ = writeln!(
+                b,
+                "| {} | {:.0} | {vs_list:.2} | {vs_ginepro:.2} | {:.2} | {:.2} | {} of {} |",
+                system.label(),
+                s.throughput,
+                s.p50_ms,
+                s.p99_ms,
+                s.failed,
+                s.calls
+            );
+            if callers == 16 {
+                self.fast16.push((*system, s));
+            }
+            checks.push((*system, vs_list, vs_ginepro));
+        }
+        b.push('\n');
+        for (system, vs_list, vs_ginepro) in checks {
+            if system == System::Channel {
+                self.goal(
+                    &format!("{callers} callers: channel() ≥ 0.97× balance_list"),
+                    format!("{vs_list:.2}×"),
+                    vs_list >= 0.97,
+                );
+            }
+            if matches!(system, System::Channel | System::LoadAware) {
+                self.goal(
+                    &format!("{callers} callers: {} ≥ 0.97× ginepro", system.label()),
+                    format!("{vs_ginepro:.2}×"),
+                    vs_ginepro >= 0.97,
+                );
+            }
+        }
+    }
+
+    /// One pod +20 ms.
+    pub fn slow(&mut self, callers: usize, runs: Vec<(System, Vec<Run>)>) {
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "### One pod +20 ms per reply, {callers} callers\n\n| system | calls/s | × own all-fast | p50 ms | p99 ms | p99 × own all-fast | failed |\n|---|---|---|---|---|---|---|"
+        );
+        let mut checks = Vec::new();
+        for (system, r) in &runs {
+            let s = summarize(r);
+            let own = self
+                .fast16
+                .iter()
+                .find(|(f, _)| f == system)
+                .map(|(_, f)| *f);
+            let (tput, p99) = own.map_or((f64::NAN, f64::NAN), |o| {
+                (s.throughput / o.throughput, s.p99_ms / o.p99_ms)
+            });
+            let _ = writeln!(
+                b,
+                "| {} | {:.0} | {tput:.2} | {:.2} | {:.2} | {p99:.2} | {} of {} |",
+                system.label(),
+                s.throughput,
+                s.p50_ms,
+                s.p99_ms,
+                s.failed,
+                s.calls
+            );
+            if *system == System::LoadAware {
+                checks.push((tput, p99));
+            }
+        }
+        b.push('\n');
+        for (tput, p99) in checks {
+            self.goal(
+                "one pod +20 ms: load_balanced() throughput ≥ 0.7× its all-fast",
+                format!("{tput:.2}×"),
+                tput >= 0.7,
+            );
+            self.goal(
+                "one pod +20 ms: load_balanced() p99 ≤ 2× its all-fast p99",
+                format!("{p99:.2}×"),
+                p99 <= 2.0,
+            );
+        }
+    }
+
+    /// One pod killed while still in DNS.
+    pub fn killed(&mut self, window: Duration, runs: Vec<(System, Run)>) {
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "### One pod killed, still in DNS ({window:?} window, {} callers)\n\n| system | calls | failed | failed % |\n|---|---|---|---|",
+            crate::FAULT_CALLERS
+        );
+        let mut checks = Vec::new();
+        for (system, r) in &runs {
+            let pct = r.failed as f64 * 100.0 / r.calls.max(1) as f64;
+            let _ = writeln!(
+                b,
+                "| {} | {} | {} | {pct:.3} |",
+                system.label(),
+                r.calls,
+                r.failed
+            );
+            if *system == System::LoadAware {
+                checks.push(pct);
+            }
+        }
+        b.push('\n');
+        for pct in checks {
+            self.goal(
+                "killed pod in DNS: load_balanced() failed calls < 0.1 %",
+                format!("{pct:.3} %"),
+                pct < 0.1,
+            );
+        }
+    }
+
+    /// Discovery reaction trials.
+    pub fn reaction(&mut self, interval: Duration, trials: Vec<(System, Vec<Reaction>)>) {
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "### Discovery reaction (refresh every {interval:?}, in-process DNS server)\n\n\
+             | system | record added → first call to the pod: median (min–max) | record removed → last call to the pod: median (min–max) | trials (timed out) |\n|---|---|---|---|"
+        );
+        let spread = |xs: Vec<f64>| {
+            if xs.is_empty() {
+                return "–".to_owned();
+            }
+            let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.0} ms ({lo:.0}–{hi:.0})", median(xs))
+        };
+        for (system, t) in &trials {
+            let first: Vec<f64> = t.iter().filter_map(|r| r.first_call).map(ms).collect();
+            let last: Vec<f64> = t.iter().filter_map(|r| r.last_call).map(ms).collect();
+            let missed = t.len() * 2 - first.len() - last.len();
+            let _ = writeln!(
+                b,
+                "| {} | {} | {} | {} ({missed}) |",
+                system.label(),
+                spread(first),
+                spread(last),
+                t.len()
+            );
+        }
+        b.push('\n');
+    }
+
+    /// Discovery at scale.
+    pub fn scale(&mut self, scales: Vec<Scale>) {
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "### Discovery at scale (ours: one registry, a `channel()` per service, refresh every 5 s)\n\n\
+             | setup | endpoints | all discovered in | CPU, % of one core | resident MiB | KiB per endpoint over the idle process |\n|---|---|---|---|---|---|"
+        );
+        for s in &scales {
+            let _ = writeln!(
+                b,
+                "| {} | {} | {:.0} ms | {} | {} | {} |",
+                s.title,
+                s.endpoints,
+                ms(s.discovered),
+                s.cpu_share
+                    .map_or("–".into(), |c| format!("{:.2}", c * 100.0)),
+                s.rss_kib
+                    .map_or("–".into(), |r| format!("{:.1}", r as f64 / 1024.0)),
+                s.kib_per_endpoint()
+                    .map_or("–".into(), |k| format!("{k:.2}")),
+            );
+        }
+        // Health checks' added cost: the two runs on live pods.
+        let live: Vec<&Scale> = scales.iter().filter(|s| s.title.contains("live")).collect();
+        if let [off, on] = live[..]
+            && let (Some(c0), Some(c1), Some(k0), Some(k1)) = (
+                off.cpu_share,
+                on.cpu_share,
+                off.kib_per_endpoint(),
+                on.kib_per_endpoint(),
+            )
+        {
+            let _ = writeln!(
+                b,
+                "\nHealth checks on {} endpoints add {:.2} % of one core ({:.4} % per endpoint) \
+                     and {:.2} KiB per endpoint (an open HTTP/2 connection each).",
+                on.endpoints,
+                (c1 - c0) * 100.0,
+                (c1 - c0) * 100.0 / on.endpoints as f64,
+                k1 - k0
+            );
+        }
+        b.push('\n');
+        if let Some(first) = scales.first()
+            && let (Some(cpu), Some(kib)) = (first.cpu_share, first.kib_per_endpoint())
+        {
+            self.goal(
+                &format!("{}: CPU ≤ 2 % of one core", first.title),
+                format!("{:.2} %", cpu * 100.0),
+                cpu <= 0.02,
+            );
+            self.goal(
+                &format!("{}: ≤ 10 KiB per endpoint", first.title),
+                format!("{kib:.2} KiB"),
+                kib <= 10.0,
+            );
+        }
+    }
+
+    /// The whole report.
+    pub fn finish(self, took: Duration) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}- Took: {:.0} s\n", self.header, took.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "### Goals\n\n| goal | measured | holds |\n|---|---|---|"
+        );
+        for g in &self.goals {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                g.text,
+                g.measured,
+                if g.holds { "yes" } else { "**no**" }
+            );
+        }
+        out.push('\n');
+        out.push_str(&self.body);
+        out
+    }
+}
+
+const BEGIN: &str = "<!-- bench:begin (written by the bench program) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Replaces what lies between the markers in `path` with `text` (appends both if missing).
+pub fn write_between_markers(path: &Path, text: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{BEGIN}\n{text}{}", &old[..b], &old[e..])
+        }
+        _ => format!("{old}\n{BEGIN}\n{text}{END}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+fn today() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    now.get(..10).unwrap_or(&now).to_owned()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |kib| {
+            format!(", {:.0} GiB", kib as f64 / 1024.0 / 1024.0)
+        });
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or(String::new(), |v| format!(", {}", v.trim()));
+    format!("{cores} cores, {cpu}{mem}{rustc}")
+}
+
+/// `name version` of the packages compared, read from the two lockfiles.
+fn versions() -> String {
+    let root = crate::root();
+    let locked = |lock: &str, name: &str| -> String {
+        let text = std::fs::read_to_string(root.join(lock)).unwrap_or_default();
+        let mut lines = text.lines();
+        while let Some(l) = lines.next() {
+            if l == format!("name = \"{name}\"")
+                && let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = "))
+            {
+                return format!("{name} {}", v.trim_matches('"'));
+            }
+        }
+        format!("{name} ?")
+    };
+    format!(
+        "{} on {}, {}, {}; {} on {}",
+        locked("Cargo.lock", "k8s-headless-svc"),
+        locked("Cargo.lock", "tonic"),
+        locked("Cargo.lock", "tower"),
+        locked("Cargo.lock", "hickory-resolver"),
+        locked("bench/ginepro-client/Cargo.lock", "ginepro"),
+        locked("bench/ginepro-client/Cargo.lock", "tonic"),
+    )
+}

@@ -1,0 +1,185 @@
+//! What the child processes run: `bench pod`, `bench client` and `bench scale`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use examples::load;
+use k8s_headless_svc::{HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
+use testkit::{Pod, pb};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::{Channel, Endpoint};
+
+/// The systems compared, each in a client process of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// A plain `Channel` to one pod: the upper bound.
+    Single,
+    /// tonic's `Channel::balance_list` over the fixed pod list: no discovery.
+    BalanceList,
+    /// Ours: `Registry::channel`, tonic's `balance_channel` fed by discovery.
+    Channel,
+    /// Ours: `Registry::load_balanced`, p2c over Peak-EWMA with failure accrual.
+    LoadAware,
+    /// TrueLayer's ginepro 0.9.3, from its own crate (`bench/ginepro-client`).
+    Ginepro,
+}
+
+impl System {
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Single => "single pod Channel",
+            System::BalanceList => "tonic balance_list",
+            System::Channel => "ours: channel()",
+            System::LoadAware => "ours: load_balanced()",
+            System::Ginepro => "ginepro 0.9.3",
+        }
+    }
+}
+
+/// `bench pod`: pods named and placed as given, on one port; `delay MS` on stdin sets every
+/// pod's added reply delay; the end of input shuts them down.
+pub async fn pod(port: u16, pods: Vec<String>) -> anyhow::Result<()> {
+    let mut started = Vec::new();
+    let mut port = port;
+    for spec in &pods {
+        let (name, ip) = spec.split_once('=').context("pods are NAME=IP")?;
+        let ip: IpAddr = ip.parse().with_context(|| format!("the IP of {spec}"))?;
+        let pod = Pod::start(SocketAddr::new(ip, port), name)?;
+        port = pod.addr().port();
+        started.push(pod);
+    }
+    println!("ready {port}");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.split_once(' ') {
+            Some(("delay", ms)) => {
+                let delay = Duration::from_millis(ms.trim().parse()?);
+                for p in &started {
+                    p.stats().set_delay(delay);
+                }
+                println!("ok");
+            }
+            _ => println!("error unknown command {line:?}"),
+        }
+    }
+    for p in started {
+        p.shutdown().await;
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+enum Caller {
+    Plain(pb::user_client::UserClient<Channel>),
+    LoadAware(pb::user_client::UserClient<LoadBalancedChannel>),
+}
+
+impl load::Call for Caller {
+    fn call(&self) -> impl Future<Output = Result<String, String>> + Send {
+        let this = self.clone();
+        async move {
+            let request = pb::CallRequest {
+                name: "bench".into(),
+            };
+            let reply = match this {
+                Caller::Plain(mut c) => c.call(request).await,
+                Caller::LoadAware(mut c) => c.call(request).await,
+            };
+            reply.map(|r| r.into_inner().msg).map_err(|s| s.to_string())
+        }
+    }
+}
+
+/// `bench client`: one system, driven over the line protocol.
+pub async fn client(
+    system: System,
+    dns: SocketAddr,
+    service: HeadlessService,
+    pods: Vec<SocketAddr>,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let endpoint = |addr: &SocketAddr| Endpoint::from_shared(format!("http://{addr}"));
+    let registry = Registry::builder()
+        .service(service.clone())
+        .nameservers([dns])
+        .refresh_interval(interval)
+        .build()?;
+    let caller = match system {
+        System::Single => {
+            let first = pods.first().context("--pods names the pod")?;
+            Caller::Plain(pb::user_client::UserClient::new(
+                endpoint(first)?.connect_lazy(),
+            ))
+        }
+        System::BalanceList => {
+            Caller::Plain(pb::user_client::UserClient::new(Channel::balance_list(
+                pods.iter()
+                    .map(endpoint)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter(),
+            )))
+        }
+        System::Channel => Caller::Plain(pb::user_client::UserClient::new(
+            registry.channel(&service)?,
+        )),
+        System::LoadAware => Caller::LoadAware(pb::user_client::UserClient::new(
+            registry.load_balanced(&service)?,
+        )),
+        System::Ginepro => anyhow::bail!("ginepro runs from its own crate"),
+    };
+    load::serve(caller).await?;
+    Ok(())
+}
+
+/// `bench scale`: discovery of `services` Services (`s0.NAMESPACE`, `s1.NAMESPACE`, …) until
+/// each has `expect` endpoints, with a `channel()` each as a user would hold. Prints
+/// `baseline RSS_KIB` before building and `ready MICROS` once all is discovered, then idles until
+/// the end of input.
+pub async fn scale(
+    dns: SocketAddr,
+    namespace: &str,
+    services: usize,
+    port: u16,
+    interval: Duration,
+    expect: usize,
+    health: bool,
+) -> anyhow::Result<()> {
+    println!("baseline {}", super::proc::rss_kib(std::process::id())?);
+    let specs = (0..services)
+        .map(|i| HeadlessService::new(namespace, format!("s{i}"), port))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let registry = Registry::builder()
+        .services(specs.iter().cloned())
+        .nameservers([dns])
+        .refresh_interval(interval)
+        .health_check(if health {
+            HealthCheck::default()
+        } else {
+            HealthCheck::Off
+        })
+        .build()?;
+    let channels = specs
+        .iter()
+        .map(|s| registry.channel(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    loop {
+        let found = specs
+            .iter()
+            .map(|s| registry.endpoints(s).map_or(0, |e| e.len()))
+            .min()
+            .unwrap_or(0);
+        if found >= expect {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("ready {}", started.elapsed().as_micros());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while lines.next_line().await?.is_some() {}
+    drop(channels);
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The client side of the benchmark's line protocol. Every client process speaks it: this
+//! crate's `bench client` and the ginepro client (`bench/ginepro-client`, a crate of its own on
+//! tonic 0.13, which compiles this same file), so that every system is driven alike.
+//!
+//! The harness writes one command a line on stdin; the client answers on stdout:
+//! - `run CALLERS MILLIS`: `CALLERS` loops call back to back for `MILLIS`; answers
+//!   `ok CALLS FAILED P50_US P99_US ELAPSED_US` (latencies of the successful calls).
+//! - `first POD TIMEOUT_MS`: answers `ack`, then calls until one is answered by `POD`;
+//!   answers `ok MICROS`, the time from `ack` to that answer, or `timeout`.
+//! - `last POD QUIET_MS TIMEOUT_MS`: answers `ack`, then calls until none has reached `POD` for
+//!   `QUIET_MS`; answers `ok MICROS`, the time from `ack` to the last answer from `POD` (0 if
+//!   none came), or `timeout`.
+//! - `quit`, or the end of input: the process exits.
+//!
+//! A call that fails or takes over 5 s counts as failed. Only std and tokio are used here.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The longest a call may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One unary `user.User/Call`; `Ok` carries the reply ("Hello NAME from POD").
+pub trait Call: Clone + Send + Sync + 'static {
+    /// Makes the call.
+    fn call(&self) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// Answers the harness's commands until `quit` or the end of input.
+pub async fn serve<C: Call>(caller: C) -> std::io::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+        let reply = match (words.first().copied(), words.len()) {
+            (Some("run"), 3) => match (number(1), number(2)) {
+                (Some(callers), Some(ms)) => {
+                    run(&caller, callers as usize, Duration::from_millis(ms)).await
+                }
+                _ => format!("error bad numbers in {line:?}"),
+            },
+            (Some("first"), 3) | (Some("last"), 4) => {
+                let (pod, numbers) = (words[1], (number(2), number(3)));
+                out.write_all(b"ack\n").await?;
+                out.flush().await?;
+                match (words[0], numbers) {
+                    ("first", (Some(timeout), _)) => {
+                        watch(&caller, pod, None, Duration::from_millis(timeout)).await
+                    }
+                    ("last", (Some(quiet), Some(timeout))) => {
+                        let quiet = Some(Duration::from_millis(quiet));
+                        watch(&caller, pod, quiet, Duration::from_millis(timeout)).await
+                    }
+                    _ => format!("error bad numbers in {line:?}"),
+                }
+            }
+            (Some("quit"), _) => break,
+            _ => format!("error unknown command {line:?}"),
+        };
+        out.write_all(format!("{reply}\n").as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// `callers` loops calling back to back for `length`.
+async fn run<C: Call>(caller: &C, callers: usize, length: Duration) -> String {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (caller, stop, failed) = (caller.clone(), stop.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(16_384);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match tokio::time::timeout(CALL_TIMEOUT, caller.call()).await {
+                        Ok(Ok(_)) => latencies.push(t.elapsed().as_micros() as u64),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = started.elapsed().as_micros();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1));
+        all.get(i).copied().unwrap_or(0)
+    };
+    let failed = failed.load(Ordering::Relaxed);
+    let calls = all.len() as u64 + failed;
+    format!("ok {calls} {failed} {} {} {elapsed}", pct(0.50), pct(0.99))
+}
+
+/// Two paced callers watch which pod answers. Without `quiet`: until `pod` first answers.
+/// With it: until `pod` has not answered for `quiet`.
+async fn watch<C: Call>(
+    caller: &C,
+    pod: &str,
+    quiet: Option<Duration>,
+    timeout: Duration,
+) -> String {
+    let started = Instant::now();
+    let suffix: Arc<str> = format!(" from {pod}").into();
+    // Microseconds since `started` of the latest answer from `pod`, plus one (0: none yet).
+    let seen = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let (caller, suffix, seen, stop) =
+                (caller.clone(), suffix.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Ok(msg)) = tokio::time::timeout(CALL_TIMEOUT, caller.call()).await
+                        && msg.ends_with(&*suffix)
+                    {
+                        let at = started.elapsed().as_micros() as u64 + 1;
+                        seen.fetch_max(at, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let reply = loop {
+        let last = seen.load(Ordering::Relaxed);
+        let done = match quiet {
+            None => last > 0,
+            Some(quiet) => {
+                started
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(last.saturating_sub(1)))
+                    >= quiet
+            }
+        };
+        if done {
+            break format!("ok {}", last.saturating_sub(1));
+        }
+        if started.elapsed() >= timeout {
+            break "timeout".to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    reply
+}
