@@ -44,7 +44,9 @@ use crate::{
 #[non_exhaustive]
 pub enum LoadMeasure {
     /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice): a slow pod
-    /// looks loaded at once and recovers over `decay`. The default, with 30 ms and 10 s.
+    /// looks loaded at once and recovers over `decay`. The default, with 1 ms and 10 s: a new
+    /// pod is assumed as fast as a healthy in-cluster call, so it takes its share at once, and
+    /// its first answers replace the guess (a peak counts in full at once).
     PeakEwma {
         /// The latency assumed before a pod has answered.
         default_rtt: Duration,
@@ -58,7 +60,7 @@ pub enum LoadMeasure {
 impl Default for LoadMeasure {
     fn default() -> Self {
         LoadMeasure::PeakEwma {
-            default_rtt: Duration::from_millis(30),
+            default_rtt: Duration::from_millis(1),
             decay: Duration::from_secs(10),
         }
     }

@@ -48,10 +48,29 @@ struct Args {
     /// Trials of the discovery reaction.
     #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// Run only these measurements (comma-separated); the default is all of them. A partial
+    /// run is for investigating and writes nothing unless `--write` says where.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Measure>,
     /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
     /// for a full run, nowhere for `--quick`.
     #[arg(long)]
     write: Option<PathBuf>,
+}
+
+/// The measurements, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Measure {
+    /// All pods fast at 1, 16 and 128 callers.
+    Fast,
+    /// One pod +20 ms.
+    Slow,
+    /// One pod killed while DNS lists it.
+    Killed,
+    /// Discovery reaction to an added and a removed record.
+    Reaction,
+    /// Discovery cost at scale.
+    Scale,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +209,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     } else {
         (args.rounds, args.run, args.trials)
     };
+    let runs = |m: Measure| args.only.is_empty() || args.only.contains(&m);
     let ginepro = build_ginepro()?;
     let started = std::time::Instant::now();
     let dns = DnsServer::start().await?;
@@ -256,24 +276,29 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     let mut report = report::Report::new(&args_line(), rounds, run, trials);
 
-    // 1. All pods fast, at each concurrency.
-    for callers in CALLERS {
+    // 1. All pods fast, at each concurrency. The slow pod's ratios need the 16-caller run.
+    for callers in CALLERS
+        .into_iter()
+        .filter(|c| runs(Measure::Fast) || (runs(Measure::Slow) && *c == FAULT_CALLERS))
+    {
         let runs = interleaved(&mut clients, |_| true, callers, rounds, run).await?;
         report.fast(callers, runs);
     }
 
     // 2. One pod +20 ms.
-    slow_pod.ask("delay 20", ANSWER).await?;
-    let runs = interleaved(
-        &mut clients,
-        |s| s != System::Single,
-        FAULT_CALLERS,
-        rounds,
-        run,
-    )
-    .await?;
-    slow_pod.ask("delay 0", ANSWER).await?;
-    report.slow(FAULT_CALLERS, runs);
+    if runs(Measure::Slow) {
+        slow_pod.ask("delay 20", ANSWER).await?;
+        let runs = interleaved(
+            &mut clients,
+            |s| s != System::Single,
+            FAULT_CALLERS,
+            rounds,
+            run,
+        )
+        .await?;
+        slow_pod.ask("delay 0", ANSWER).await?;
+        report.slow(FAULT_CALLERS, runs);
+    }
 
     // 3. One pod killed while DNS still lists it: for each system in turn, (re)start the pod,
     // wait until the system calls it, kill it 50 ms into a 5 s run, count the failures.
@@ -284,7 +309,10 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     };
     let mut victim = Some(victim_pod);
     let mut killed = Vec::new();
-    for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+    let fault_clients = clients
+        .iter_mut()
+        .filter(|(s, _)| *s != System::Single && runs(Measure::Killed));
+    for (system, client) in fault_clients {
         let proc = match victim.take() {
             Some(p) => p,
             None => start_pods(port, &names[2..3]).await?.0,
@@ -304,13 +332,18 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         killed.push((*system, r));
     }
     // The killed pod back, so that every client sees three pods again.
-    let victim_pod = start_pods(port, &names[2..3]).await?.0;
-    report.killed(window, killed);
+    let victim_pod = match victim {
+        Some(p) => p,
+        None => start_pods(port, &names[2..3]).await?.0,
+    };
+    if runs(Measure::Killed) {
+        report.killed(window, killed);
+    }
 
     // 4. Discovery reaction: bench-3 added to DNS, then removed.
     let extra_ip = names[3].1;
     let mut reactions: Vec<(System, Vec<Reaction>)> = Vec::new();
-    for _ in 0..trials {
+    for _ in 0..if runs(Measure::Reaction) { trials } else { 0 } {
         for (system, client) in clients.iter_mut() {
             if !matches!(
                 system,
@@ -344,7 +377,9 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    report.reaction(INTERVAL, reactions);
+    if runs(Measure::Reaction) {
+        report.reaction(INTERVAL, reactions);
+    }
 
     for (_, c) in clients {
         c.close().await;
@@ -354,14 +389,16 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
 
     // 5. Discovery at scale, in a client process of its own.
-    let scales = scale(&dns, &me, quick).await?;
-    report.scale(scales);
+    if runs(Measure::Scale) {
+        let scales = scale(&dns, &me, quick).await?;
+        report.scale(scales);
+    }
 
     let text = report.finish(started.elapsed());
     print!("{text}");
     let target = args
         .write
-        .or_else(|| (!quick).then(|| root().join("BENCHMARKS.md")));
+        .or_else(|| (!quick && args.only.is_empty()).then(|| root().join("BENCHMARKS.md")));
     if let Some(path) = target {
         report::write_between_markers(&path, &text)?;
         eprintln!("wrote {}", path.display());
