@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value = "2s", value_parser = examples::parse_duration)]
     run: Duration,
     /// Trials of the discovery reaction.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     trials: usize,
     /// Run only these measurements (comma-separated); the default is all of them. A partial
     /// run is for investigating and writes nothing unless `--write` says where.
@@ -351,12 +351,15 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             ) {
                 continue;
             }
+            // Each change lands at a random point of the refresh cycle, not in step with it.
+            tokio::time::sleep(INTERVAL.mul_f64(fastrand::f64())).await;
             client.send(&format!("first {} 20000", names[3].0)).await?;
             client.expect("ack", ANSWER).await?;
             dns.add_addr(&fqdn, extra_ip).await;
             let added = client.expect("ok", ANSWER).await;
+            tokio::time::sleep(INTERVAL.mul_f64(fastrand::f64())).await;
             client
-                .send(&format!("last {} 3000 20000", names[3].0))
+                .send(&format!("last {} 2000 20000", names[3].0))
                 .await?;
             client.expect("ack", ANSWER).await?;
             dns.remove_addr(&fqdn, extra_ip).await;
