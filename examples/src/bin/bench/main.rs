@@ -40,10 +40,10 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Rounds of the interleaved throughput runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Length of one throughput run.
-    #[arg(long, default_value = "2s", value_parser = examples::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = examples::parse_duration)]
     run: Duration,
     /// Trials of the discovery reaction.
     #[arg(long, default_value_t = 7)]
@@ -440,7 +440,13 @@ async fn interleaved(
         runs.push((*system, Vec::new()));
     }
     for _ in 0..rounds {
-        for (system, client) in clients.iter_mut().filter(|(s, _)| include(*s)) {
+        // A new order each round, so that no system always follows the same one.
+        let mut order: Vec<usize> = (0..clients.len())
+            .filter(|&i| include(clients[i].0))
+            .collect();
+        fastrand::shuffle(&mut order);
+        for i in order {
+            let (system, client) = &mut clients[i];
             let line = client
                 .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
                 .await?;
