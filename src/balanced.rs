@@ -44,9 +44,12 @@ use crate::{
 #[non_exhaustive]
 pub enum LoadMeasure {
     /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice): a slow pod
-    /// looks loaded at once and recovers over `decay`. The default, with 1 ms and 10 s: a new
+    /// looks loaded at once and recovers over `decay`. The default, with 1 ms and 1 s: a new
     /// pod is assumed as fast as a healthy in-cluster call, so it takes its share at once, and
-    /// its first answers replace the guess (a peak counts in full at once).
+    /// its first answers replace the guess (a peak counts in full at once). A peak is
+    /// remembered for about `decay`: at linkerd's 10 s, one stall of a fast pod made it look
+    /// slower than a pod that was slow on every call, for seconds, and that pod's share set
+    /// the client's p99.
     PeakEwma {
         /// The latency assumed before a pod has answered.
         default_rtt: Duration,
@@ -61,7 +64,7 @@ impl Default for LoadMeasure {
     fn default() -> Self {
         LoadMeasure::PeakEwma {
             default_rtt: Duration::from_millis(1),
-            decay: Duration::from_secs(10),
+            decay: Duration::from_secs(1),
         }
     }
 }

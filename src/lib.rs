@@ -65,7 +65,7 @@
 //! | [`max_ejection`](Builder::max_ejection) | half the endpoints (at least one) |
 //! | [`ejected_probe_backoff`](Builder::ejected_probe_backoff) | up to 4 s |
 //! | `tls` (features `tls-ring`, `tls-aws-lc`) | off |
-//! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms initial, 10 s decay |
+//! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms initial, 1 s decay |
 //! | [`failure_accrual`](Builder::failure_accrual) | 5 failures, rest 1 s doubling to 30 s |
 //! | [`failfast`](Builder::failfast) | 3 s |
 //!

@@ -337,7 +337,7 @@ impl Builder {
     }
 
     /// How the load-aware channel ([`Registry::load_balanced`]) measures each pod's load.
-    /// Default: [`LoadMeasure::PeakEwma`] with a 1 ms initial latency and a 10 s decay.
+    /// Default: [`LoadMeasure::PeakEwma`] with a 1 ms initial latency and a 1 s decay.
     pub fn load_measure(mut self, measure: LoadMeasure) -> Self {
         self.balance.measure = measure;
         self
