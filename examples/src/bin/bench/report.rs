@@ -473,3 +473,62 @@ fn versions() -> String {
         locked("bench/ginepro-client/Cargo.lock", "tonic"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_run_and_refuses_anything_else() {
+        let r = Run::parse("1000 10 250 900 2000000").unwrap();
+        assert_eq!((r.calls, r.failed), (1000, 10));
+        assert_eq!(r.p99, Duration::from_micros(900));
+        assert!((r.throughput() - 495.0).abs() < 1e-9);
+        for bad in ["", "1 2 3 4", "1 2 3 4 5 6", "a 2 3 4 5", "-1 2 3 4 5"] {
+            assert!(Run::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn ratios_pair_rounds_before_taking_the_median() {
+        let run = |calls| Run {
+            calls,
+            elapsed: Duration::from_secs(1),
+            ..Run::default()
+        };
+        // Round by round a is 0.5×, 2× and 1× b: the median of the ratios is 1.
+        let a = [run(100), run(400), run(300)];
+        let b = [run(200), run(200), run(300)];
+        assert_eq!(paired_ratio(&a, &b), 1.0);
+    }
+
+    #[test]
+    fn writes_between_the_markers_and_keeps_the_rest() {
+        let path = std::env::temp_dir().join(format!("bench-markers-{}.md", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("# Title\n\n{BEGIN}\nold\n{END}\n\n## After\n"),
+        )
+        .unwrap();
+        write_between_markers(&path, "new\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("# Title\n\n{BEGIN}\nnew\n{END}\n\n## After\n")
+        );
+        // No markers: both are appended.
+        std::fs::write(&path, "# Title\n").unwrap();
+        write_between_markers(&path, "first\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("# Title\n\n{BEGIN}\nfirst\n{END}\n"));
+        let _ = std::fs::remove_file(&path);
+    }
+}
