@@ -40,36 +40,39 @@ pub async fn serve<C: Call>(caller: C) -> std::io::Result<()> {
     let mut out = tokio::io::stdout();
     while let Some(line) = lines.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
-        let reply = match (words.first().copied(), words.len()) {
-            (Some("run"), 3) => match (number(1), number(2)) {
-                (Some(callers), Some(ms)) => {
-                    run(&caller, callers as usize, Duration::from_millis(ms)).await
+        let ms = |w: &str| w.parse::<u64>().ok().map(Duration::from_millis);
+        let reply = match words.as_slice() {
+            ["run", callers, length] => match (callers.parse::<usize>().ok(), ms(length)) {
+                (Some(callers), Some(length)) => run(&caller, callers, length).await,
+                _ => format!("error bad numbers in {line:?}"),
+            },
+            ["first", pod, timeout] => match ms(timeout) {
+                Some(timeout) => {
+                    ack(&mut out).await?;
+                    watch(&caller, pod, None, timeout).await
+                }
+                None => format!("error bad numbers in {line:?}"),
+            },
+            ["last", pod, quiet, timeout] => match (ms(quiet), ms(timeout)) {
+                (Some(quiet), Some(timeout)) => {
+                    ack(&mut out).await?;
+                    watch(&caller, pod, Some(quiet), timeout).await
                 }
                 _ => format!("error bad numbers in {line:?}"),
             },
-            (Some("first"), 3) | (Some("last"), 4) => {
-                let (pod, numbers) = (words[1], (number(2), number(3)));
-                out.write_all(b"ack\n").await?;
-                out.flush().await?;
-                match (words[0], numbers) {
-                    ("first", (Some(timeout), _)) => {
-                        watch(&caller, pod, None, Duration::from_millis(timeout)).await
-                    }
-                    ("last", (Some(quiet), Some(timeout))) => {
-                        let quiet = Some(Duration::from_millis(quiet));
-                        watch(&caller, pod, quiet, Duration::from_millis(timeout)).await
-                    }
-                    _ => format!("error bad numbers in {line:?}"),
-                }
-            }
-            (Some("quit"), _) => break,
+            ["quit", ..] => break,
             _ => format!("error unknown command {line:?}"),
         };
         out.write_all(format!("{reply}\n").as_bytes()).await?;
         out.flush().await?;
     }
     Ok(())
+}
+
+/// Tells the harness that the watch starts now.
+async fn ack(out: &mut tokio::io::Stdout) -> std::io::Result<()> {
+    out.write_all(b"ack\n").await?;
+    out.flush().await
 }
 
 /// `callers` loops calling back to back for `length`.

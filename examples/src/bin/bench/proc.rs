@@ -70,6 +70,13 @@ impl Proc {
         }
     }
 
+    /// Sends a command that answers `ack` before its work (`first`, `last`) and reads the
+    /// `ack`; the `ok …` comes when the work is done.
+    pub async fn begin(&mut self, line: &str) -> anyhow::Result<()> {
+        self.send(line).await?;
+        self.expect("ack", crate::ANSWER).await.map(drop)
+    }
+
     /// Sends `line` and reads the `ok …` answer.
     pub async fn ask(&mut self, line: &str, timeout: Duration) -> anyhow::Result<String> {
         self.send(line).await?;
@@ -124,13 +131,17 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS")
 }
 
-/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (`getconf CLK_TCK` tells).
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (`getconf CLK_TCK` tells), asked
+/// once.
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }

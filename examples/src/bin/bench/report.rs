@@ -142,7 +142,7 @@ pub struct Report {
     header: String,
     body: String,
     goals: Vec<Goal>,
-    fast16: Vec<(System, Summary)>,
+    all_fast: Vec<(System, Summary)>,
 }
 
 impl Report {
@@ -161,7 +161,7 @@ impl Report {
             header,
             body: String::new(),
             goals: Vec::new(),
-            fast16: Vec::new(),
+            all_fast: Vec::new(),
         }
     }
 
@@ -175,8 +175,8 @@ impl Report {
 
     /// All pods fast at one concurrency.
     pub fn fast(&mut self, callers: usize, runs: Vec<(System, Vec<Run>)>) {
-        let list = runs_of(&runs, System::BalanceList).map(<[Run]>::to_vec);
-        let ginepro = runs_of(&runs, System::Ginepro).map(<[Run]>::to_vec);
+        let list = runs_of(&runs, System::BalanceList);
+        let ginepro = runs_of(&runs, System::Ginepro);
         let b = &mut self.body;
         let _ = writeln!(
             b,
@@ -186,11 +186,12 @@ impl Report {
         let mut checks = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
-            let vs_list = list.as_deref().map_or(f64::NAN, |l| paired_ratio(r, l));
-            let vs_ginepro = ginepro.as_deref().map_or(f64::NAN, |g| paired_ratio(r, g));
+            let vs_list = list.map_or(f64::NAN, |l| paired_ratio(r, l));
+            let vs_ginepro = ginepro.map_or(f64::NAN, |g| paired_ratio(r, g));
             summary_row(b, *system, &s, [vs_list, vs_ginepro]);
-            if callers == 16 {
-                self.fast16.push((*system, s));
+            // The slow pod's runs compare with these.
+            if callers == crate::FAULT_CALLERS {
+                self.all_fast.push((*system, s));
             }
             checks.push((*system, vs_list, vs_ginepro));
         }
@@ -224,7 +225,7 @@ impl Report {
         for (system, r) in &runs {
             let s = summarize(r);
             let own = self
-                .fast16
+                .all_fast
                 .iter()
                 .find(|(f, _)| f == system)
                 .map(|(_, f)| *f);

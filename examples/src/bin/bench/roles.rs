@@ -102,32 +102,43 @@ pub async fn client(
     interval: Duration,
 ) -> anyhow::Result<()> {
     let endpoint = |addr: &SocketAddr| Endpoint::from_shared(format!("http://{addr}"));
-    let registry = Registry::builder()
-        .service(service.clone())
-        .nameservers([dns])
-        .refresh_interval(interval)
-        .build()?;
-    let caller = match system {
+    // Only our kinds discover; the others get no registry, so no DNS traffic of their own.
+    let registry = || {
+        Registry::builder()
+            .service(service.clone())
+            .nameservers([dns])
+            .refresh_interval(interval)
+            .build()
+    };
+    let (caller, _registry) = match system {
         System::Single => {
             let first = pods.first().context("--pods names the pod")?;
-            Caller::Plain(pb::user_client::UserClient::new(
-                endpoint(first)?.connect_lazy(),
-            ))
+            let channel = endpoint(first)?.connect_lazy();
+            (
+                Caller::Plain(pb::user_client::UserClient::new(channel)),
+                None,
+            )
         }
         System::BalanceList => {
-            Caller::Plain(pb::user_client::UserClient::new(Channel::balance_list(
-                pods.iter()
-                    .map(endpoint)
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter(),
-            )))
+            let endpoints = pods.iter().map(endpoint).collect::<Result<Vec<_>, _>>()?;
+            let channel = Channel::balance_list(endpoints.into_iter());
+            (
+                Caller::Plain(pb::user_client::UserClient::new(channel)),
+                None,
+            )
         }
-        System::Channel => Caller::Plain(pb::user_client::UserClient::new(
-            registry.channel(&service)?,
-        )),
-        System::LoadAware => Caller::LoadAware(pb::user_client::UserClient::new(
-            registry.load_balanced(&service)?,
-        )),
+        System::Channel => {
+            let registry = registry()?;
+            let channel = registry.channel(&service)?;
+            let caller = Caller::Plain(pb::user_client::UserClient::new(channel));
+            (caller, Some(registry))
+        }
+        System::LoadAware => {
+            let registry = registry()?;
+            let channel = registry.load_balanced(&service)?;
+            let caller = Caller::LoadAware(pb::user_client::UserClient::new(channel));
+            (caller, Some(registry))
+        }
         System::Ginepro => anyhow::bail!("ginepro runs from its own crate"),
     };
     load::serve(caller).await?;
