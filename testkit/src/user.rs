@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -31,6 +31,8 @@ pub struct PodStats {
     calls: AtomicU64,
     in_flight: AtomicU64,
     delay_ms: AtomicU64,
+    /// The gRPC code every unary call fails with; 0 (`OK`) for none.
+    fail_code: AtomicI32,
 }
 
 impl PodStats {
@@ -48,6 +50,13 @@ impl PodStats {
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes every unary call from now on fail with `code` (a trailers-only answer), or
+    /// answer again with `None`.
+    pub fn set_failing(&self, code: Option<tonic::Code>) {
+        let code = code.map_or(0, |c| c as i32);
+        self.fail_code.store(code, Ordering::SeqCst);
     }
 }
 
@@ -85,6 +94,10 @@ impl User for UserService {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let code = tonic::Code::from(self.stats.fail_code.load(Ordering::SeqCst));
+        if code != tonic::Code::Ok {
+            return Err(Status::new(code, "failing on request"));
+        }
         let name = request.into_inner().name;
         tracing::debug!(%name, "Call");
         let msg = format!("Hello {name} from {}", self.pod_name);

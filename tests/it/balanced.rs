@@ -215,3 +215,141 @@ async fn discover_stream_drives_a_tower_balance_of_ones_own() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+/// Calls per pod name from one sequential caller, as shares of `calls`; fails on any error.
+async fn sequential_shares<C: Caller + GrpcClient>(
+    channel: &C,
+    pods: &[Pod],
+    calls: usize,
+) -> Vec<f64> {
+    let (hits, errors) = spread(channel, calls, 1).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    pods.iter()
+        .map(|p| hits.get(p.name()).copied().unwrap_or(0) as f64 / calls as f64)
+        .collect()
+}
+
+async fn spreads_evenly_for_one_sequential_caller<C: Caller + GrpcClient>(
+    channel: C,
+    fx: &Fixture,
+) {
+    let fair = 1.0 / fx.pods.len() as f64;
+    // Right after start (the first calls pay each pod's connection set-up), then warm.
+    for (round, calls) in [300, 600].into_iter().enumerate() {
+        let shares = sequential_shares(&channel, &fx.pods, calls).await;
+        eprintln!("one sequential caller, round {round}, {calls} calls: shares {shares:.3?}");
+        for share in &shares {
+            assert!(
+                (share - fair).abs() <= 0.10,
+                "round {round}: a pod is more than 10 points from {fair:.3}: {shares:.3?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sequential_caller_spreads_evenly_on_the_load_aware_kind() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(86, 3).await;
+    // Every default, as a new user has them.
+    let registry = fx.registry();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    spreads_evenly_for_one_sequential_caller(channel, &fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sequential_caller_spreads_evenly_on_the_plain_kind() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(90, 3).await;
+    let registry = fx.registry();
+    let channel = registry.channel(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    spreads_evenly_for_one_sequential_caller(channel, &fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_trial_call_never_wedges_the_breaker() {
+    let fx = Fixture::start(87, 2).await;
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .health_check(HealthCheck::Off)
+        .failure_accrual(1, Duration::from_millis(200), Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 2 }).await);
+    let Fixture {
+        dns: _dns,
+        mut pods,
+        ..
+    } = fx;
+    let victim = pods.remove(1);
+    let (addr, name) = (victim.addr(), victim.name().to_owned());
+    victim.kill().await;
+    // Calls until one meets the dead pod: its breaker opens on that failure.
+    let mut failed = 0;
+    for _ in 0..200 {
+        if failed > 0 {
+            break;
+        }
+        match tokio::time::timeout(SLACK, call(&channel)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => failed += 1,
+            Err(_) => panic!("a call on a live pod hung"),
+        }
+    }
+    assert_eq!(failed, 1, "no call met the dead pod in 200 calls");
+    // Back at the same address, but hanging: every trial call is dropped by its caller's
+    // 100 ms timeout.
+    let revived = Pod::start(addr, &name).unwrap();
+    revived.stats().set_delay(Duration::from_secs(3));
+    let trials = eventually(SLACK, || async {
+        let _cancelled = tokio::time::timeout(Duration::from_millis(100), call(&channel)).await;
+        revived.stats().calls() > 0
+    })
+    .await;
+    assert!(trials, "no trial call reached the revived pod");
+    revived.stats().set_delay(Duration::ZERO);
+    let seen = revived.stats().calls();
+    let back = eventually(SLACK, || async {
+        let reply = tokio::time::timeout(SLACK, call(&channel)).await;
+        assert!(matches!(reply, Ok(Ok(_))), "{reply:?}");
+        revived.stats().calls() > seen
+    })
+    .await;
+    assert!(
+        back,
+        "the pod never got a call again after its trial was cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_failures_count_against_the_pod() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(89, 3).await;
+    let registry = lb_builder(&fx)
+        .health_check(HealthCheck::Off)
+        .build()
+        .unwrap();
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    // A pod that answers every call at once with a trailers-only UNAVAILABLE.
+    fx.pods[2]
+        .stats()
+        .set_failing(Some(tonic::Code::Unavailable));
+    let load = Load::start(&channel, 4, Duration::from_secs(30));
+    // Its breaker opens after 3 failures; then only its trial calls reach it.
+    let _warm = shares(&load, &fx.pods, Duration::from_millis(500)).await;
+    let calls = shares(&load, &fx.pods, Duration::from_secs(2)).await;
+    let total: u64 = calls.iter().sum();
+    eprintln!("failing pod: {calls:?}");
+    assert!(total > 500, "too little load: {calls:?}");
+    // Rests of 0.5, 1 and 2 s in a 2 s window: a handful of trials at most.
+    assert!(
+        calls[2] <= 5,
+        "a pod failing every call kept getting calls: {calls:?}"
+    );
+    let (_, failed, _) = load.stop().await;
+    assert!(failed >= 1, "the failing pod was never called");
+}

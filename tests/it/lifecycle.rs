@@ -103,8 +103,12 @@ fn dropping_the_registry_ends_every_task_it_started() {
             .build()
             .unwrap();
         let channel = registry.channel(&fx.service).unwrap();
+        let balanced = registry.load_balanced(&fx.service).unwrap();
         assert!(discovered(&registry, &fx.service, 2).await);
+        assert!(eventually(SLACK, || async { balanced.endpoints() == 2 }).await);
         let (_, errors) = spread(&channel, 10, 2).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        let (_, errors) = spread(&balanced, 10, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
         let running = metrics.num_alive_tasks();
         assert!(
@@ -121,11 +125,20 @@ fn dropping_the_registry_ends_every_task_it_started() {
         let (hits, errors) = spread(&channel, 20, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(hits.len(), 2);
+        // The load-aware kind too.
+        let (hits, errors) = spread(&balanced, 40, 2).await;
+        assert!(
+            errors.is_empty(),
+            "load-aware channel after the registry: {errors:?}"
+        );
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert_eq!(balanced.endpoints(), 2);
         // The watch ends with the registry.
         let end = tokio::time::timeout(SLACK, watch.next()).await;
         assert_eq!(end.expect("the watch ends"), None);
 
         drop(channel);
+        drop(balanced);
         let settled = eventually(SLACK, || async { metrics.num_alive_tasks() <= baseline }).await;
         assert!(
             settled,
