@@ -127,13 +127,13 @@
 )]
 #![forbid(unsafe_code)]
 
-mod balanced;
 mod channel;
 #[cfg(feature = "serde")]
 mod config;
 mod diff;
 mod error;
 mod health;
+mod load_balanced;
 mod metrics;
 mod refresh;
 mod registry;
@@ -141,12 +141,12 @@ mod resolve;
 mod schedule;
 mod service;
 
-pub use crate::balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::channel::Http2Keepalive;
 #[cfg(feature = "serde")]
 pub use crate::config::{Config, HealthConfig};
 pub use crate::error::{BoxError, Error, Field, Reason};
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
+pub use crate::load_balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::refresh::Status;
 pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
 pub use crate::resolve::IpFamily;

@@ -16,11 +16,11 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use crate::{
-    balanced::{BalanceConfig, Discovery, LoadBalancedChannel, LoadMeasure},
     channel::{self, EndpointTemplate, Http2Keepalive},
     diff::diff,
     error::Error,
     health::{self, EndpointHealth, HealthCheck, HealthConfig, HealthShared},
+    load_balanced::{BalanceConfig, Discovery, LoadBalancedChannel, LoadMeasure},
     refresh::{self, Endpoints, Shared, Status},
     resolve::{Dns, DnsConfig, IpFamily, Query},
     schedule::{Schedule, Timing},
@@ -119,7 +119,6 @@ impl Default for Builder {
                 backoff_max: Duration::from_secs(30),
                 failfast: Duration::from_secs(3),
                 max_ejection: 0.5,
-                queue: 1024,
             },
             queue_capacity: 1024,
         }

@@ -1,0 +1,206 @@
+//! [`LoadBalancedChannel`]: the handle callers hold, and the task that follows discovery.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+use tonic::body::Body;
+use tower::Service;
+
+use super::{
+    BalanceConfig,
+    breaker::Accrual,
+    estimate::Estimate,
+    picker::{Pick, Picker, Pod, Settings, outcome},
+};
+use crate::{
+    channel::EndpointTemplate,
+    diff::{Edit, diff},
+    error::BoxError,
+    refresh::Endpoints,
+};
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// The load-aware channel of one service, from
+/// [`Registry::load_balanced`](crate::Registry::load_balanced).
+///
+/// Each call picks the cheaper of two random pods (p2c), each pod's cost measured as
+/// [`LoadMeasure`](crate::LoadMeasure) says, and goes straight to that pod's connection: no
+/// queue or task sits between the caller and the pod. A pod whose calls fail `k` times in a
+/// row rests for a backoff before one real call tests it again. With no pod at all, a call
+/// waits up to the failfast time for one, then fails with `UNAVAILABLE`. Generated clients
+/// take it as they take a `Channel`: `UserClient::new(registry.load_balanced(&svc)?)`.
+///
+/// It keeps its last set of pods when the registry is dropped.
+#[derive(Clone)]
+pub struct LoadBalancedChannel {
+    picker: Arc<Picker>,
+    failfast: Duration,
+}
+
+impl fmt::Debug for LoadBalancedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadBalancedChannel")
+            .field("endpoints", &self.endpoints())
+            .field("failfast", &self.failfast)
+            .finish()
+    }
+}
+
+impl LoadBalancedChannel {
+    /// Endpoints the balancer holds now, whether or not calls are flowing.
+    pub fn endpoints(&self) -> usize {
+        self.picker.snapshot().len()
+    }
+
+    /// Builds the channel over `serving` and starts the task that follows it; the task ends
+    /// with the registry (or when every handle is gone), and the channel keeps its last set.
+    pub(crate) fn spawn(
+        handle: &tokio::runtime::Handle,
+        serving: watch::Receiver<Endpoints>,
+        template: Arc<EndpointTemplate>,
+        config: BalanceConfig,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let picker = Arc::new(Picker::new(Settings {
+            measure: config.measure,
+            accrual: Accrual {
+                failures: config.failures,
+                base: config.backoff_base,
+                max: config.backoff_max,
+            },
+            max_ejection: config.max_ejection,
+        }));
+        let task = handle.spawn(follow(serving, Arc::downgrade(&picker), template));
+        let channel = Self {
+            picker,
+            failfast: config.failfast,
+        };
+        (channel, task)
+    }
+
+    /// A pick, waiting up to the failfast time while the channel holds no pod.
+    async fn pick(&self) -> Option<Pick> {
+        if let Some(pick) = self.picker.pick() {
+            return Some(pick);
+        }
+        let deadline = Instant::now() + self.failfast;
+        let mut changes = self.picker.subscribe();
+        loop {
+            if let Some(pick) = self.picker.pick() {
+                return Some(pick);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Service<http::Request<Body>> for LoadBalancedChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let Some(pick) = this.pick().await else {
+                tracing::debug!(failfast = ?this.failfast, "no endpoint: failing fast");
+                let status = tonic::Status::unavailable(format!(
+                    "no endpoint within the failfast time ({:?})",
+                    this.failfast
+                ));
+                return Ok(status.into_http());
+            };
+            tracing::trace!(endpoint = %pick.addr(), admission = ?pick.admission(), "picked");
+            let mut channel = pick.channel();
+            let result = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                Ok(()) => channel.call(request).await,
+                Err(e) => Err(e),
+            };
+            pick.finish(outcome(&result));
+            result.map_err(Into::into)
+        })
+    }
+}
+
+/// Follows the serving set: builds a pod for each new endpoint and swaps in the new snapshot,
+/// with no call needed (an idle client is current on its first call).
+async fn follow(
+    mut serving: watch::Receiver<Endpoints>,
+    picker: Weak<Picker>,
+    template: Arc<EndpointTemplate>,
+) {
+    loop {
+        let set = serving.borrow_and_update().clone();
+        let Some(picker) = picker.upgrade() else {
+            return;
+        };
+        apply(&picker, &set, &template);
+        drop(picker);
+        if serving.changed().await.is_err() {
+            // The registry is gone: the channel keeps its last set.
+            return;
+        }
+    }
+}
+
+/// Makes the picker hold exactly `set`. A new pod's estimate starts at its peers' median, so
+/// that it is neither shunned nor flooded while it learns its own.
+fn apply(picker: &Picker, set: &BTreeSet<SocketAddr>, template: &EndpointTemplate) {
+    let old = picker.snapshot();
+    let held: BTreeSet<SocketAddr> = old.iter().map(|p| p.addr).collect();
+    let changes = diff(&held, set);
+    if changes.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut pods: Vec<Arc<Pod>> = Vec::with_capacity(set.len());
+    let start = {
+        let decay = picker.settings.decay();
+        let mut peers: Vec<f64> = old
+            .iter()
+            .filter(|p| set.contains(&p.addr))
+            .map(|p| p.estimate(now, decay))
+            .collect();
+        peers.sort_by(f64::total_cmp);
+        peers
+            .get(peers.len() / 2)
+            .copied()
+            .unwrap_or_else(|| picker.settings.default_rtt())
+    };
+    let mut removed = BTreeSet::new();
+    for edit in changes.edits() {
+        match edit {
+            Edit::Remove(addr) => {
+                tracing::debug!(endpoint = %addr, "load-balanced channel: removing endpoint");
+                removed.insert(addr);
+            }
+            Edit::Insert(addr) => match template.endpoint(addr) {
+                Ok(endpoint) => {
+                    tracing::debug!(endpoint = %addr, "load-balanced channel: adding endpoint");
+                    let estimate = Estimate::new(start, now);
+                    pods.push(Arc::new(Pod::new(addr, endpoint.connect_lazy(), estimate)));
+                }
+                Err(e) => tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}"),
+            },
+        }
+    }
+    pods.extend(old.iter().filter(|p| !removed.contains(&p.addr)).cloned());
+    pods.sort_by_key(|p| p.addr);
+    picker.replace(pods.into());
+}

@@ -1,0 +1,188 @@
+//! A pod's latency estimate: Peak-EWMA (Finagle's, linkerd's), as a plain value.
+//!
+//! The estimate is an exponentially weighted moving average over *time*: a sample counts
+//! for `1 - e^(-Δt / decay)`, where Δt is the time since the last one, so a burst of calls does
+//! not wipe out the past and an old value fades in about `decay`. A rise is taken at once, as
+//! a peak, once **two samples in a row** show it: one slow call (a connection set-up, a
+//! scheduling stall) does not make an equal pod look slow for a whole `decay`, which starved
+//! such a pod at light load, where nothing else would send it the call that corrects it.
+//! While no call completes the estimate decays toward zero, so an idle pod is tried again.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A failed call counts as a round trip of at least this many times the pod's estimate
+/// (and of its default), so that a pod failing fast never looks cheap.
+pub(super) const FAILURE_PENALTY: f64 = 10.0;
+
+/// No estimate goes above one minute, so that arithmetic on it stays finite.
+const CEILING_NS: f64 = 60e9;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Estimate {
+    rtt_ns: f64,
+    at: Instant,
+    /// The previous sample: a rise is confirmed by two in a row.
+    last_ns: f64,
+}
+
+impl Estimate {
+    /// Starts at `rtt_ns` (the default round trip, or the pod's peers' median).
+    pub(super) fn new(rtt_ns: f64, now: Instant) -> Self {
+        let rtt_ns = rtt_ns.clamp(0.0, CEILING_NS);
+        Self {
+            rtt_ns,
+            at: now,
+            last_ns: rtt_ns,
+        }
+    }
+
+    /// The estimate at `now`, in nanoseconds, decayed toward zero since the last sample.
+    pub(super) fn at(&self, now: Instant, decay: Duration) -> f64 {
+        self.rtt_ns * weight(now.saturating_duration_since(self.at), decay)
+    }
+
+    /// Takes the round trip of a call that succeeded.
+    pub(super) fn observe(&mut self, rtt: Duration, now: Instant, decay: Duration) {
+        let sample = nanos(rtt);
+        let w = weight(now.saturating_duration_since(self.at), decay);
+        let ewma = self.rtt_ns * w + sample * (1.0 - w);
+        let confirmed = sample.min(self.last_ns);
+        self.rtt_ns = ewma.max(confirmed).min(CEILING_NS);
+        self.last_ns = sample;
+        self.at = now;
+    }
+
+    /// Takes a call that was cancelled after `elapsed`: a lower bound of its round trip, so it
+    /// counts only when it is above the estimate.
+    pub(super) fn observe_at_least(&mut self, elapsed: Duration, now: Instant, decay: Duration) {
+        if nanos(elapsed) > self.at(now, decay) {
+            self.observe(elapsed, now, decay);
+        }
+    }
+
+    /// Takes a call that failed after `elapsed`: a peak of at least [`FAILURE_PENALTY`] times
+    /// the estimate, and never below that many times `floor_ns`.
+    pub(super) fn penalize(
+        &mut self,
+        elapsed: Duration,
+        now: Instant,
+        decay: Duration,
+        floor_ns: f64,
+    ) {
+        let penalty = FAILURE_PENALTY * self.at(now, decay).max(floor_ns);
+        let sample = nanos(elapsed).max(penalty).min(CEILING_NS);
+        self.rtt_ns = sample;
+        self.last_ns = sample;
+        self.at = now;
+    }
+}
+
+fn weight(elapsed: Duration, decay: Duration) -> f64 {
+    (-(elapsed.as_secs_f64() / decay.as_secs_f64())).exp()
+}
+
+pub(super) fn nanos(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e9).min(CEILING_NS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECAY: Duration = Duration::from_secs(1);
+    const MS: f64 = 1e6;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// 300 µs calls every 300 µs for 12 decays.
+    fn warm(now: &mut Instant) -> Estimate {
+        let mut e = Estimate::new(1.0 * MS, *now);
+        for _ in 0..40_000 {
+            *now += us(300);
+            e.observe(us(300), *now, DECAY);
+        }
+        e
+    }
+
+    #[test]
+    fn converges_on_steady_samples() {
+        let mut now = Instant::now();
+        let e = warm(&mut now);
+        let v = e.at(now, DECAY);
+        assert!((v - 0.3 * MS).abs() < 0.02 * MS, "{v}");
+    }
+
+    #[test]
+    fn one_slow_sample_is_not_a_peak_two_in_a_row_are() {
+        let mut now = Instant::now();
+        let mut e = warm(&mut now);
+        now += us(300);
+        e.observe(Duration::from_millis(3), now, DECAY);
+        assert!(e.at(now, DECAY) < 0.4 * MS, "one stall: {e:?}");
+        now += us(300);
+        e.observe(us(300), now, DECAY);
+        now += us(300);
+        e.observe(Duration::from_millis(20), now, DECAY);
+        now += us(300);
+        e.observe(Duration::from_millis(20), now, DECAY);
+        assert!(
+            e.at(now, DECAY) >= 19.9 * MS,
+            "two slow calls in a row: {e:?}"
+        );
+    }
+
+    #[test]
+    fn a_peak_fades_with_time_and_an_idle_pod_decays_toward_zero() {
+        let now = Instant::now();
+        let mut e = Estimate::new(20.0 * MS, now);
+        let later = now + DECAY * 3;
+        let v = e.at(later, DECAY);
+        assert!(v < 20.0 * MS * 0.06 && v > 0.0, "{v}");
+        // After a long idle time one sample counts almost in full.
+        e.observe(us(300), later, DECAY);
+        assert!(e.at(later, DECAY) < 1.4 * MS, "{e:?}");
+    }
+
+    #[test]
+    fn a_failure_never_makes_a_pod_look_cheap() {
+        let mut now = Instant::now();
+        let mut e = warm(&mut now);
+        let before = e.at(now, DECAY);
+        now += us(300);
+        e.penalize(us(50), now, DECAY, 1.0 * MS);
+        assert!(e.at(now, DECAY) >= FAILURE_PENALTY * MS, "{e:?}");
+        assert!(e.at(now, DECAY) > 10.0 * before);
+        // A slow failure counts at its own time.
+        e.penalize(Duration::from_secs(30), now, DECAY, 1.0 * MS);
+        assert!(e.at(now, DECAY) >= 30e9);
+    }
+
+    #[test]
+    fn a_cancelled_call_counts_only_as_a_lower_bound() {
+        let mut now = Instant::now();
+        let mut e = warm(&mut now);
+        let before = e.at(now, DECAY);
+        e.observe_at_least(us(1), now, DECAY);
+        assert_eq!(e.at(now, DECAY), before);
+        for _ in 0..2 {
+            now += us(300);
+            e.observe_at_least(Duration::from_millis(100), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) >= 99.0 * MS, "{e:?}");
+    }
+
+    #[test]
+    fn extreme_values_stay_finite() {
+        let now = Instant::now();
+        let mut e = Estimate::new(f64::MAX, now);
+        e.observe(Duration::MAX, now, DECAY);
+        e.penalize(Duration::MAX, now, DECAY, f64::MAX);
+        assert!(e.at(now, DECAY).is_finite());
+        assert!(e.at(now, Duration::from_nanos(1)).is_finite());
+        assert_eq!(e.at(now + Duration::from_secs(86_400), DECAY), 0.0);
+    }
+}

@@ -1,0 +1,70 @@
+//! The load-aware channel kind: power of two choices over per-pod connections, weighted by
+//! a real load measure, with failure accrual and failfast.
+//!
+//! ```text
+//! serving set ──► follow task ──► snapshot of pods (swapped whole on every change)
+//!                                   │ read by every call
+//! LoadBalancedChannel::call ── pick two, take the cheaper ──► that pod's tonic Channel
+//!                               └ a Pick guard holds the pod's in-flight count and breaker
+//!                                 ticket, and gives both back when the call ends or is dropped
+//! ```
+//!
+//! - [`picker`]: the snapshot, the choice between two pods, the guard.
+//! - [`estimate`]: a pod's latency estimate (Peak-EWMA), a plain value.
+//! - [`breaker`]: a pod's failure accrual, a plain value.
+//! - [`channel`]: [`LoadBalancedChannel`] and the task that follows discovery.
+//! - [`discovery`]: the same serving set as a tower `Discover` stream, for a balancer of
+//!   one's own.
+
+use std::time::Duration;
+
+mod breaker;
+mod channel;
+mod discovery;
+mod estimate;
+mod picker;
+
+pub use channel::LoadBalancedChannel;
+pub use discovery::Discovery;
+
+/// How the load-aware channel measures each pod's load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum LoadMeasure {
+    /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice), with two
+    /// refinements for light traffic: a rise in latency counts at once only when two calls in
+    /// a row show it (one slow call, such as a connection's first, is not taken as a peak),
+    /// and a new pod starts from its peers' median estimate. `default_rtt` is the start when
+    /// there are no peers; a peak fades over about `decay`. The default: 1 ms and 1 s.
+    PeakEwma {
+        /// The latency assumed for a pod with no peers to learn from.
+        default_rtt: Duration,
+        /// How fast an old peak is forgotten.
+        decay: Duration,
+    },
+    /// Calls in flight only: cheaper, and blind to a pod that is slow but not yet backed up.
+    PendingRequests,
+}
+
+impl Default for LoadMeasure {
+    fn default() -> Self {
+        LoadMeasure::PeakEwma {
+            default_rtt: Duration::from_millis(1),
+            decay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The knobs of the load-aware kind.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BalanceConfig {
+    pub(crate) measure: LoadMeasure,
+    /// Consecutive failed calls that open a pod's breaker.
+    pub(crate) failures: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    /// How long a call may wait for a pod before failing with UNAVAILABLE.
+    pub(crate) failfast: Duration,
+    /// The most pods whose breakers are open at once, as a share (at least one, never all).
+    pub(crate) max_ejection: f64,
+}

@@ -1,0 +1,597 @@
+//! The picker: power of two choices over a snapshot of pods, taken by each call itself.
+//!
+//! The snapshot is swapped whole when discovery changes; a call reads it, draws two pods,
+//! takes the cheaper one and calls that pod's own `Channel` directly. Each pod carries its
+//! calls in flight, its [`Estimate`] and its [`Breaker`]; what a call takes of them it gives
+//! back through a [`Pick`] guard, also when the call is dropped.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+use tonic::transport::Channel;
+
+use super::{
+    LoadMeasure,
+    breaker::{Accrual, Admission, Breaker, Outcome, Ticket, Transition},
+    estimate::{Estimate, nanos},
+};
+use crate::health::ejection_cap;
+
+/// Two costs within this factor are a near-tie, which goes to the pod picked least recently,
+/// so that equal pods share calls evenly even when nothing is in flight.
+pub(super) const NEAR_TIE: f64 = 1.5;
+
+/// The pods a channel holds now.
+pub(super) type Snapshot = Arc<[Arc<Pod>]>;
+
+/// One pod of a load-balanced channel.
+pub(super) struct Pod {
+    pub(super) addr: SocketAddr,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    /// The pick number of its last pick.
+    last_pick: AtomicU64,
+    /// Its breaker is open or half-open; read without the lock.
+    resting: AtomicBool,
+    state: Mutex<PodState>,
+}
+
+struct PodState {
+    estimate: Estimate,
+    breaker: Breaker,
+}
+
+impl fmt::Debug for Pod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pod")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .field("resting", &self.resting.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pod {
+    pub(super) fn new(addr: SocketAddr, channel: Channel, estimate: Estimate) -> Self {
+        Self {
+            addr,
+            channel,
+            in_flight: AtomicUsize::new(0),
+            last_pick: AtomicU64::new(0),
+            resting: AtomicBool::new(false),
+            state: Mutex::new(PodState {
+                estimate,
+                breaker: Breaker::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PodState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its latency estimate now, in nanoseconds.
+    pub(super) fn estimate(&self, now: Instant, decay: Duration) -> f64 {
+        self.state().estimate.at(now, decay)
+    }
+}
+
+/// What the picker knows of one candidate at the moment of a pick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Candidate {
+    /// It may take a call now.
+    pub(super) admits: bool,
+    /// Its rest is over and its trial call is due.
+    pub(super) trial_due: bool,
+    pub(super) cost: f64,
+    pub(super) last_pick: u64,
+}
+
+/// Which of two candidates gets the call: `true` for the first.
+pub(super) fn prefer_first(a: Candidate, b: Candidate) -> bool {
+    if a.admits != b.admits {
+        return a.admits;
+    }
+    if a.trial_due != b.trial_due {
+        return a.trial_due;
+    }
+    let (low, high) = (a.cost.min(b.cost), a.cost.max(b.cost));
+    if high > low * NEAR_TIE {
+        return a.cost < b.cost;
+    }
+    a.last_pick <= b.last_pick
+}
+
+/// The settings a picker runs with.
+#[derive(Debug)]
+pub(super) struct Settings {
+    pub(super) measure: LoadMeasure,
+    pub(super) accrual: Accrual,
+    pub(super) max_ejection: f64,
+}
+
+impl Settings {
+    /// How fast an estimate fades.
+    pub(super) fn decay(&self) -> Duration {
+        match self.measure {
+            LoadMeasure::PeakEwma { decay, .. } => decay,
+            LoadMeasure::PendingRequests => Duration::from_secs(1),
+        }
+    }
+
+    /// The round trip assumed for a pod that has no peers to learn from, in nanoseconds.
+    pub(super) fn default_rtt(&self) -> f64 {
+        match self.measure {
+            LoadMeasure::PeakEwma { default_rtt, .. } => nanos(default_rtt),
+            LoadMeasure::PendingRequests => 1e6,
+        }
+    }
+}
+
+/// The shared state of one load-balanced channel: the snapshot and its settings.
+pub(super) struct Picker {
+    pods: watch::Sender<Snapshot>,
+    pub(super) settings: Settings,
+    picks: AtomicU64,
+    /// Held while deciding whether one more pod may rest.
+    resting: Mutex<()>,
+}
+
+impl fmt::Debug for Picker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Picker")
+            .field("pods", &*self.pods.borrow())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Picker {
+    pub(super) fn new(settings: Settings) -> Self {
+        Self {
+            pods: watch::Sender::new(Arc::from(Vec::new())),
+            settings,
+            picks: AtomicU64::new(0),
+            resting: Mutex::new(()),
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.pods.borrow().clone()
+    }
+
+    pub(super) fn replace(&self, pods: Snapshot) {
+        self.pods.send_replace(pods);
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.pods.subscribe()
+    }
+
+    /// Picks a pod for one call, or `None` when the channel holds none.
+    pub(super) fn pick(self: &Arc<Self>) -> Option<Pick> {
+        let pods = self.snapshot();
+        let n = pods.len();
+        if n == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        // At least one pod always takes calls: when every pod rests, all of them do.
+        let panic = pods.iter().all(|p| p.resting.load(Ordering::Acquire));
+        for _ in 0..4 {
+            let chosen = if n == 1 {
+                &pods[0]
+            } else {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                if prefer_first(
+                    self.candidate(&pods[a], now, panic),
+                    self.candidate(&pods[b], now, panic),
+                ) {
+                    &pods[a]
+                } else {
+                    &pods[b]
+                }
+            };
+            if let Some(pick) = self.take(chosen, now, panic) {
+                return Some(pick);
+            }
+        }
+        // Lost races for both draws: the first pod that takes the call, in panic mode last.
+        let start = fastrand::usize(..n);
+        [panic, true]
+            .into_iter()
+            .find_map(|panic| (0..n).find_map(|i| self.take(&pods[(start + i) % n], now, panic)))
+    }
+
+    fn candidate(&self, pod: &Pod, now: Instant, panic: bool) -> Candidate {
+        let in_flight = pod.in_flight.load(Ordering::Acquire) as f64;
+        let state = pod.state();
+        let (admits, trial_due) = if pod.resting.load(Ordering::Acquire) {
+            let due = state.breaker.trial_due(now);
+            (panic || state.breaker.admits(now), due)
+        } else {
+            (true, false)
+        };
+        let cost = match self.settings.measure {
+            LoadMeasure::PeakEwma { decay, .. } => {
+                state.estimate.at(now, decay) * (in_flight + 1.0)
+            }
+            LoadMeasure::PendingRequests => in_flight + 1.0,
+        };
+        Candidate {
+            admits,
+            trial_due,
+            cost,
+            last_pick: pod.last_pick.load(Ordering::Relaxed),
+        }
+    }
+
+    fn take(self: &Arc<Self>, pod: &Arc<Pod>, now: Instant, panic: bool) -> Option<Pick> {
+        let ticket = pod.state().breaker.admit(now, panic)?;
+        pod.in_flight.fetch_add(1, Ordering::AcqRel);
+        let number = self.picks.fetch_add(1, Ordering::Relaxed) + 1;
+        pod.last_pick.store(number, Ordering::Relaxed);
+        Some(Pick {
+            pod: pod.clone(),
+            picker: self.clone(),
+            ticket,
+            started: now,
+            finished: false,
+        })
+    }
+
+    /// Lets `pod` rest if the channel's budget allows: the pods resting now, among the pods
+    /// held now, stay within the ejection cap, and at least one pod does not rest.
+    fn try_rest(&self, pod: &Pod) -> bool {
+        let _deciding = self.resting.lock().unwrap_or_else(|e| e.into_inner());
+        let pods = self.snapshot();
+        if !pods.iter().any(|p| std::ptr::eq(&**p, pod)) {
+            return false;
+        }
+        let held = pods.len();
+        let cap = ejection_cap(self.settings.max_ejection, held).min(held - 1);
+        let resting = pods
+            .iter()
+            .filter(|p| !std::ptr::eq(&***p, pod) && p.resting.load(Ordering::Acquire))
+            .count();
+        if resting < cap {
+            pod.resting.store(true, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One call's hold on its pod: its place in the pod's calls in flight and its breaker ticket.
+/// [`Pick::finish`] records the result; dropped unfinished, it records a cancelled call.
+pub(super) struct Pick {
+    pod: Arc<Pod>,
+    picker: Arc<Picker>,
+    ticket: Ticket,
+    started: Instant,
+    finished: bool,
+}
+
+impl fmt::Debug for Pick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pick")
+            .field("pod", &self.pod.addr)
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pick {
+    pub(super) fn channel(&self) -> Channel {
+        self.pod.channel.clone()
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.pod.addr
+    }
+
+    pub(super) fn admission(&self) -> Admission {
+        self.ticket.admission
+    }
+
+    /// Records how the call went.
+    pub(super) fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        let settings = &self.picker.settings;
+        let decay = settings.decay();
+        let pod = &self.pod;
+        let mut state = pod.state();
+        match outcome {
+            Outcome::Success => state.estimate.observe(elapsed, now, decay),
+            Outcome::Failure => {
+                state
+                    .estimate
+                    .penalize(elapsed, now, decay, settings.default_rtt())
+            }
+        }
+        let transition = state
+            .breaker
+            .record(self.ticket, outcome, now, &settings.accrual, || {
+                self.picker.try_rest(pod)
+            });
+        drop(state);
+        match transition {
+            Some(Transition::Opened(failures)) => {
+                tracing::warn!(endpoint = %pod.addr, failures, rest = ?settings.accrual.base, "Opening breaker: failed calls in a row");
+            }
+            Some(Transition::Reopened(rest)) => {
+                tracing::debug!(endpoint = %pod.addr, ?rest, "Breaker stays open: the trial call failed");
+            }
+            Some(Transition::Closed) => {
+                pod.resting.store(false, Ordering::Release);
+                tracing::info!(endpoint = %pod.addr, "Closing breaker: a call succeeded");
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.pod.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            let now = Instant::now();
+            let decay = self.picker.settings.decay();
+            let mut state = self.pod.state();
+            state.breaker.cancel(self.ticket);
+            state.estimate.observe_at_least(
+                now.saturating_duration_since(self.started),
+                now,
+                decay,
+            );
+        }
+    }
+}
+
+/// Whether a response counts as a failure of the pod: a transport error, an HTTP 5xx (from a
+/// proxy in front of the pod, say), or a trailers-only gRPC answer whose status says the pod
+/// could not serve: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or `DATA_LOSS`. Other gRPC codes
+/// (`NOT_FOUND`, `INVALID_ARGUMENT`, `DEADLINE_EXCEEDED`, …) are the application's answers and
+/// count as successes. A status sent in trailers after a body is not seen here.
+pub(super) fn outcome<B, E>(result: &Result<http::Response<B>, E>) -> Outcome {
+    let Ok(response) = result else {
+        return Outcome::Failure;
+    };
+    if response.status().is_server_error() {
+        return Outcome::Failure;
+    }
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(tonic::Code::from);
+    match code {
+        Some(
+            tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Unknown
+            | tonic::Code::DataLoss,
+        ) => Outcome::Failure,
+        _ => Outcome::Success,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(cost: f64, last_pick: u64) -> Candidate {
+        Candidate {
+            admits: true,
+            trial_due: false,
+            cost,
+            last_pick,
+        }
+    }
+
+    #[test]
+    fn the_cheaper_pod_wins_unless_it_is_a_near_tie() {
+        // (first, second, first wins)
+        let cases = [
+            (c(1.0, 5), c(3.0, 1), true),
+            (c(3.0, 1), c(1.0, 5), false),
+            (c(1.0, 5), c(1.2, 1), false),
+            (c(1.2, 1), c(1.0, 5), true),
+            (c(1.0, 1), c(1.0, 1), true),
+            (c(0.0, 1), c(0.0, 2), true),
+            (c(40.0, 1), c(1.0, 9), false),
+        ];
+        for (i, (a, b, want)) in cases.into_iter().enumerate() {
+            assert_eq!(prefer_first(a, b), want, "case {i}: {a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_that_admits_beats_one_that_does_not_and_a_due_trial_goes_first() {
+        let resting = Candidate {
+            admits: false,
+            ..c(0.1, 0)
+        };
+        assert!(!prefer_first(resting, c(100.0, 9)));
+        let due = Candidate {
+            trial_due: true,
+            ..c(100.0, 9)
+        };
+        assert!(prefer_first(due, c(0.1, 0)));
+    }
+
+    fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
+        let picker = Arc::new(Picker::new(Settings {
+            measure: LoadMeasure::default(),
+            accrual: Accrual {
+                failures: 1,
+                base: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            },
+            max_ejection,
+        }));
+        let now = Instant::now();
+        let snapshot: Vec<_> = (0..pods)
+            .map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], 1));
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_lazy();
+                Arc::new(Pod::new(addr, channel, Estimate::new(1e6, now)))
+            })
+            .collect();
+        picker.replace(snapshot.into());
+        picker
+    }
+
+    /// Fails one call on the pod at `index` (calls until one lands there).
+    fn fail_on(picker: &Arc<Picker>, index: usize) {
+        let target = picker.snapshot()[index].addr;
+        for _ in 0..10_000 {
+            let pick = picker.pick().expect("a pod");
+            if pick.addr() == target {
+                pick.finish(Outcome::Failure);
+                return;
+            }
+        }
+        panic!("never picked {target}");
+    }
+
+    fn resting(picker: &Picker) -> Vec<bool> {
+        let pods = picker.snapshot();
+        pods.iter()
+            .map(|p| p.resting.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
+        let picker = picker(4, 0.5);
+        for i in 0..4 {
+            fail_on(&picker, i);
+        }
+        // Half of 4 may rest.
+        assert_eq!(
+            resting(&picker).iter().filter(|r| **r).count(),
+            2,
+            "{:?}",
+            resting(&picker)
+        );
+        // A resting pod leaves and a new one comes: 4 held, 1 resting, so one more may rest.
+        let mut pods: Vec<_> = picker.snapshot().to_vec();
+        let gone = pods
+            .iter()
+            .position(|p| p.resting.load(Ordering::SeqCst))
+            .unwrap();
+        pods.remove(gone);
+        let addr = SocketAddr::from(([127, 0, 0, 9], 1));
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.9:1").connect_lazy();
+        pods.push(Arc::new(Pod::new(
+            addr,
+            channel,
+            Estimate::new(1e6, Instant::now()),
+        )));
+        picker.replace(pods.into());
+        assert_eq!(resting(&picker).iter().filter(|r| **r).count(), 1);
+        for i in 0..4 {
+            if !resting(&picker)[i] {
+                fail_on(&picker, i);
+            }
+        }
+        assert_eq!(
+            resting(&picker).iter().filter(|r| **r).count(),
+            2,
+            "{:?}",
+            resting(&picker)
+        );
+    }
+
+    #[tokio::test]
+    async fn when_every_held_pod_rests_calls_still_go_to_them() {
+        let picker = picker(2, 0.5);
+        fail_on(&picker, 0);
+        assert_eq!(resting(&picker), [true, false]);
+        // The healthy pod leaves (health gate, scale-down): only the resting one is held.
+        let only = vec![picker.snapshot()[0].clone()];
+        picker.replace(only.into());
+        let pick = picker
+            .pick()
+            .expect("panic mode: the resting pod takes calls");
+        assert_eq!(pick.admission(), Admission::Panic);
+        // A success closes its breaker.
+        pick.finish(Outcome::Success);
+        assert_eq!(resting(&picker), [false]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_gives_back_its_place_in_flight() {
+        let picker = picker(1, 0.5);
+        let pick = picker.pick().unwrap();
+        assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 1);
+        drop(pick);
+        assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 0);
+        assert!(picker.snapshot()[0].state().breaker.admits(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn one_caller_spreads_evenly_over_equal_pods() {
+        let picker = picker(3, 0.5);
+        let mut counts = [0usize; 3];
+        for _ in 0..300 {
+            let pick = picker.pick().unwrap();
+            let i = picker
+                .snapshot()
+                .iter()
+                .position(|p| p.addr == pick.addr())
+                .unwrap();
+            counts[i] += 1;
+            pick.finish(Outcome::Success);
+        }
+        for n in counts {
+            assert!((90..=110).contains(&n), "{counts:?}");
+        }
+    }
+
+    fn response(status: u16, grpc: Option<&str>) -> Result<http::Response<()>, ()> {
+        let mut r = http::Response::builder().status(status);
+        if let Some(code) = grpc {
+            r = r.header("grpc-status", code);
+        }
+        Ok(r.body(()).unwrap())
+    }
+
+    #[test]
+    fn which_answers_count_as_failures() {
+        let cases = [
+            (response(200, None), Outcome::Success),
+            (response(200, Some("0")), Outcome::Success),
+            (response(200, Some("5")), Outcome::Success), // NOT_FOUND
+            (response(200, Some("4")), Outcome::Success), // DEADLINE_EXCEEDED
+            (response(200, Some("2")), Outcome::Failure), // UNKNOWN
+            (response(200, Some("13")), Outcome::Failure), // INTERNAL
+            (response(200, Some("14")), Outcome::Failure), // UNAVAILABLE
+            (response(200, Some("15")), Outcome::Failure), // DATA_LOSS
+            (response(200, Some("garbage")), Outcome::Success),
+            (response(503, None), Outcome::Failure),
+            (response(502, Some("0")), Outcome::Failure),
+            (response(404, None), Outcome::Success),
+            (Err(()), Outcome::Failure),
+        ];
+        for (i, (result, want)) in cases.into_iter().enumerate() {
+            assert_eq!(outcome(&result), want, "case {i}: {result:?}");
+        }
+    }
+}
