@@ -10,6 +10,8 @@
 //! - `last POD QUIET_MS TIMEOUT_MS`: answers `ack`, then calls until none has reached `POD` for
 //!   `QUIET_MS`; answers `ok MICROS`, the time from `ack` to the last answer from `POD` (0 if
 //!   none came), or `timeout`.
+//! - `spread CALLS`: one caller makes `CALLS` calls one after another; answers
+//!   `ok FAILED POD=COUNT POD=COUNT …`, the calls each pod answered.
 //! - `quit`, or the end of input: the process exits.
 //!
 //! A call that fails or takes over 5 s counts as failed. Only std and tokio are used here.
@@ -59,6 +61,10 @@ pub async fn serve<C: Call>(caller: C) -> std::io::Result<()> {
                     watch(&caller, pod, Some(quiet), timeout).await
                 }
                 _ => format!("error bad numbers in {line:?}"),
+            },
+            ["spread", calls] => match calls.parse::<usize>() {
+                Ok(calls) => spread(&caller, calls).await,
+                Err(_) => format!("error bad numbers in {line:?}"),
             },
             ["quit", ..] => break,
             _ => format!("error unknown command {line:?}"),
@@ -113,6 +119,27 @@ async fn run<C: Call>(caller: &C, callers: usize, length: Duration) -> String {
     let failed = failed.load(Ordering::Relaxed);
     let calls = all.len() as u64 + failed;
     format!("ok {calls} {failed} {} {} {elapsed}", pct(0.50), pct(0.99))
+}
+
+/// One caller, `calls` calls back to back: how many each pod answered.
+async fn spread<C: Call>(caller: &C, calls: usize) -> String {
+    let mut pods: Vec<(String, u64)> = Vec::new();
+    let mut failed = 0;
+    for _ in 0..calls {
+        match tokio::time::timeout(CALL_TIMEOUT, caller.call()).await {
+            Ok(Ok(msg)) => {
+                let pod = msg.rsplit(" from ").next().unwrap_or_default();
+                match pods.iter_mut().find(|(p, _)| p == pod) {
+                    Some((_, n)) => *n += 1,
+                    None => pods.push((pod.to_owned(), 1)),
+                }
+            }
+            _ => failed += 1,
+        }
+    }
+    pods.sort();
+    let counts: Vec<String> = pods.iter().map(|(p, n)| format!("{p}={n}")).collect();
+    format!("ok {failed} {}", counts.join(" "))
 }
 
 /// Two paced callers watch which pod answers. Without `quiet`: until `pod` first answers.

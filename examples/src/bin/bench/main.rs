@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = examples::parse_duration)]
     run: Duration,
     /// Trials of the discovery reaction.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     trials: usize,
     /// Run only these measurements (comma-separated); the default is all of them. A partial
     /// run is for investigating and writes nothing unless `--write` says where.
@@ -61,6 +61,8 @@ struct Args {
 /// The measurements, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Measure {
+    /// One sequential caller, right after start: how evenly the calls spread.
+    Light,
     /// All pods fast at 1, 16 and 128 callers.
     Fast,
     /// One pod +20 ms.
@@ -120,6 +122,8 @@ enum Role {
 /// Callers, the refresh interval both discovering systems get, and waits.
 const CALLERS: [usize; 3] = [1, 16, 128];
 const FAULT_CALLERS: usize = 16;
+/// Calls of the light-traffic run.
+const LIGHT_CALLS: usize = 300;
 const INTERVAL: Duration = Duration::from_secs(1);
 const ANSWER: Duration = Duration::from_secs(60);
 
@@ -275,6 +279,17 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
 
     let mut report = report::Report::new(&args_line(), rounds, run, trials);
+
+    // 0. Light traffic, first of all, while every client is fresh: one sequential caller.
+    if runs(Measure::Light) {
+        let calls = if quick { 30 } else { LIGHT_CALLS };
+        let mut spreads = Vec::new();
+        for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+            let line = client.ask(&format!("spread {calls}"), ANSWER).await?;
+            spreads.push((*system, report::Spread::parse(&line, &names[..3])?));
+        }
+        report.light(calls, spreads);
+    }
 
     // 1. All pods fast, at each concurrency. The slow pod's ratios need the 16-caller run.
     for callers in CALLERS
