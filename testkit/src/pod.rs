@@ -49,6 +49,12 @@ impl Pod {
         Self::start_with(addr, name, None)
     }
 
+    /// Starts a pod whose health service reports `NOT_SERVING` until
+    /// [`PodStats::set_serving`] says otherwise: a pod that is up but not ready yet.
+    pub fn start_not_serving(addr: SocketAddr, name: &str) -> io::Result<Pod> {
+        Self::start_inner(addr, name, None, false)
+    }
+
     /// Starts a pod that serves TLS with `cert_pem` and `key_pem`.
     pub fn start_tls(
         addr: SocketAddr,
@@ -66,11 +72,21 @@ impl Pod {
         name: &str,
         tls: Option<tonic::transport::ServerTlsConfig>,
     ) -> io::Result<Pod> {
+        Self::start_inner(addr, name, tls, true)
+    }
+
+    fn start_inner(
+        addr: SocketAddr,
+        name: &str,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        serving: bool,
+    ) -> io::Result<Pod> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let service = UserService::new(name);
         let stats = service.stats();
+        stats.set_serving(serving);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("pod-{name}"))

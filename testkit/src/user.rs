@@ -25,14 +25,28 @@ use pb::{
     user_server::{User, UserServer},
 };
 
-/// Counters one pod keeps, and its delay knob.
-#[derive(Debug, Default)]
+/// Counters one pod keeps, and its delay, failure and health knobs.
+#[derive(Debug)]
 pub struct PodStats {
     calls: AtomicU64,
     in_flight: AtomicU64,
     delay_ms: AtomicU64,
     /// The gRPC code every unary call fails with; 0 (`OK`) for none.
     fail_code: AtomicI32,
+    /// What the health service reports for the whole server and for `user.User`.
+    serving: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for PodStats {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            delay_ms: AtomicU64::default(),
+            fail_code: AtomicI32::default(),
+            serving: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl PodStats {
@@ -50,6 +64,12 @@ impl PodStats {
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes the health service report `SERVING` or `NOT_SERVING`, as a pod that starts
+    /// draining does, while it goes on answering calls.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.send_replace(serving);
     }
 
     /// Makes every unary call from now on fail with `code` (a trailers-only answer), or
@@ -154,9 +174,35 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<UserServer<UserService>>().await;
+    let mut serving = service.stats.serving.subscribe();
+    if *serving.borrow_and_update() {
+        reporter.set_serving::<UserServer<UserService>>().await;
+    } else {
+        reporter.set_not_serving::<UserServer<UserService>>().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let follow = {
+        let reporter = reporter.clone();
+        async move {
+            while serving.changed().await.is_ok() {
+                let status = if *serving.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status("user.User", status).await;
+                reporter.set_service_status("", status).await;
+            }
+            std::future::pending::<()>().await;
+        }
+    };
     let signal = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = follow => {}
+        }
         reporter.set_not_serving::<UserServer<UserService>>().await;
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)

@@ -122,28 +122,10 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn black_holed_pod_never_hangs_calls_and_is_ejected() {
+async fn black_holed_pod_is_never_admitted() {
     let fx = Fixture::start(71, 2).await;
-    // A listener whose accept queue is full and never drained: SYNs to it are dropped.
     let hole_addr = SocketAddr::new(loopback(71, 9), fx.pods[0].addr().port());
-    let hole = tokio::net::TcpSocket::new_v4().unwrap();
-    hole.bind(hole_addr).unwrap();
-    let hole = hole.listen(1).unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_millis(300), s.connect(hole_addr)).await
-        {
-            fillers.push(c);
-        }
-    }
-    let probe = tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect(hole_addr),
-    )
-    .await;
-    assert!(probe.is_err(), "the black hole still accepts connections");
+    let (hole, _fillers) = black_hole(hole_addr).await;
     fx.dns.add_addr(&fx.fqdn, hole_addr.ip()).await;
 
     // With health checks: never admitted, shown as ejected.
@@ -158,39 +140,111 @@ async fn black_holed_pod_never_hangs_calls_and_is_ejected() {
     let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 60, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
+    let balanced = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { balanced.endpoints() == 2 }).await);
+    let (hits, errors) = spread(&balanced, 60, 6).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 2);
+    drop(hole);
+}
 
-    // Without them: calls that meet the hole fail after the connect timeout, never hang.
-    let unchecked = builder(&fx.dns)
-        .service(fx.service.clone())
+/// A listener whose accept queue is full and never drained: SYNs to it are dropped, so a
+/// connect to it hangs until the caller gives up.
+async fn black_hole(addr: SocketAddr) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let hole = tokio::net::TcpSocket::new_v4().unwrap();
+    hole.bind(addr).unwrap();
+    let hole = hole.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(300), s.connect(addr)).await {
+            fillers.push(c);
+        }
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(probe.is_err(), "the black hole still accepts connections");
+    (hole, fillers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_black_holed_pod_fails_after_the_connect_timeout() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let addr = SocketAddr::new(loopback(77, 9), 8080);
+    let _hole = black_hole(addr).await;
+    let fqdn = svc_fqdn("user-svc", "ns77");
+    dns.set_addrs(&fqdn, &[addr.ip()]).await;
+    let service = k8s_headless_svc::HeadlessService::new("ns77", "user-svc", 8080).unwrap();
+    // No health checks, so the hole is the only endpoint both kinds hold.
+    let registry = builder(&dns)
+        .service(service.clone())
         .health_check(HealthCheck::Off)
         .connect_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let channel = unchecked.channel(&fx.service).unwrap();
-    assert!(discovered(&unchecked, &fx.service, 3).await);
-    let mut slowest = Duration::ZERO;
-    for _ in 0..30 {
+    assert!(discovered(&registry, &service, 1).await);
+    let balanced = registry.load_balanced(&service).unwrap();
+    assert!(eventually(SLACK, || async { balanced.endpoints() == 1 }).await);
+    let channel = registry.channel(&service).unwrap();
+    for kind in ["channel()", "load_balanced()"] {
         let started = Instant::now();
-        let _ = tokio::time::timeout(Duration::from_secs(10), call(&channel))
-            .await
-            .expect("a call hung past 10 s");
-        slowest = slowest.max(started.elapsed());
+        let reply = match kind {
+            "channel()" => tokio::time::timeout(SLACK, call(&channel)).await,
+            _ => tokio::time::timeout(SLACK, call(&balanced)).await,
+        };
+        let took = started.elapsed();
+        let err = reply
+            .expect("a call to a black hole hung")
+            .expect_err("a black hole answered");
+        eprintln!(
+            "black hole, {kind}: {:?} after {took:?}: {}",
+            err.code(),
+            err.message()
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{kind}: {err:?}");
+        assert!(
+            took >= Duration::from_millis(450),
+            "{kind}: failed before the connect timeout: {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(500) + Duration::from_secs(3),
+            "{kind}: {took:?}"
+        );
     }
-    assert!(
-        slowest < Duration::from_millis(500) + Duration::from_secs(3),
-        "slowest call {slowest:?}"
-    );
-    drop(hole);
+}
+
+/// Waits until neither kind holds `addr`: the health report says the balancer dropped it, and
+/// the load-aware channel holds `count` endpoints.
+async fn out_of_both_kinds(
+    registry: &Registry,
+    fx_service: &k8s_headless_svc::HeadlessService,
+    balanced: &k8s_headless_svc::LoadBalancedChannel,
+    addr: SocketAddr,
+    count: usize,
+) -> bool {
+    eventually(SLACK, || async {
+        let health = registry.health(fx_service).unwrap();
+        let held = health.iter().any(|h| h.addr == addr && h.serving);
+        !held && balanced.endpoints() == count
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_update_loses_no_call() {
+async fn rolling_update_loses_no_call_on_either_kind() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(72, 3).await;
     let registry = health_builder(&fx).build().unwrap();
     let channel = registry.channel(&fx.service).unwrap();
+    let balanced = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
-    let load = Load::start(&channel, 8, Duration::from_secs(20));
+    assert!(eventually(SLACK, || async { balanced.endpoints() == 3 }).await);
+    let plain_load = Load::start(&channel, 4, Duration::from_secs(30));
+    let balanced_load = Load::start(&balanced, 4, Duration::from_secs(30));
     let Fixture {
         dns,
         pods,
@@ -200,40 +254,156 @@ async fn rolling_update_loses_no_call() {
     let port = pods[0].addr().port();
     let mut fresh = Vec::new();
     for (i, old) in pods.into_iter().enumerate() {
-        // Kubernetes: the new pod starts and its record appears (health gates it)...
-        let new = Pod::start(
+        // The new pod starts and its record appears, but it is not ready yet: the gate must
+        // hold it back.
+        let new = Pod::start_not_serving(
             SocketAddr::new(loopback(72, 20 + i as u8), port),
             &format!("new-{i}"),
         )
         .unwrap();
         dns.add_addr(&fqdn, new.addr().ip()).await;
-        assert!(eventually(SLACK, || async { new.stats().calls() > 0 }).await);
-        // ...then the old pod's record goes, and it keeps serving through its drain period...
-        dns.remove_addr(&fqdn, old.addr().ip()).await;
+        let addr = new.addr();
+        assert!(
+            eventually(SLACK, || async {
+                registry
+                    .health(&service)
+                    .unwrap()
+                    .iter()
+                    .any(|h| h.addr == addr && h.state == HealthState::Ejected && !h.serving)
+            })
+            .await,
+            "the unready pod was not held back: {:?}",
+            registry.health(&service)
+        );
+        assert_eq!(new.stats().calls(), 0, "an unready pod got calls");
+        // Ready: both kinds take it.
+        new.stats().set_serving(true);
+        assert!(eventually(SLACK, || async { new.stats().calls() > 20 }).await);
+        assert!(eventually(SLACK, || async { balanced.endpoints() == 4 }).await);
+        // The old pod is told to stop: NOT_SERVING, then its record goes, then it stops.
+        old.stats().set_serving(false);
         let gone = old.addr();
+        assert!(out_of_both_kinds(&registry, &service, &balanced, gone, 3).await);
+        dns.remove_addr(&fqdn, gone.ip()).await;
         assert!(
             eventually(SLACK, || async {
                 !registry.endpoints(&service).unwrap().contains(&gone)
             })
             .await
         );
-        assert!(
-            eventually(SLACK, || async {
-                let before = old.stats().calls();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                old.stats().calls() == before
-            })
-            .await
-        );
-        // ...then shuts down gracefully (NOT_SERVING, GOAWAY, calls in flight finish).
         old.shutdown().await;
         fresh.push(new);
     }
-    let (ok, failed, errors) = load.stop().await;
-    eprintln!("rolling update: {ok} calls ok, {failed} failed");
-    assert!(ok > 500, "too little load to mean anything: {ok}");
-    assert_eq!(failed, 0, "{errors:?}");
+    for (kind, load) in [
+        ("channel()", plain_load),
+        ("load_balanced()", balanced_load),
+    ] {
+        let (ok, failed, errors) = load.stop().await;
+        eprintln!("rolling update, {kind}: {ok} calls ok, {failed} failed");
+        assert!(ok > 500, "{kind}: too little load to mean anything: {ok}");
+        assert_eq!(failed, 0, "{kind}: {errors:?}");
+    }
     assert!(fresh.iter().all(|p| p.stats().calls() > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pod_is_out_of_both_kinds_at_once() {
+    let fx = Fixture::start(75, 3).await;
+    // Probes every 5 s: only the pushed status can explain a removal within a second.
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let channel = registry.channel(&fx.service).unwrap();
+    let balanced = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    assert!(eventually(SLACK, || async { balanced.endpoints() == 3 }).await);
+    let (_, errors) = spread(&channel, 30, 3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let victim = &fx.pods[0];
+    let started = Instant::now();
+    victim.stats().set_serving(false);
+    let out = eventually(SLACK, || async {
+        serving(&registry, &fx.service) == 2 && balanced.endpoints() == 2
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("draining pod: out of both kinds {took:?} after it turned NOT_SERVING");
+    assert!(out, "{:?}", registry.health(&fx.service));
+    assert!(
+        took < Duration::from_secs(1),
+        "{took:?}: not the pushed status"
+    );
+    // Neither kind calls it any more.
+    let before = victim.stats().calls();
+    let (_, errors) = spread(&channel, 60, 3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let (_, errors) = spread(&balanced, 60, 3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(victim.stats().calls(), before);
+    // SERVING again: back in both.
+    victim.stats().set_serving(true);
+    assert!(
+        eventually(SLACK, || async {
+            serving(&registry, &fx.service) == 3 && balanced.endpoints() == 3
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pod_is_out_of_the_plain_kind_before_its_next_probe() {
+    let _heavy = HEAVY.lock().await;
+    let fx = Fixture::start(76, 3).await;
+    // Probes every 5 s: the broken health stream and the refused reconnect must do it.
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let channel = registry.channel(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    let load = Load::start(&channel, 16, Duration::from_secs(30));
+    assert!(eventually(SLACK, || async { load.ok() > 1000 }).await);
+    let Fixture {
+        mut pods,
+        dns: _dns,
+        service,
+        ..
+    } = fx;
+    let victim = pods.remove(2);
+    let (ok0, failed0) = (load.ok(), load.failed());
+    let killed = Instant::now();
+    victim.kill().await;
+    let out = eventually(SLACK, || async {
+        registry
+            .health(&service)
+            .unwrap()
+            .iter()
+            .filter(|h| h.serving)
+            .count()
+            == 2
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(out);
+    // A window of 5 s from the kill.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
+    let (ok1, failed1) = (load.ok(), load.failed());
+    let _ = load.stop().await;
+    let calls = (ok1 - ok0) + (failed1 - failed0);
+    let failed = failed1 - failed0;
+    let pct = failed as f64 * 100.0 / calls.max(1) as f64;
+    eprintln!(
+        "killed pod, channel(): ejected {took:?} after the kill; {failed} of {calls} calls failed in 5 s ({pct:.4} %)"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "{took:?}: not the broken stream"
+    );
+    assert!(calls > 5_000, "too little load: {calls}");
+    assert!(pct <= 0.1, "{failed} of {calls} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
