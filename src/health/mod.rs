@@ -1,0 +1,232 @@
+//! Health-gated membership: every endpoint DNS reports is watched, and the balancers hold
+//! DNS ∩ healthy, within a panic threshold.
+//!
+//! ```text
+//! DNS set ──► run (one task per service) ──► serving set (watch) ──► both channel kinds
+//!               │ starts and aborts ▲ observations
+//!               ▼                   │
+//!             watcher (one task per endpoint: a Health/Watch stream, Check polls or TCP)
+//! ```
+//!
+//! - [`gate`]: the rules, as a plain value (observations and time in, serving set out).
+//! - [`watcher`]: how one endpoint is observed.
+//! - [`run`]: the task that wires them and publishes the serving set.
+
+mod gate;
+mod watcher;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+
+use crate::{channel::EndpointTemplate, refresh::Endpoints};
+use gate::{Gate, Transition};
+
+/// How endpoints are probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthCheck {
+    /// gRPC health checking for `service` (`""`: the whole server), on a connection of its
+    /// own to each pod, as gRPC's client-side health checking does (gRFC A17): one
+    /// `grpc.health.v1.Health/Watch` stream per pod, so a pod that turns `NOT_SERVING`
+    /// (draining after SIGTERM) or whose connection breaks is out within milliseconds. Where
+    /// `Watch` is `UNIMPLEMENTED`, `Check` is polled every interval; a pod without a health
+    /// service (`UNIMPLEMENTED`) counts as healthy while it answers. The default, with `""`.
+    Grpc {
+        /// The service name asked about.
+        service: String,
+    },
+    /// A plain TCP connect every interval; a refused connect ejects at once.
+    Tcp,
+    /// No probing: the balancer holds every endpoint DNS reports.
+    Off,
+}
+
+impl HealthCheck {
+    /// `grpc.health.v1.Health/Check` for `service`.
+    pub fn grpc(service: impl Into<String>) -> Self {
+        HealthCheck::Grpc {
+            service: service.into(),
+        }
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck::grpc("")
+    }
+}
+
+/// The health knobs a [`Builder`](crate::Builder) passes down.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HealthConfig {
+    pub(crate) check: HealthCheck,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    /// Consecutive ambiguous failures (timeouts) that eject a healthy endpoint (`k`).
+    pub(crate) unhealthy_after: u32,
+    /// Consecutive polled successes that re-admit an ejected endpoint (`m`).
+    pub(crate) healthy_after: u32,
+    /// The most endpoints ejected at once, as a share of the service (at least one).
+    pub(crate) max_ejection: f64,
+    /// Re-probes of an ejected endpoint back off up to this.
+    pub(crate) ejected_backoff_max: Duration,
+}
+
+/// The health state of one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthState {
+    /// Not observed yet: not in the balancer.
+    Unknown,
+    /// In the balancer.
+    Healthy,
+    /// Out of the balancer after failed probes or a `NOT_SERVING` (unless the panic threshold
+    /// keeps it in).
+    Ejected,
+}
+
+/// One endpoint's health, from [`Registry::health`](crate::Registry::health).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointHealth {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: HealthState,
+    /// Whether the balancer holds it now (healthy, or kept in by the panic threshold).
+    pub serving: bool,
+    /// The last probe's result: `Ok(())` or the failure.
+    pub last_probe: Option<Result<(), String>>,
+    /// When the last probe finished.
+    pub last_probe_at: Option<SystemTime>,
+    /// Probes in a row that failed.
+    pub consecutive_failures: u32,
+}
+
+impl EndpointHealth {
+    /// An endpoint taken as it is, with health checks off.
+    pub(crate) fn unchecked(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            state: HealthState::Healthy,
+            serving: true,
+            last_probe: None,
+            last_probe_at: None,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+/// How many of `total` endpoints may be out of rotation at once: `⌊share × total⌋`, and at
+/// least one. The health gate and the load-aware channel's breakers share this rule.
+pub(crate) fn ejection_cap(share: f64, total: usize) -> usize {
+    ((share * total as f64).floor() as usize).max(1)
+}
+
+/// What the gate task shares with the registry.
+#[derive(Debug)]
+pub(crate) struct HealthShared {
+    pub(crate) serving: watch::Sender<Endpoints>,
+    pub(crate) report: Mutex<Vec<EndpointHealth>>,
+}
+
+/// Gates `dns` into `shared.serving` until aborted; the watchers end with it.
+pub(crate) async fn run(
+    label: String,
+    mut dns: watch::Receiver<Endpoints>,
+    config: HealthConfig,
+    template: Arc<EndpointTemplate>,
+    shared: Arc<HealthShared>,
+    refresh_now: impl Fn() + Send,
+) {
+    let config = Arc::new(config);
+    let mut gate = Gate::new((*config).clone());
+    let (tx, mut reports) = mpsc::channel(256);
+    // Dropping the set (this task aborted) aborts every watcher.
+    let mut watchers = JoinSet::new();
+    let mut handles: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
+    let mut last_refresh: Option<Instant> = None;
+    let mut dns_open = true;
+    let mut set = dns.borrow_and_update().clone();
+    loop {
+        let (added, removed) = gate.set_dns(&set);
+        for addr in removed {
+            if let Some(handle) = handles.remove(&addr) {
+                handle.abort();
+            }
+        }
+        for (addr, generation) in added {
+            let handle = watchers.spawn(watcher::watch(
+                addr,
+                generation,
+                config.clone(),
+                template.clone(),
+                tx.clone(),
+            ));
+            handles.insert(addr, handle);
+        }
+        publish(&label, &gate, &shared);
+        tokio::select! {
+            changed = dns.changed(), if dns_open => {
+                if changed.is_err() {
+                    dns_open = false;
+                }
+                set = dns.borrow_and_update().clone();
+            }
+            Some((addr, generation, observation)) = reports.recv() => {
+                if !observation.up {
+                    tracing::debug!(endpoint = %addr, reason = %observation.detail, "probe failed");
+                }
+                let reason = observation.detail.clone();
+                match gate.observe(addr, generation, observation, Instant::now()) {
+                    Some(Transition::Admitted) => tracing::debug!(endpoint = %addr, "healthy"),
+                    Some(Transition::Readmitted) => {
+                        crate::metrics::health_transition(&label, false);
+                        tracing::info!(endpoint = %addr, "Re-admitting endpoint: healthy again");
+                    }
+                    Some(Transition::Ejected) => {
+                        crate::metrics::health_transition(&label, true);
+                        tracing::warn!(endpoint = %addr, %reason, "Ejecting endpoint");
+                        // The pod may have been replaced: look again soon, at most once a second.
+                        if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            last_refresh = Some(Instant::now());
+                            refresh_now();
+                        }
+                    }
+                    None => {}
+                }
+            }
+            // Reap finished watchers (only `Off` ends by itself).
+            Some(_) = watchers.join_next(), if !watchers.is_empty() => {}
+        }
+    }
+}
+
+/// Publishes the serving set (only when it changed) and the report.
+fn publish(label: &str, gate: &Gate, shared: &HealthShared) {
+    let serving = gate.serving();
+    let report = gate.report(&serving);
+    shared.serving.send_if_modified(|current| {
+        if **current == serving {
+            return false;
+        }
+        *current = Arc::new(serving);
+        true
+    });
+    let count = |state| report.iter().filter(|e| e.state == state).count();
+    crate::metrics::health(
+        label,
+        count(HealthState::Healthy),
+        count(HealthState::Ejected),
+    );
+    *shared.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
+}

@@ -1,0 +1,333 @@
+//! One watcher task per endpoint: it observes the pod and reports [`Observation`]s to the
+//! gate, as gRPC's client-side health checking does (gRFC A17).
+//!
+//! - **`HealthCheck::Grpc`**: a connection of its own to the pod, with one
+//!   `grpc.health.v1.Health/Watch` stream open on it. Every status the pod pushes is
+//!   definitive: `SERVING` admits, anything else ejects, at once. A stream that breaks (the
+//!   connection closed: RST, GOAWAY, EOF) is re-established at once, so a dead pod is seen
+//!   through the refused reconnect within milliseconds; breaks in a row back off.
+//!   Where `Watch` is `UNIMPLEMENTED`, it polls `Check` every interval; where the health
+//!   service is missing altogether, a pod that answers (`UNIMPLEMENTED`) counts as up.
+//! - **`HealthCheck::Tcp`**: a TCP connect every interval.
+//! - In every mode a refused connection is a definitive "down" (nothing listens there), and
+//!   a timeout is ambiguous: it counts toward `k`. While an endpoint fails, its re-probes
+//!   back off from the interval, doubling, up to the ejected-probe maximum.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::{HealthCheck, HealthConfig, gate::Observation};
+use crate::channel::EndpointTemplate;
+
+/// What a watcher sends: the endpoint, its entry's generation and what was seen.
+pub(crate) type Report = (SocketAddr, u64, Observation);
+
+/// The delay before the `failures`-th re-probe in a row: the interval, doubling, up to `max`.
+pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
+    if failures <= 1 {
+        return interval;
+    }
+    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+    interval.saturating_mul(factor).min(max.max(interval))
+}
+
+/// Observes `addr` until aborted.
+pub(crate) async fn watch(
+    addr: SocketAddr,
+    generation: u64,
+    config: Arc<HealthConfig>,
+    template: Arc<EndpointTemplate>,
+    reports: mpsc::Sender<Report>,
+) {
+    let report = |observation: Observation| {
+        let reports = reports.clone();
+        async move { reports.send((addr, generation, observation)).await.is_ok() }
+    };
+    let mut failures = 0u32;
+    let mut poll = matches!(config.check, HealthCheck::Tcp);
+    loop {
+        let observation = match &config.check {
+            HealthCheck::Off => return,
+            HealthCheck::Tcp => tcp(addr, config.timeout).await,
+            HealthCheck::Grpc { service } => {
+                let channel = match connect(addr, &template, config.timeout).await {
+                    Ok(channel) => channel,
+                    Err(down) => {
+                        failures = failures.saturating_add(1);
+                        if !report(down).await {
+                            return;
+                        }
+                        tokio::time::sleep(backoff(
+                            config.interval,
+                            config.ejected_backoff_max,
+                            failures,
+                        ))
+                        .await;
+                        continue;
+                    }
+                };
+                let mut client = HealthClient::new(channel);
+                if !poll {
+                    match stream(&mut client, service, &config, &report).await {
+                        Streamed::Broke { served } => {
+                            // Re-establish at once after a stream that lived; back off after
+                            // breaks in a row.
+                            failures = if served {
+                                0
+                            } else {
+                                failures.saturating_add(1)
+                            };
+                            if failures > 1 {
+                                tokio::time::sleep(backoff(
+                                    config.interval,
+                                    config.ejected_backoff_max,
+                                    failures,
+                                ))
+                                .await;
+                            }
+                            continue;
+                        }
+                        Streamed::Unimplemented => poll = true,
+                        Streamed::Gone => return,
+                    }
+                }
+                // Polling `Check` on this connection until it fails.
+                loop {
+                    let observation = check(&mut client, service, config.timeout).await;
+                    let up = observation.up;
+                    failures = if up { 0 } else { failures.saturating_add(1) };
+                    if !report(observation).await {
+                        return;
+                    }
+                    tokio::time::sleep(backoff(
+                        config.interval,
+                        config.ejected_backoff_max,
+                        failures.max(1),
+                    ))
+                    .await;
+                    if !up {
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
+        // TCP.
+        failures = if observation.up {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        if !report(observation).await {
+            return;
+        }
+        tokio::time::sleep(backoff(
+            config.interval,
+            config.ejected_backoff_max,
+            failures.max(1),
+        ))
+        .await;
+    }
+}
+
+enum Streamed {
+    /// The stream ended or broke; `served`: it delivered at least one status first.
+    Broke { served: bool },
+    /// The pod has no `Watch`: poll `Check` instead.
+    Unimplemented,
+    /// The gate is gone.
+    Gone,
+}
+
+/// Holds one `Watch` stream open and reports every status it pushes.
+async fn stream<F, Fut>(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+    config: &HealthConfig,
+    report: &F,
+) -> Streamed
+where
+    F: Fn(Observation) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let opened = tokio::time::timeout(config.timeout, client.watch(request)).await;
+    let mut statuses = match opened {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) if status.code() == Code::Unimplemented => return Streamed::Unimplemented,
+        Ok(Err(status)) => {
+            let down = from_status(&status);
+            return if report(down).await {
+                Streamed::Broke { served: false }
+            } else {
+                Streamed::Gone
+            };
+        }
+        Err(_) => {
+            let down = Observation::down(
+                false,
+                format!("health watch: no answer within {:?}", config.timeout),
+            );
+            return if report(down).await {
+                Streamed::Broke { served: false }
+            } else {
+                Streamed::Gone
+            };
+        }
+    };
+    let mut served = false;
+    loop {
+        match statuses.message().await {
+            Ok(Some(reply)) => {
+                served = true;
+                let observation = match reply.status() {
+                    ServingStatus::Serving => Observation::up(true),
+                    other => Observation::down(true, format!("health: {}", other.as_str_name())),
+                };
+                if !report(observation).await {
+                    return Streamed::Gone;
+                }
+            }
+            // The stream ended or the connection closed: look again at once.
+            Ok(None) => return Streamed::Broke { served },
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "health stream broke: {}", status.message());
+                return Streamed::Broke { served };
+            }
+        }
+    }
+}
+
+/// One `Check`.
+async fn check(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+    timeout: Duration,
+) -> Observation {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(timeout);
+    match tokio::time::timeout(timeout, client.check(request)).await {
+        Ok(Ok(reply)) => match reply.into_inner().status() {
+            ServingStatus::Serving => Observation::up(false),
+            other => Observation::down(true, format!("health: {}", other.as_str_name())),
+        },
+        // No health service: up while it answers at all.
+        Ok(Err(status)) if status.code() == Code::Unimplemented => Observation::up(false),
+        Ok(Err(status)) => from_status(&status),
+        Err(_) => Observation::down(false, format!("health check: no answer within {timeout:?}")),
+    }
+}
+
+/// A connection of the watcher's own, made now.
+async fn connect(
+    addr: SocketAddr,
+    template: &EndpointTemplate,
+    timeout: Duration,
+) -> Result<Channel, Observation> {
+    let endpoint = template
+        .endpoint(addr)
+        .map_err(|e| Observation::down(false, format!("endpoint: {e}")))?;
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(Observation::down(
+            refused(&e),
+            format!("connect: {}", chain(&e)),
+        )),
+        Err(_) => Err(Observation::down(
+            false,
+            format!("connect: no answer within {timeout:?}"),
+        )),
+    }
+}
+
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Observation {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Observation::up(false),
+        Ok(Err(e)) => Observation::down(
+            e.kind() == std::io::ErrorKind::ConnectionRefused,
+            format!("connect: {e}"),
+        ),
+        Err(_) => Observation::down(false, format!("connect: no answer within {timeout:?}")),
+    }
+}
+
+fn from_status(status: &tonic::Status) -> Observation {
+    Observation::down(
+        refused(status),
+        format!("health: {}: {}", status.code(), status.message()),
+    )
+}
+
+/// Whether anything in the error's chain is a refused connection.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The error and its causes, on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_interval_up_to_the_maximum() {
+        let s = Duration::from_secs(1);
+        let gaps: Vec<u64> = (0..8).map(|f| backoff(s, 8 * s, f).as_secs()).collect();
+        assert_eq!(gaps, [1, 1, 2, 4, 8, 8, 8, 8]);
+        // A maximum below the interval means the interval; huge counts saturate.
+        assert_eq!(backoff(s, s / 2, 5), s);
+        assert_eq!(
+            backoff(s, Duration::MAX, u32::MAX),
+            Duration::from_secs(u32::MAX as u64)
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_is_found_anywhere_in_the_chain() {
+        #[derive(Debug)]
+        struct Wrap(std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Wrap(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(refused(&e));
+        assert!(chain(&e).starts_with("transport error: "));
+        let e = Wrap(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(!refused(&e));
+    }
+}
