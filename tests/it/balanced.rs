@@ -29,26 +29,26 @@ async fn shares(load: &Load, pods: &[Pod], window: Duration) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_pod_gets_a_small_share_and_recovers() {
-    let _heavy = HEAVY.lock().await;
-    let fx = Fixture::start(80, 3).await;
-    let registry = lb_builder(&fx).build().unwrap();
+/// The share of calls a pod +20 ms gets from 16 callers over three pods, measured as `measure`
+/// says; then it turns fast again and must win its share back.
+async fn slow_pod_share(net: u8, measure: LoadMeasure) -> f64 {
+    let fx = Fixture::start(net, 3).await;
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .load_measure(measure)
+        .build()
+        .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
     fx.pods[0].stats().set_delay(Duration::from_millis(20));
     let load = Load::start(&channel, 16, Duration::from_secs(30));
-    // Let the EWMA learn, then measure.
+    // Let the estimates learn, then measure.
     let _ = shares(&load, &fx.pods, Duration::from_secs(1)).await;
     let calls = shares(&load, &fx.pods, Duration::from_secs(2)).await;
     let total: u64 = calls.iter().sum();
     let slow_share = calls[0] as f64 / total as f64;
-    eprintln!("slow pod (+20 ms): {calls:?}, share {:.3}", slow_share);
+    eprintln!("slow pod (+20 ms), {measure:?}: {calls:?}, share {slow_share:.4}");
     assert!(total > 100, "{calls:?}");
-    assert!(
-        slow_share < 1.0 / 6.0,
-        "slow pod share {slow_share:.3}: {calls:?}"
-    );
 
     // Fast again: it wins its share back as the peak decays.
     fx.pods[0].stats().set_delay(Duration::ZERO);
@@ -63,9 +63,26 @@ async fn slow_pod_gets_a_small_share_and_recovers() {
     })
     .await;
     assert!(recovered, "the recovered pod never got its share back");
-    let (ok, failed, errors) = load.stop().await;
+    let (_, failed, errors) = load.stop().await;
     assert_eq!(failed, 0, "{errors:?}");
-    eprintln!("slow-pod test: {ok} calls");
+    slow_share
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_pod_gets_a_small_share_and_recovers() {
+    let _heavy = HEAVY.lock().await;
+    // Calls in flight alone already give the slow pod less than a third; the latency
+    // estimate must do much better than that.
+    let pending = slow_pod_share(91, LoadMeasure::PendingRequests).await;
+    let ewma = slow_pod_share(80, LoadMeasure::default()).await;
+    assert!(
+        ewma < 0.06,
+        "slow pod share {ewma:.4} with the default measure"
+    );
+    assert!(
+        ewma < pending / 2.0,
+        "Peak-EWMA ({ewma:.4}) is no better than counting calls in flight ({pending:.4})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,9 +120,10 @@ async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
         window_failed as f64 * 100.0 / window_calls.max(1) as f64
     );
     assert!(window_calls > 1000, "too little load: {window_calls}");
-    // Only the breaker's trial calls (0.5 s, 1 s, 2 s, 4 s backoff) may fail in the window.
+    // Only the breaker's trial calls may fail in the window: rests of 0.5, 1, 2 and 4 s give
+    // at most 4 trials in 5 s, and a call or two may meet the pod while its estimate decays.
     assert!(
-        window_failed <= 8,
+        window_failed <= 6,
         "{window_failed} failed: {:?}",
         load.errors.lock().unwrap().last()
     );

@@ -101,6 +101,16 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
     eprintln!(
         "crash: ejected {ejected_after:?} after the kill; {failed_during_crash} calls failed before that"
     );
+    // The broken health stream and the refused reconnect, not k probes, eject it: well within
+    // one probe interval; and few calls meet the dead pod meanwhile.
+    assert!(
+        ejected_after < PROBE + Duration::from_millis(500),
+        "{ejected_after:?}"
+    );
+    assert!(
+        failed_during_crash <= 20,
+        "{failed_during_crash} calls failed"
+    );
 
     // The pod comes back on the same address: re-admitted after m = 2 good probes.
     let back = Pod::start(addr, "reborn").unwrap();

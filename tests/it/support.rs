@@ -108,6 +108,16 @@ pub fn serving(registry: &Registry, service: &HeadlessService) -> usize {
         .count()
 }
 
+/// Whether the balancers hold `addr` now: the health gate's serving set, which both kinds
+/// follow (DNS alone changes before the gate and the balancers apply it).
+pub fn held(registry: &Registry, service: &HeadlessService, addr: std::net::SocketAddr) -> bool {
+    registry
+        .health(service)
+        .unwrap()
+        .iter()
+        .any(|h| h.addr == addr && h.serving)
+}
+
 /// Waits until DNS lists `count` endpoints of `service`.
 pub async fn discovered(registry: &Registry, service: &HeadlessService, count: usize) -> bool {
     eventually(SLACK, || async {
