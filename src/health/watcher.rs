@@ -9,6 +9,9 @@
 //!   Where `Watch` is `UNIMPLEMENTED`, it polls `Check` every interval; where the health
 //!   service is missing altogether, a pod that answers (`UNIMPLEMENTED`) counts as up.
 //! - **`HealthCheck::Tcp`**: a TCP connect every interval.
+//! - The watcher's connection PINGs the pod every interval and closes when a PING goes
+//!   unanswered for the timeout, so a pod that vanishes without a word (its IP black-holed)
+//!   breaks the stream too; the reconnect then times out, an ambiguous failure.
 //! - In every mode a refused connection is a definitive "down" (nothing listens there), and
 //!   a timeout is ambiguous: it counts toward `k`. While an endpoint fails, its re-probes
 //!   back off from the interval, doubling, up to the ejected-probe maximum.
@@ -55,7 +58,8 @@ pub(crate) async fn watch(
             HealthCheck::Off => return,
             HealthCheck::Tcp => tcp(addr, config.timeout).await,
             HealthCheck::Grpc { service } => {
-                let channel = match connect(addr, &template, config.timeout).await {
+                let channel = match connect(addr, &template, config.interval, config.timeout).await
+                {
                     Ok(channel) => channel,
                     Err(down) => {
                         failures = failures.saturating_add(1);
@@ -231,11 +235,17 @@ async fn check(
 async fn connect(
     addr: SocketAddr,
     template: &EndpointTemplate,
+    interval: Duration,
     timeout: Duration,
 ) -> Result<Channel, Observation> {
     let endpoint = template
         .endpoint(addr)
-        .map_err(|e| Observation::down(false, format!("endpoint: {e}")))?;
+        .map_err(|e| Observation::down(false, format!("endpoint: {e}")))?
+        // A pod that vanishes without a word (its IP black-holed) is noticed by a PING that
+        // goes unanswered: every interval, like a probe, but only a frame on the open stream.
+        .http2_keep_alive_interval(interval)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true);
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(Observation::down(
