@@ -27,11 +27,12 @@
 //! # Two channel kinds
 //! - [`Registry::channel`]: a plain [`tonic::transport::Channel`] fed by discovery (tonic's
 //!   `balance_channel`, uniform over the pods).
-//! - [`Registry::load_balanced`]: a [`LoadBalancedChannel`], p2c over per-pod connections
-//!   weighted by Peak-EWMA latency, with passive failure accrual and failfast, so that one
-//!   slow or dead pod cannot drag the client down.
+//! - [`Registry::load_balanced`]: a [`LoadBalancedChannel`]. Each call picks the cheaper of
+//!   two random pods (Peak-EWMA latency × calls in flight) from a snapshot and calls that
+//!   pod's connection directly, with failure accrual and failfast, so that one slow or dead
+//!   pod cannot drag the client down, and one sequential caller spreads evenly.
 //!
-//! Both are health-gated: the balancer holds the pods DNS lists that pass their probes.
+//! Both are health-gated: they hold the pods DNS lists whose health stream says `SERVING`.
 //!
 //! # How it works
 //! For each service a background task resolves
@@ -59,13 +60,13 @@
 //! | [`http2_keepalive`](Builder::http2_keepalive) | PING every 30 s with calls in flight, 10 s to answer |
 //! | [`request_timeout`](Builder::request_timeout) | none |
 //! | [`change_queue_capacity`](Builder::change_queue_capacity) | 1024 |
-//! | [`health_check`](Builder::health_check) | `grpc.health.v1` probe, service `""` |
+//! | [`health_check`](Builder::health_check) | `grpc.health.v1` `Watch` stream, service `""` |
 //! | [`health_interval`](Builder::health_interval) | every 1 s, 1 s timeout |
-//! | [`health_thresholds`](Builder::health_thresholds) | eject after 2 failures, re-admit after 2 successes |
+//! | [`health_thresholds`](Builder::health_thresholds) | eject after 2 timeouts, re-admit after 2 polled successes |
 //! | [`max_ejection`](Builder::max_ejection) | half the endpoints (at least one) |
 //! | [`ejected_probe_backoff`](Builder::ejected_probe_backoff) | up to 4 s |
 //! | `tls` (features `tls-ring`, `tls-aws-lc`) | off |
-//! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms initial, 1 s decay |
+//! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms with no peers, 1 s decay |
 //! | [`failure_accrual`](Builder::failure_accrual) | 5 failures, rest 1 s doubling to 30 s |
 //! | [`failfast`](Builder::failfast) | 3 s |
 //!
@@ -78,10 +79,14 @@
 //!   endpoints are drained only once the emptiness is confirmed by several answers over a grace
 //!   period, so one wrong NXDOMAIN never empties a healthy Service; they come back with the
 //!   first answer that has records.
-//! - **A pod that crashes or stops serving** while still in DNS fails its health probes and
-//!   is taken out of the channel after 2 of them; it comes back after 2 good ones. A new pod
-//!   gets calls only once its first probe passes. At most half the endpoints are ejected at
-//!   once, and when all fail, all stay in.
+//! - **A pod that crashes or stops serving** while still in DNS is taken out of both channel
+//!   kinds as soon as its health stream says `NOT_SERVING` or breaks and the reconnect is
+//!   refused (milliseconds); a pod that stops answering is out after `k` timeouts. It comes
+//!   back when it reports `SERVING` again. A new pod gets calls only once it reports
+//!   `SERVING`. At most half the endpoints are out at once, and when all fail, all stay in.
+//! - **A pod that fails calls** on [`Registry::load_balanced`] (transport errors, HTTP 5xx,
+//!   trailers-only `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`) looks expensive at once
+//!   and rests after 5 failures in a row; one real call tests it after the rest.
 //! - **One service failing** affects no other.
 //! - **No endpoints**: calls on [`Registry::channel`] wait in tonic's buffer until one appears,
 //!   so bound them ([`Registry::ready`], deadlines); calls on [`Registry::load_balanced`] fail
