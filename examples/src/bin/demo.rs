@@ -93,21 +93,23 @@ async fn main() -> anyhow::Result<()> {
     let leaving = pods.remove(0);
     dns.remove_addr(&fqdn, leaving.addr().ip()).await;
     let t = Instant::now();
+    // Dropped once the balancer no longer holds it (the health gate's serving set, which the
+    // channel follows), not merely once DNS no longer lists it.
     let dropped = eventually(Duration::from_secs(10), || async {
         !registry
-            .endpoints(&service)
-            .is_ok_and(|e| e.contains(&leaving.addr()))
+            .health(&service)
+            .is_ok_and(|h| h.iter().any(|e| e.addr == leaving.addr() && e.serving))
     })
     .await;
+    let scale_down = t.elapsed();
+    println!(
+        "scaled down: {} removed from DNS; the balancer dropped it after {scale_down:.1?}",
+        leaving.addr(),
+    );
     // The channel applies the removal on its next call; let the calls already in flight
     // finish, then count: from here on the removed pod must get nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_removal = leaving.stats().calls();
-    println!(
-        "scaled down: {} removed from DNS; discovery dropped it after {:.1?}",
-        leaving.addr(),
-        t.elapsed()
-    );
     show_phase("3 pods again", &tally, tty).await;
     let late_calls = leaving.stats().calls() - after_removal;
     leaving.shutdown().await;
