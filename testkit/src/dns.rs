@@ -2,6 +2,7 @@
 //! with records the caller changes live and faults injected on demand.
 
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
     str::FromStr,
@@ -16,7 +17,7 @@ use hickory_proto::{
     op::{Edns, Header, HeaderCounts, Metadata, ResponseCode},
     rr::{
         LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
-        rdata::{A, AAAA, SOA, SRV},
+        rdata::{A, AAAA, CNAME, SOA, SRV},
     },
 };
 use hickory_server::{
@@ -53,11 +54,115 @@ pub fn svc_fqdn(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}.svc.cluster.local.")
 }
 
+/// One record of a raw answer, sent as it is: any owner, any TTL, any data, duplicates
+/// included. The zone's own record sets cannot hold such answers (they are de-duplicated and
+/// owned by the name asked); a hostile or broken server sends them anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The owner name, with a trailing dot.
+    pub owner: String,
+    /// The TTL, in seconds.
+    pub ttl: u32,
+    /// The record's data.
+    pub data: RawData,
+}
+
+/// The data of a [`RawRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawData {
+    /// An A record (IPv4) or an AAAA record (IPv6).
+    Addr(IpAddr),
+    /// A CNAME to this name (with a trailing dot).
+    Cname(String),
+    /// An SRV record; `target` is a name with a trailing dot, or `.`.
+    Srv {
+        /// Lower is preferred.
+        priority: u16,
+        /// Share among records of one priority.
+        weight: u16,
+        /// The port to call.
+        port: u16,
+        /// The host to call, or `.` for "not available here".
+        target: String,
+    },
+}
+
+impl RawRecord {
+    /// An A or AAAA record of `owner`.
+    pub fn addr(owner: &str, ip: IpAddr, ttl: u32) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            ttl,
+            data: RawData::Addr(ip),
+        }
+    }
+
+    /// A CNAME from `owner` to `target`.
+    pub fn cname(owner: &str, target: &str, ttl: u32) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            ttl,
+            data: RawData::Cname(target.to_owned()),
+        }
+    }
+
+    /// An SRV record of `owner` (priority 0, weight 100, TTL [`DEFAULT_TTL`]).
+    pub fn srv(owner: &str, port: u16, target: &str) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            ttl: DEFAULT_TTL,
+            data: RawData::Srv {
+                priority: 0,
+                weight: 100,
+                port,
+                target: target.to_owned(),
+            },
+        }
+    }
+
+    fn to_record(&self) -> Record {
+        let owner = Name::from_str(&self.owner).expect("a valid DNS name");
+        let name = |s: &str| Name::from_str(s).expect("a valid DNS name");
+        let data = match &self.data {
+            RawData::Addr(IpAddr::V4(ip)) => RData::A(A(*ip)),
+            RawData::Addr(IpAddr::V6(ip)) => RData::AAAA(AAAA(*ip)),
+            RawData::Cname(target) => RData::CNAME(CNAME(name(target))),
+            RawData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => RData::SRV(SRV::new(*priority, *weight, *port, name(target))),
+        };
+        Record::from_rdata(owner, self.ttl, data)
+    }
+}
+
+/// Answers and faults set for one name, ahead of the zone.
+#[derive(Default)]
+struct Overrides {
+    /// Raw answer sections, sent for every question about the name.
+    answers: HashMap<LowerName, Vec<Record>>,
+    /// Faults for questions about the name.
+    faults: HashMap<LowerName, Fault>,
+    /// How long to hold every answer about the name.
+    delays: HashMap<LowerName, Duration>,
+}
+
+/// Requests held by a delay now, and the most held at once.
+#[derive(Default)]
+struct Held {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
 /// A running DNS server; it stops when dropped.
 pub struct DnsServer {
     addr: SocketAddr,
     zone: Arc<InMemoryZoneHandler<TokioRuntimeProvider>>,
     fault: Arc<Mutex<Fault>>,
+    overrides: Arc<Mutex<Overrides>>,
+    held: Arc<Held>,
     queries: Arc<AtomicU64>,
     serial: AtomicU32,
     server: Server<Handler>,
@@ -108,12 +213,16 @@ impl DnsServer {
             vec![zone.clone() as Arc<dyn ZoneHandler>],
         );
         let fault = Arc::new(Mutex::new(Fault::None));
+        let overrides = Arc::new(Mutex::new(Overrides::default()));
+        let held = Arc::new(Held::default());
         let queries = Arc::new(AtomicU64::new(0));
         let handler = Handler {
             catalog,
             zone: zone.clone(),
             origin: LowerName::from(&origin),
             fault: fault.clone(),
+            overrides: overrides.clone(),
+            held: held.clone(),
             queries: queries.clone(),
         };
         let (tcp, udp) = bind_pair().await?;
@@ -125,6 +234,8 @@ impl DnsServer {
             addr,
             zone,
             fault,
+            overrides,
+            held,
             queries,
             serial: AtomicU32::new(2),
             server,
@@ -235,6 +346,96 @@ impl DnsServer {
         }
     }
 
+    /// Replaces the SRV records of `name` with `records`, each one as given (priority, weight,
+    /// port and target, `.` included); the owner of each record is `name`.
+    pub async fn set_srv_records(&self, name: &str, records: &[RawRecord]) {
+        let name = Name::from_str(name).expect("a valid DNS name");
+        let serial = self.next_serial();
+        let mut set = RecordSet::new(name.clone(), RecordType::SRV, serial);
+        for raw in records {
+            let mut record = raw.to_record();
+            assert_eq!(record.record_type(), RecordType::SRV, "{raw:?} is no SRV");
+            record.name = name.clone();
+            set.insert(record, serial);
+        }
+        let key = RrKey::new(LowerName::from(&name), RecordType::SRV);
+        let mut records = self.zone.records_mut().await;
+        if set.is_empty() {
+            records.remove(&key);
+        } else {
+            records.insert(key, Arc::new(set));
+        }
+    }
+
+    /// Makes `name` a CNAME to `target` in the zone (TTL [`DEFAULT_TTL`]), removing its A and
+    /// AAAA records; `None` removes the CNAME. The server follows the chain inside its zone;
+    /// a resolver follows it out of the zone with a query of its own.
+    pub async fn set_cname(&self, name: &str, target: Option<&str>) {
+        self.set_addrs(name, &[]).await;
+        let name = Name::from_str(name).expect("a valid DNS name");
+        let key = RrKey::new(LowerName::from(&name), RecordType::CNAME);
+        let serial = self.next_serial();
+        let mut records = self.zone.records_mut().await;
+        match target {
+            Some(target) => {
+                let target = Name::from_str(target).expect("a valid DNS name");
+                let mut set = RecordSet::new(name.clone(), RecordType::CNAME, serial);
+                set.insert(
+                    Record::from_rdata(name, DEFAULT_TTL, RData::CNAME(CNAME(target))),
+                    serial,
+                );
+                records.insert(key, Arc::new(set));
+            }
+            None => {
+                records.remove(&key);
+            }
+        }
+    }
+
+    /// Answers every question about `name` (any type, in the zone or not) with exactly
+    /// `records` as the answer section, NOERROR, instead of the zone's records; an empty slice
+    /// answers NOERROR with no records. Faults still come first.
+    pub fn set_raw_answer(&self, name: &str, records: &[RawRecord]) {
+        let records = records.iter().map(RawRecord::to_record).collect();
+        self.overrides
+            .lock()
+            .unwrap()
+            .answers
+            .insert(lower(name), records);
+    }
+
+    /// Answers questions about `name` from the zone again.
+    pub fn clear_raw_answer(&self, name: &str) {
+        self.overrides.lock().unwrap().answers.remove(&lower(name));
+    }
+
+    /// Injects `fault` into the answers about `name` alone ([`Fault::None`] clears it); a
+    /// fault set with [`DnsServer::set_fault`] comes first.
+    pub fn set_name_fault(&self, name: &str, fault: Fault) {
+        let mut overrides = self.overrides.lock().unwrap();
+        match fault {
+            Fault::None => overrides.faults.remove(&lower(name)),
+            fault => overrides.faults.insert(lower(name), fault),
+        };
+    }
+
+    /// Holds every answer about `name` for `delay` before sending it ([`Duration::ZERO`]
+    /// clears it).
+    pub fn set_name_delay(&self, name: &str, delay: Duration) {
+        let mut overrides = self.overrides.lock().unwrap();
+        if delay.is_zero() {
+            overrides.delays.remove(&lower(name));
+        } else {
+            overrides.delays.insert(lower(name), delay);
+        }
+    }
+
+    /// The most requests held by [`DnsServer::set_name_delay`] at the same time so far: above
+    /// one only if a client asked about delayed names concurrently.
+    pub fn peak_held(&self) -> u64 {
+        self.held.peak.load(Ordering::SeqCst)
+    }
+
     /// Stops serving and waits until the sockets are closed.
     pub async fn stop(mut self) {
         let _ = self.server.shutdown_gracefully().await;
@@ -243,6 +444,10 @@ impl DnsServer {
     fn next_serial(&self) -> u32 {
         self.serial.fetch_add(1, Ordering::SeqCst)
     }
+}
+
+fn lower(name: &str) -> LowerName {
+    LowerName::from(Name::from_str(name).expect("a valid DNS name"))
 }
 
 /// Binds TCP on an ephemeral port, then UDP on the same one; retries when UDP's is taken.
@@ -263,7 +468,52 @@ struct Handler {
     zone: Arc<InMemoryZoneHandler<TokioRuntimeProvider>>,
     origin: LowerName,
     fault: Arc<Mutex<Fault>>,
+    overrides: Arc<Mutex<Overrides>>,
+    held: Arc<Held>,
     queries: Arc<AtomicU64>,
+}
+
+/// Counts a held request until dropped.
+struct HeldGuard<'a>(&'a Held);
+
+impl<'a> HeldGuard<'a> {
+    fn new(held: &'a Held) -> Self {
+        let now = held.now.fetch_add(1, Ordering::SeqCst) + 1;
+        held.peak.fetch_max(now, Ordering::SeqCst);
+        Self(held)
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers `request` with `raw` as the answer section, NOERROR, authoritative.
+async fn send_raw<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    raw: &[Record],
+) -> ResponseInfo {
+    let edns = request.edns.as_ref().map(|q| {
+        let mut e = Edns::new();
+        e.set_max_payload(q.max_payload().max(512));
+        e
+    });
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.authoritative = true;
+    let message = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+        metadata,
+        raw.iter(),
+        [],
+        [],
+        [],
+    );
+    response
+        .send_response(message)
+        .await
+        .unwrap_or_else(|_| info(request, ResponseCode::ServFail))
 }
 
 fn info(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -283,6 +533,25 @@ impl RequestHandler for Handler {
         mut response: R,
     ) -> ResponseInfo {
         self.queries.fetch_add(1, Ordering::SeqCst);
+        let asked = request.request_info().ok().map(|i| i.query.name().clone());
+        let (delay, raw) = {
+            let overrides = self.overrides.lock().unwrap();
+            match &asked {
+                Some(name) => (
+                    overrides.delays.get(name).copied(),
+                    overrides.answers.get(name).cloned(),
+                ),
+                None => (None, None),
+            }
+        };
+        let _held = match delay {
+            Some(delay) => {
+                let guard = HeldGuard::new(&self.held);
+                tokio::time::sleep(delay).await;
+                Some(guard)
+            }
+            None => None,
+        };
         let fault = {
             let mut fault = self.fault.lock().unwrap();
             let now = *fault;
@@ -291,8 +560,24 @@ impl RequestHandler for Handler {
             }
             now
         };
+        let fault = match (fault, &asked) {
+            (Fault::None, Some(name)) => {
+                let mut overrides = self.overrides.lock().unwrap();
+                let now = overrides.faults.get(name).copied().unwrap_or(Fault::None);
+                if now == Fault::NxDomainOnce {
+                    overrides.faults.remove(name);
+                }
+                now
+            }
+            (fault, _) => fault,
+        };
         let code = match fault {
-            Fault::None => return self.catalog.handle_request::<R, T>(request, response).await,
+            Fault::None => {
+                return match raw {
+                    Some(raw) => send_raw(request, response, &raw).await,
+                    None => self.catalog.handle_request::<R, T>(request, response).await,
+                };
+            }
             Fault::Drop => return info(request, ResponseCode::ServFail),
             Fault::ServFail => ResponseCode::ServFail,
             Fault::Refused => ResponseCode::Refused,
