@@ -1,9 +1,33 @@
 //! The only file that touches hickory: builds the resolver and turns its answers into
-//! [`schedule::Answer`]s.
+//! [`Answer`]s.
+//!
+//! # An answer is input from the network
+//! Every record is screened before its address can reach a balancer. What does not pass is
+//! skipped and logged (one `warn` per answer, naming what was left out), never a panic:
+//! - **Records owned by another name.** hickory hands over the answer section as the server
+//!   sent it when it has no CNAME to follow. Only the records owned by the name asked count,
+//!   or, when that name is a CNAME, those owned by the end of its chain.
+//! - **Addresses nobody can call** (see [`unusable`]): unspecified (`0.0.0.0/8`, `::`),
+//!   multicast, broadcast, link-local (`169.254.0.0/16`, `fe80::/10`) and IPv4 written as
+//!   IPv6 (`::ffff:a.b.c.d`, `::a.b.c.d`). Loopback is kept.
+//! - **A chain that leaves the cluster.** A CNAME to a name outside the cluster domain (a
+//!   Service of type ExternalName, say) would send calls, in plaintext, out of the cluster.
+//!   The whole answer is refused: it counts as an answer with no records, so a Service whose
+//!   name turns into such a CNAME drains like one whose pods are gone (after the empty answer
+//!   is confirmed). A CNAME loop, or a chain longer than [`MAX_CNAME_HOPS`], is refused too.
+//! - **SRV records** (named ports) with port 0, with the target `.` (RFC 2782: "not available
+//!   here") or with a target outside the cluster domain.
+//! - **TTLs** with the top bit set count as 0 (RFC 2181 §8); every other TTL is used as sent
+//!   (the schedule clamps it when it follows TTLs).
+//!
+//! An answer left with no usable record is an empty answer (NOERROR, no data), and the
+//! schedule confirms it before it drains anything, as for NXDOMAIN.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    str::FromStr,
     time::Duration,
 };
 
@@ -14,7 +38,7 @@ use hickory_resolver::{
     net::{DnsError, NetError, NoRecords, runtime::TokioRuntimeProvider},
     proto::{
         op::ResponseCode,
-        rr::{Name, RData, RecordType},
+        rr::{Name, RData, Record, RecordType},
     },
 };
 
@@ -37,11 +61,19 @@ pub enum IpFamily {
 }
 
 impl IpFamily {
-    fn parts(self) -> &'static [Part] {
+    /// Runs `lookup` for each part the family asks for, both at once for [`IpFamily::Both`].
+    async fn each_part<F, Fut, T>(self, lookup: F) -> Vec<(Part, T)>
+    where
+        F: Fn(Part) -> Fut,
+        Fut: Future<Output = T>,
+    {
         match self {
-            IpFamily::Both => &[Part::V4, Part::V6],
-            IpFamily::V4 => &[Part::V4],
-            IpFamily::V6 => &[Part::V6],
+            IpFamily::Both => {
+                let (v4, v6) = tokio::join!(lookup(Part::V4), lookup(Part::V6));
+                vec![(Part::V4, v4), (Part::V6, v6)]
+            }
+            IpFamily::V4 => vec![(Part::V4, lookup(Part::V4).await)],
+            IpFamily::V6 => vec![(Part::V6, lookup(Part::V6).await)],
         }
     }
 
@@ -65,6 +97,32 @@ pub(crate) enum Query {
     },
     /// The SRV record of a named port; targets resolved to addresses.
     Srv { name: String, family: IpFamily },
+}
+
+impl Query {
+    /// The name asked and the cluster domain it lies in. The registry builds the names as
+    /// `<name>.<namespace>.svc.<domain>.` and `_<port>._tcp.<name>.<namespace>.svc.<domain>.`
+    /// from validated labels without dots, so the domain is what follows the first three or
+    /// five labels.
+    fn names(&self) -> Result<(Name, Name), Failure> {
+        let (name, prefix) = match self {
+            Query::Addresses { fqdn, .. } => (fqdn, 3),
+            Query::Srv { name, .. } => (name, 5),
+        };
+        let asked = Name::from_str(name).map_err(|e| Failure {
+            kind: FailureKind::Other,
+            message: format!("invalid name {name}: {e}"),
+        })?;
+        let labels = usize::from(asked.num_labels());
+        if labels <= prefix {
+            return Err(Failure {
+                kind: FailureKind::Other,
+                message: format!("{name} has no cluster domain"),
+            });
+        }
+        let domain = asked.trim_to(labels - prefix);
+        Ok((asked, domain))
+    }
 }
 
 /// A DNS resolver with no cache, bounded per-query time and no search list.
@@ -128,19 +186,23 @@ impl Dns {
     /// Runs one resolution: one answer per part queried, and whether an answer was too large
     /// for UDP (so it came over TCP).
     pub(crate) async fn resolve(&self, query: &Query) -> (Vec<(Part, Answer)>, bool) {
-        let answers = match query {
-            Query::Addresses { fqdn, port, family } => {
-                let lookup = |part| async move { (part, self.addresses(fqdn, part, *port).await) };
-                match family {
-                    IpFamily::Both => {
-                        let (v4, v6) = tokio::join!(lookup(Part::V4), lookup(Part::V6));
-                        vec![v4, v6]
-                    }
-                    IpFamily::V4 => vec![lookup(Part::V4).await],
-                    IpFamily::V6 => vec![lookup(Part::V6).await],
-                }
+        let (asked, domain) = match query.names() {
+            Ok(names) => names,
+            Err(failure) => {
+                let part = match query {
+                    Query::Addresses { .. } => Part::V4,
+                    Query::Srv { .. } => Part::Srv,
+                };
+                return (vec![(part, Answer::Failed(failure))], false);
             }
-            Query::Srv { name, family } => vec![(Part::Srv, self.srv(name, *family).await)],
+        };
+        let answers = match query {
+            Query::Addresses { port, family, .. } => {
+                family
+                    .each_part(|part| self.addresses(&asked, &domain, part, *port))
+                    .await
+            }
+            Query::Srv { family, .. } => self.srv(&asked, &domain, *family).await,
         };
         let name = match query {
             Query::Addresses { fqdn, .. } => fqdn,
@@ -153,86 +215,400 @@ impl Dns {
         (answers, over_udp)
     }
 
-    async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, NetError> {
-        match tokio::time::timeout(self.deadline, self.resolver.lookup(name, rtype)).await {
+    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Lookup, NetError> {
+        let lookup = self.resolver.lookup(name.clone(), rtype);
+        match tokio::time::timeout(self.deadline, lookup).await {
             Ok(result) => result,
             Err(_) => Err(NetError::Timeout),
         }
     }
 
-    async fn addresses(&self, fqdn: &str, part: Part, port: u16) -> Answer {
+    /// The A or AAAA records of `asked`, screened (see the module docs), each address with
+    /// `port`.
+    async fn addresses(&self, asked: &Name, domain: &Name, part: Part, port: u16) -> Answer {
         let rtype = match part {
             Part::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
-        match self.lookup(fqdn, rtype).await {
-            Ok(lookup) => {
-                let mut ttl = u32::MAX;
-                let addrs: Vec<SocketAddr> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| {
-                        let ip = match (&r.data, rtype) {
-                            (RData::A(a), RecordType::A) => IpAddr::V4(a.0),
-                            (RData::AAAA(a), RecordType::AAAA) => IpAddr::V6(a.0),
-                            _ => return None,
-                        };
-                        ttl = ttl.min(r.ttl);
-                        Some(SocketAddr::new(ip, port))
-                    })
-                    .collect();
-                records_or_nodata(addrs, ttl)
-            }
-            Err(e) => classify(&e),
-        }
-    }
-
-    /// SRV of a named port. Targets come from the additional section when it is there, and
-    /// are resolved otherwise (hickory may not return it).
-    async fn srv(&self, name: &str, family: IpFamily) -> Answer {
-        let lookup = match self.lookup(name, RecordType::SRV).await {
+        let lookup = match self.lookup(asked, rtype).await {
             Ok(lookup) => lookup,
             Err(e) => return classify(&e),
         };
-        let mut glue: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
-        for r in lookup.additionals() {
-            if let Some(ip) = r.data.ip_addr() {
-                glue.entry(&r.name).or_default().push(ip);
+        let mut skipped = Vec::new();
+        let screened = screen_addresses(asked, domain, rtype, lookup.answers(), &mut skipped);
+        warn_skipped(asked, &skipped);
+        match screened {
+            Ok(Screened { found: ips, ttl }) => records_or_nodata(
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
+                ttl,
+            ),
+            Err(refused) => {
+                refused.warn(asked, domain);
+                Answer::Empty(Negative::NoData)
             }
         }
-        let mut ttl = u32::MAX;
-        let mut addrs = Vec::new();
-        for r in lookup.answers() {
-            let RData::SRV(srv) = &r.data else { continue };
-            ttl = ttl.min(r.ttl);
-            let ips = match glue.get(&srv.target) {
-                Some(ips) => ips.clone(),
-                None => match self.target_ips(&srv.target.to_string(), family).await {
-                    Ok(ips) => ips,
-                    Err(failure) => return Answer::Failed(failure),
-                },
+    }
+
+    /// SRV of a named port, screened. Targets come from the additional section when it is
+    /// there, and are resolved otherwise (hickory may not return it).
+    async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Part, Answer)> {
+        let lookup = match self.lookup(asked, RecordType::SRV).await {
+            Ok(lookup) => lookup,
+            Err(e) => return vec![(Part::Srv, classify(&e))],
+        };
+        let mut skipped = Vec::new();
+        let screened = screen_srv(asked, domain, lookup.answers(), &mut skipped);
+        let Screened { found: wanted, ttl } = match screened {
+            Ok(screened) => screened,
+            Err(refused) => {
+                warn_skipped(asked, &skipped);
+                refused.warn(asked, domain);
+                return vec![(Part::Srv, Answer::Empty(Negative::NoData))];
+            }
+        };
+        let mut ips: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
+        for r in lookup.additionals() {
+            let Some(ip) = r.data.ip_addr() else { continue };
+            let Some((target, _)) = wanted.iter().find(|(t, _)| **t == r.name) else {
+                continue;
             };
-            addrs.extend(
-                ips.into_iter()
-                    .filter(|ip| family.admits(*ip))
-                    .map(|ip| SocketAddr::new(ip, srv.port)),
-            );
+            match unusable(ip) {
+                Some(why) => skipped.push(Skipped::Unusable(ip, why)),
+                None if family.admits(ip) => ips.entry(*target).or_default().push(ip),
+                None => {}
+            }
         }
-        records_or_nodata(addrs, ttl)
+        warn_skipped(asked, &skipped);
+        let mut missing: Vec<Name> = wanted
+            .iter()
+            .filter(|(t, _)| !ips.contains_key(t))
+            .map(|(t, _)| (*t).clone())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for target in &missing {
+            match self.target_ips(target, family, domain).await {
+                Ok(found) => {
+                    ips.insert(target, found);
+                }
+                Err(failure) => return vec![(Part::Srv, Answer::Failed(failure))],
+            }
+        }
+        let addrs = wanted
+            .iter()
+            .flat_map(|(target, port)| {
+                let found = ips.get(target).into_iter().flatten();
+                found.map(|ip| SocketAddr::new(*ip, *port))
+            })
+            .collect();
+        vec![(Part::Srv, records_or_nodata(addrs, ttl))]
     }
 
     /// The addresses of one SRV target; a target with no records contributes none.
-    async fn target_ips(&self, target: &str, family: IpFamily) -> Result<Vec<IpAddr>, Failure> {
+    async fn target_ips(
+        &self,
+        target: &Name,
+        family: IpFamily,
+        domain: &Name,
+    ) -> Result<Vec<IpAddr>, Failure> {
+        let answers = family
+            .each_part(|part| self.addresses(target, domain, part, 0))
+            .await;
         let mut ips = Vec::new();
-        for &part in family.parts() {
-            match self.addresses(target, part, 0).await {
+        for (_, answer) in answers {
+            match answer {
                 Answer::Records { addrs, .. } => ips.extend(addrs.iter().map(|a| a.ip())),
                 Answer::Empty(_) => {}
-                Answer::Failed(failure) => return Err(failure),
+                Answer::Failed(failure) => {
+                    return Err(Failure {
+                        kind: failure.kind,
+                        message: format!("SRV target {target}: {}", failure.message),
+                    });
+                }
             }
         }
         Ok(ips)
     }
+}
+
+/// The longest CNAME chain followed; a longer one is refused (hickory-server stops at 8).
+const MAX_CNAME_HOPS: usize = 8;
+
+// === screening ===
+
+/// Why an address cannot be a pod's, or `None` if it can.
+///
+/// Dropped: unspecified (`0.0.0.0/8`, "this network", and `::`), multicast (`224.0.0.0/4`,
+/// `ff00::/8`), broadcast (`255.255.255.255`), link-local (`169.254.0.0/16`, `fe80::/10`) and
+/// IPv4 written as IPv6, mapped (`::ffff:a.b.c.d`) or compatible (`::a.b.c.d`): a dual-stack
+/// socket would reach an IPv4 address that no A record gave.
+///
+/// Link-local is dropped because no pod has such an address (pod IPs come from the cluster's
+/// pod CIDR), an IPv6 one cannot be called without a scope a DNS record cannot carry, and
+/// `169.254.169.254` is the cloud metadata service: a call there is the classic way a forged
+/// answer turns into a leak.
+///
+/// Kept: loopback (`127.0.0.0/8`, `::1`). A cluster's DNS never answers it for a pod; a local
+/// or test DNS server does, and the tests and the demo run their pods on loopback. The
+/// reserved `240.0.0.0/4` is kept too (some clusters number pods from it); only its last
+/// address, broadcast, is dropped.
+fn unusable(ip: IpAddr) -> Option<Unusable> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.octets()[0] == 0 => Some(Unusable::Unspecified),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(Unusable::Broadcast),
+        IpAddr::V4(v4) if v4.is_multicast() => Some(Unusable::Multicast),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(Unusable::LinkLocal),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(Unusable::Unspecified),
+        IpAddr::V6(v6) if v6.is_multicast() => Some(Unusable::Multicast),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(Unusable::LinkLocal),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() || ipv4_compatible(v6) => {
+            Some(Unusable::Ipv4InIpv6)
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// `::a.b.c.d` (deprecated by RFC 4291), other than `::` and `::1`.
+fn ipv4_compatible(v6: Ipv6Addr) -> bool {
+    let s = v6.segments();
+    s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback()
+}
+
+/// The classes of [`unusable`] addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unusable {
+    Unspecified,
+    Multicast,
+    Broadcast,
+    LinkLocal,
+    Ipv4InIpv6,
+}
+
+impl Unusable {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unusable::Unspecified => "unspecified",
+            Unusable::Multicast => "multicast",
+            Unusable::Broadcast => "broadcast",
+            Unusable::LinkLocal => "link-local",
+            Unusable::Ipv4InIpv6 => "IPv4 written as IPv6",
+        }
+    }
+}
+
+/// A record of an answer left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Skipped {
+    /// Owned by a name other than the end of the asked name's CNAME chain (a CNAME off the
+    /// chain included).
+    Stranger(Name, RecordType),
+    /// Of a type not asked for (an AAAA in an answer to A, say).
+    OtherType(Name, RecordType),
+    /// An address nobody can call.
+    Unusable(IpAddr, Unusable),
+    /// An SRV record with port 0.
+    SrvPortZero(Name),
+    /// An SRV record with the target `.`: the service is not available here.
+    SrvNoTarget,
+    /// An SRV record whose target is outside the cluster domain.
+    SrvTargetOutside(Name),
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skipped::Stranger(owner, rtype) => write!(f, "{rtype} owned by {owner}"),
+            Skipped::OtherType(owner, rtype) => write!(f, "{rtype} of {owner}, not asked for"),
+            Skipped::Unusable(ip, why) => write!(f, "{ip} ({})", why.as_str()),
+            Skipped::SrvPortZero(target) => write!(f, "SRV {target} with port 0"),
+            Skipped::SrvNoTarget => f.write_str("SRV with target \".\" (not available)"),
+            Skipped::SrvTargetOutside(target) => {
+                write!(f, "SRV target {target} outside the cluster domain")
+            }
+        }
+    }
+}
+
+/// Why a whole answer was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refused {
+    /// The CNAME chain leads out of the cluster domain, through `from` to `to`.
+    LeavesCluster { from: Box<Name>, to: Box<Name> },
+    /// The CNAME chain comes back to this name.
+    Loop(Box<Name>),
+    /// The CNAME chain is longer than [`MAX_CNAME_HOPS`].
+    TooLong,
+}
+
+impl Refused {
+    fn warn(&self, asked: &Name, domain: &Name) {
+        match self {
+            Refused::LeavesCluster { from, to } => tracing::warn!(
+                name = %asked,
+                cname = %to,
+                "{from} is a CNAME to {to}, outside the cluster domain {domain}: \
+                 its addresses are refused (calls would leave the cluster)"
+            ),
+            Refused::Loop(at) => {
+                tracing::warn!(name = %asked, "CNAME loop at {at}: the answer is refused")
+            }
+            Refused::TooLong => tracing::warn!(
+                name = %asked,
+                "CNAME chain longer than {MAX_CNAME_HOPS}: the answer is refused"
+            ),
+        }
+    }
+}
+
+/// One `warn` for everything an answer had that was left out, however much.
+fn warn_skipped(asked: &Name, skipped: &[Skipped]) {
+    const SHOWN: usize = 8;
+    if skipped.is_empty() {
+        return;
+    }
+    let mut list = skipped
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if skipped.len() > SHOWN {
+        list.push_str(&format!("; and {} more", skipped.len() - SHOWN));
+    }
+    tracing::warn!(
+        name = %asked,
+        skipped = skipped.len(),
+        "records of the answer left out: {list}"
+    );
+}
+
+/// TTLs with the top bit set count as 0 (RFC 2181 §8).
+fn rfc2181_ttl(ttl: u32) -> u32 {
+    if ttl > i32::MAX as u32 { 0 } else { ttl }
+}
+
+/// What an answer gives the name asked, once screened: what was found, and the smallest TTL
+/// among the records used and the CNAMEs followed.
+#[derive(Debug, PartialEq, Eq)]
+struct Screened<T> {
+    found: Vec<T>,
+    ttl: u32,
+}
+
+/// The records of `rtype` that an answer gives `asked`: those owned by the end of the CNAME
+/// chain starting at `asked` (`asked` itself when it is no CNAME), with the smallest TTL of
+/// the CNAMEs followed. Every other record goes to `skipped`. A chain that leaves `domain`,
+/// loops or runs too long refuses the whole answer.
+fn owned_records<'r>(
+    asked: &Name,
+    domain: &Name,
+    rtype: RecordType,
+    answers: &'r [Record],
+    skipped: &mut Vec<Skipped>,
+) -> Result<Screened<&'r Record>, Refused> {
+    // Follow the chain: the first CNAME of each owner, wherever it sits in the answer.
+    let mut chain: Vec<&Name> = vec![asked];
+    let mut followed: Vec<usize> = Vec::new();
+    let mut ttl = u32::MAX;
+    loop {
+        let end = chain[chain.len() - 1];
+        let next = answers.iter().enumerate().find_map(|(i, r)| match &r.data {
+            RData::CNAME(cname) if r.name == *end => Some((i, r, &cname.0)),
+            _ => None,
+        });
+        let Some((i, r, target)) = next else { break };
+        if !domain.zone_of(target) {
+            return Err(Refused::LeavesCluster {
+                from: Box::new(end.clone()),
+                to: Box::new(target.clone()),
+            });
+        }
+        if chain.contains(&target) {
+            return Err(Refused::Loop(Box::new(target.clone())));
+        }
+        if chain.len() > MAX_CNAME_HOPS {
+            return Err(Refused::TooLong);
+        }
+        chain.push(target);
+        followed.push(i);
+        ttl = ttl.min(rfc2181_ttl(r.ttl));
+    }
+    let end = chain[chain.len() - 1];
+    let mut owned = Vec::new();
+    for (i, r) in answers.iter().enumerate() {
+        if followed.contains(&i) {
+            continue;
+        }
+        if r.name != *end || r.record_type() == RecordType::CNAME {
+            skipped.push(Skipped::Stranger(r.name.clone(), r.record_type()));
+        } else if r.record_type() != rtype {
+            skipped.push(Skipped::OtherType(r.name.clone(), r.record_type()));
+        } else {
+            owned.push(r);
+        }
+    }
+    Ok(Screened { found: owned, ttl })
+}
+
+/// The `(target, port)` of every usable SRV record an answer gives `asked`, and their smallest
+/// TTL (that of the CNAMEs followed included). Port 0, the target `.` and targets outside
+/// `domain` go to `skipped`.
+fn screen_srv<'r>(
+    asked: &Name,
+    domain: &Name,
+    answers: &'r [Record],
+    skipped: &mut Vec<Skipped>,
+) -> Result<Screened<(&'r Name, u16)>, Refused> {
+    let Screened { found, mut ttl } =
+        owned_records(asked, domain, RecordType::SRV, answers, skipped)?;
+    let mut wanted = Vec::new();
+    for r in found {
+        let RData::SRV(srv) = &r.data else {
+            skipped.push(Skipped::OtherType(r.name.clone(), r.record_type()));
+            continue;
+        };
+        if srv.port == 0 {
+            skipped.push(Skipped::SrvPortZero(srv.target.clone()));
+        } else if srv.target.is_root() {
+            skipped.push(Skipped::SrvNoTarget);
+        } else if !domain.zone_of(&srv.target) {
+            skipped.push(Skipped::SrvTargetOutside(srv.target.clone()));
+        } else {
+            ttl = ttl.min(rfc2181_ttl(r.ttl));
+            wanted.push((&srv.target, srv.port));
+        }
+    }
+    Ok(Screened { found: wanted, ttl })
+}
+
+/// The usable addresses an answer to `rtype` (A or AAAA) gives `asked`, and their smallest TTL
+/// (that of the CNAMEs followed included).
+fn screen_addresses(
+    asked: &Name,
+    domain: &Name,
+    rtype: RecordType,
+    answers: &[Record],
+    skipped: &mut Vec<Skipped>,
+) -> Result<Screened<IpAddr>, Refused> {
+    let Screened { found, mut ttl } = owned_records(asked, domain, rtype, answers, skipped)?;
+    let mut ips = Vec::new();
+    for r in found {
+        let Some(ip) = r.data.ip_addr() else {
+            skipped.push(Skipped::OtherType(r.name.clone(), r.record_type()));
+            continue;
+        };
+        match unusable(ip) {
+            Some(why) => skipped.push(Skipped::Unusable(ip, why)),
+            None => {
+                ttl = ttl.min(rfc2181_ttl(r.ttl));
+                ips.push(ip);
+            }
+        }
+    }
+    Ok(Screened { found: ips, ttl })
 }
 
 /// The EDNS payload size hickory advertises: a larger answer is truncated over UDP and
@@ -287,7 +663,406 @@ fn classify(err: &NetError) -> Answer {
 
 #[cfg(test)]
 mod tests {
+    use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, SRV};
+
     use super::*;
+
+    const ASKED: &str = "user-svc.ns.svc.cluster.local.";
+    const ALIAS: &str = "pods.ns.svc.cluster.local.";
+    const OTHER: &str = "other.ns.svc.cluster.local.";
+    const EVIL: &str = "api.example.com.";
+
+    fn name(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn addr(owner: &str, address: &str, ttl: u32) -> Record {
+        let data = match ip(address) {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        };
+        Record::from_rdata(name(owner), ttl, data)
+    }
+
+    fn cname(owner: &str, target: &str, ttl: u32) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::CNAME(CNAME(name(target))))
+    }
+
+    fn screen(
+        rtype: RecordType,
+        answers: &[Record],
+    ) -> (Result<Screened<IpAddr>, Refused>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let got = screen_addresses(
+            &name(ASKED),
+            &name("cluster.local."),
+            rtype,
+            answers,
+            &mut skipped,
+        );
+        (got, skipped)
+    }
+
+    #[test]
+    fn unusable_addresses_by_range() {
+        use Unusable::*;
+        let cases: &[(&str, Option<Unusable>)] = &[
+            ("10.1.2.3", None),
+            ("192.168.0.1", None),
+            ("127.0.0.1", None),
+            ("127.0.120.2", None),
+            ("::1", None),
+            ("fd00::1", None),
+            ("2001:db8::1", None),
+            ("64:ff9b::a01:203", None),
+            ("240.0.0.1", None),
+            ("0.0.0.0", Some(Unspecified)),
+            ("0.1.2.3", Some(Unspecified)),
+            ("::", Some(Unspecified)),
+            ("224.0.0.1", Some(Multicast)),
+            ("239.255.255.250", Some(Multicast)),
+            ("ff02::1", Some(Multicast)),
+            ("ff0e::1", Some(Multicast)),
+            ("255.255.255.255", Some(Broadcast)),
+            ("169.254.169.254", Some(LinkLocal)),
+            ("169.254.0.1", Some(LinkLocal)),
+            ("fe80::1", Some(LinkLocal)),
+            ("febf::ffff", Some(LinkLocal)),
+            ("::ffff:10.1.2.3", Some(Ipv4InIpv6)),
+            ("::ffff:127.0.0.1", Some(Ipv4InIpv6)),
+            ("::10.1.2.3", Some(Ipv4InIpv6)),
+            ("::2", Some(Ipv4InIpv6)),
+        ];
+        for (address, want) in cases {
+            assert_eq!(unusable(ip(address)), *want, "{address}");
+        }
+    }
+
+    #[test]
+    fn query_names_give_the_cluster_domain() {
+        let cases = [
+            (
+                Query::Addresses {
+                    fqdn: ASKED.into(),
+                    port: 80,
+                    family: IpFamily::Both,
+                },
+                "cluster.local.",
+            ),
+            (
+                Query::Srv {
+                    name: format!("_grpc._tcp.{ASKED}"),
+                    family: IpFamily::Both,
+                },
+                "cluster.local.",
+            ),
+            (
+                Query::Addresses {
+                    fqdn: "a.b.svc.k8s.corp.example.".into(),
+                    port: 80,
+                    family: IpFamily::Both,
+                },
+                "k8s.corp.example.",
+            ),
+            (
+                Query::Srv {
+                    name: "_http._tcp.a.b.svc.local.".into(),
+                    family: IpFamily::V4,
+                },
+                "local.",
+            ),
+        ];
+        for (query, domain) in cases {
+            let (_, got) = query.names().unwrap();
+            assert_eq!(got, name(domain), "{query:?}");
+            assert!(got.is_fqdn());
+        }
+        let bare = Query::Addresses {
+            fqdn: "a.b.svc.".into(),
+            port: 80,
+            family: IpFamily::Both,
+        };
+        assert!(bare.names().is_err());
+    }
+
+    #[test]
+    fn only_the_chain_end_owns_addresses() {
+        struct Case {
+            what: &'static str,
+            answers: Vec<Record>,
+            want: Vec<&'static str>,
+            skipped: Vec<Skipped>,
+        }
+        let cases = vec![
+            Case {
+                what: "plain",
+                answers: vec![addr(ASKED, "10.0.0.1", 5)],
+                want: vec!["10.0.0.1"],
+                skipped: vec![],
+            },
+            Case {
+                what: "owner names compare without case",
+                answers: vec![addr("User-Svc.NS.svc.Cluster.Local.", "10.0.0.1", 5)],
+                want: vec!["10.0.0.1"],
+                skipped: vec![],
+            },
+            Case {
+                what: "strangers beside the name",
+                answers: vec![
+                    addr(OTHER, "10.0.0.2", 5),
+                    addr(ASKED, "10.0.0.1", 5),
+                    addr(EVIL, "10.0.0.3", 5),
+                ],
+                want: vec!["10.0.0.1"],
+                skipped: vec![
+                    Skipped::Stranger(name(OTHER), RecordType::A),
+                    Skipped::Stranger(name(EVIL), RecordType::A),
+                ],
+            },
+            Case {
+                what: "a CNAME in the cluster, its end's addresses only",
+                answers: vec![
+                    addr(ALIAS, "10.0.0.3", 5),
+                    cname(ASKED, ALIAS, 5),
+                    addr(ASKED, "10.0.0.4", 5),
+                ],
+                want: vec!["10.0.0.3"],
+                skipped: vec![Skipped::Stranger(name(ASKED), RecordType::A)],
+            },
+            Case {
+                what: "a second CNAME of one owner is not followed",
+                answers: vec![
+                    cname(ASKED, ALIAS, 5),
+                    cname(ASKED, EVIL, 5),
+                    addr(ALIAS, "10.0.0.3", 5),
+                    addr(EVIL, "10.0.0.9", 5),
+                ],
+                want: vec!["10.0.0.3"],
+                skipped: vec![
+                    Skipped::Stranger(name(ASKED), RecordType::CNAME),
+                    Skipped::Stranger(name(EVIL), RecordType::A),
+                ],
+            },
+            Case {
+                what: "a CNAME off the chain leading out changes nothing",
+                answers: vec![cname(OTHER, EVIL, 5), addr(ASKED, "10.0.0.1", 5)],
+                want: vec!["10.0.0.1"],
+                skipped: vec![Skipped::Stranger(name(OTHER), RecordType::CNAME)],
+            },
+            Case {
+                what: "AAAA in an answer to A",
+                answers: vec![addr(ASKED, "fd00::1", 5), addr(ASKED, "10.0.0.1", 5)],
+                want: vec!["10.0.0.1"],
+                skipped: vec![Skipped::OtherType(name(ASKED), RecordType::AAAA)],
+            },
+            Case {
+                what: "unusable addresses",
+                answers: vec![
+                    addr(ASKED, "0.0.0.0", 5),
+                    addr(ASKED, "169.254.169.254", 5),
+                    addr(ASKED, "255.255.255.255", 5),
+                    addr(ASKED, "224.0.0.1", 5),
+                    addr(ASKED, "127.0.0.1", 5),
+                ],
+                want: vec!["127.0.0.1"],
+                skipped: vec![
+                    Skipped::Unusable(ip("0.0.0.0"), Unusable::Unspecified),
+                    Skipped::Unusable(ip("169.254.169.254"), Unusable::LinkLocal),
+                    Skipped::Unusable(ip("255.255.255.255"), Unusable::Broadcast),
+                    Skipped::Unusable(ip("224.0.0.1"), Unusable::Multicast),
+                ],
+            },
+            Case {
+                what: "duplicates stay (records_or_nodata removes them)",
+                answers: vec![addr(ASKED, "10.0.0.1", 5), addr(ASKED, "10.0.0.1", 9)],
+                want: vec!["10.0.0.1", "10.0.0.1"],
+                skipped: vec![],
+            },
+        ];
+        for case in cases {
+            let (got, skipped) = screen(RecordType::A, &case.answers);
+            let got = got.unwrap_or_else(|e| panic!("{}: refused {e:?}", case.what));
+            let want: Vec<IpAddr> = case.want.iter().map(|a| ip(a)).collect();
+            assert_eq!(got.found, want, "{}", case.what);
+            assert_eq!(skipped, case.skipped, "{}", case.what);
+        }
+    }
+
+    #[test]
+    fn chains_that_leave_loop_or_run_long_are_refused() {
+        let mut long = Vec::new();
+        let hop = |i: usize| format!("hop{i}.ns.svc.cluster.local.");
+        // One hop more than allowed.
+        long.push(cname(ASKED, &hop(0), 5));
+        for i in 0..MAX_CNAME_HOPS {
+            long.push(cname(&hop(i), &hop(i + 1), 5));
+        }
+        long.push(addr(&hop(MAX_CNAME_HOPS), "10.0.0.1", 5));
+        let cases = [
+            (
+                vec![cname(ASKED, EVIL, 5), addr(EVIL, "10.0.0.9", 5)],
+                Refused::LeavesCluster {
+                    from: Box::new(name(ASKED)),
+                    to: Box::new(name(EVIL)),
+                },
+            ),
+            (
+                vec![
+                    cname(ASKED, "relay.example.net.", 5),
+                    cname("relay.example.net.", ALIAS, 5),
+                    addr(ALIAS, "10.0.0.9", 5),
+                ],
+                Refused::LeavesCluster {
+                    from: Box::new(name(ASKED)),
+                    to: Box::new(name("relay.example.net.")),
+                },
+            ),
+            (
+                vec![
+                    addr(EVIL, "10.0.0.9", 5),
+                    cname(ALIAS, EVIL, 5),
+                    cname(ASKED, ALIAS, 5),
+                ],
+                Refused::LeavesCluster {
+                    from: Box::new(name(ALIAS)),
+                    to: Box::new(name(EVIL)),
+                },
+            ),
+            // A name that merely ends like the domain is outside it.
+            (
+                vec![cname(ASKED, "evilcluster.local.", 5)],
+                Refused::LeavesCluster {
+                    from: Box::new(name(ASKED)),
+                    to: Box::new(name("evilcluster.local.")),
+                },
+            ),
+            (
+                vec![
+                    cname(ASKED, ALIAS, 5),
+                    cname(ALIAS, ASKED, 5),
+                    addr(ASKED, "10.0.0.1", 5),
+                ],
+                Refused::Loop(Box::new(name(ASKED))),
+            ),
+            (
+                vec![cname(ASKED, ASKED, 5)],
+                Refused::Loop(Box::new(name(ASKED))),
+            ),
+            (long, Refused::TooLong),
+        ];
+        for (answers, want) in cases {
+            let (got, _) = screen(RecordType::A, &answers);
+            assert_eq!(got, Err(want), "{answers:?}");
+        }
+        // As many hops as allowed: followed.
+        let mut chain = vec![cname(ASKED, &hop(0), 5)];
+        for i in 0..MAX_CNAME_HOPS - 1 {
+            chain.push(cname(&hop(i), &hop(i + 1), 5));
+        }
+        chain.push(addr(&hop(MAX_CNAME_HOPS - 1), "10.0.0.1", 5));
+        let (got, skipped) = screen(RecordType::A, &chain);
+        let want = Screened {
+            found: vec![ip("10.0.0.1")],
+            ttl: 5,
+        };
+        assert_eq!(got, Ok(want));
+        assert!(skipped.is_empty(), "{skipped:?}");
+    }
+
+    #[test]
+    fn ttl_is_the_smallest_of_chain_and_records_with_the_top_bit_as_zero() {
+        let cases: &[(Vec<Record>, u32)] = &[
+            (vec![addr(ASKED, "10.0.0.1", 0)], 0),
+            (
+                vec![addr(ASKED, "10.0.0.1", i32::MAX as u32)],
+                i32::MAX as u32,
+            ),
+            (vec![addr(ASKED, "10.0.0.1", 1 << 31)], 0),
+            (vec![addr(ASKED, "10.0.0.1", u32::MAX)], 0),
+            (
+                vec![addr(ASKED, "10.0.0.1", 30), addr(ASKED, "10.0.0.2", 7)],
+                7,
+            ),
+            (vec![cname(ASKED, ALIAS, 3), addr(ALIAS, "10.0.0.1", 30)], 3),
+            (
+                vec![cname(ASKED, ALIAS, u32::MAX), addr(ALIAS, "10.0.0.1", 30)],
+                0,
+            ),
+            // A dropped record's TTL does not count.
+            (
+                vec![addr(ASKED, "0.0.0.0", 1), addr(ASKED, "10.0.0.1", 30)],
+                30,
+            ),
+        ];
+        for (answers, want) in cases {
+            let (got, _) = screen(RecordType::A, answers);
+            assert_eq!(got.unwrap().ttl, *want, "{answers:?}");
+        }
+    }
+
+    #[test]
+    fn srv_records_without_a_place_to_call_are_skipped() {
+        let srv = |owner: &str, port: u16, target: &str, ttl: u32| {
+            let data = RData::SRV(SRV::new(0, 100, port, name(target)));
+            Record::from_rdata(name(owner), ttl, data)
+        };
+        let pod = |i: u8| format!("pod-{i}.{ASKED}");
+        let answers = vec![
+            srv(ASKED, 8080, &pod(0), 30),
+            srv(ASKED, 0, &pod(1), 1),
+            srv(ASKED, 8080, ".", 1),
+            srv(ASKED, 8080, "pod.example.com.", 1),
+            srv(OTHER, 8080, &pod(2), 1),
+            srv(ASKED, 9090, &pod(0), 20),
+            addr(ASKED, "10.0.0.1", 1),
+        ];
+        let mut skipped = Vec::new();
+        let Screened { found: wanted, ttl } = screen_srv(
+            &name(ASKED),
+            &name("cluster.local."),
+            &answers,
+            &mut skipped,
+        )
+        .unwrap();
+        let (pod0, pod1) = (name(&pod(0)), name(&pod(1)));
+        assert_eq!(wanted, vec![(&pod0, 8080), (&pod0, 9090)]);
+        assert_eq!(ttl, 20);
+        assert_eq!(
+            skipped,
+            vec![
+                Skipped::Stranger(name(OTHER), RecordType::SRV),
+                Skipped::OtherType(name(ASKED), RecordType::A),
+                Skipped::SrvPortZero(pod1),
+                Skipped::SrvNoTarget,
+                Skipped::SrvTargetOutside(name("pod.example.com.")),
+            ]
+        );
+    }
+
+    #[test]
+    fn skipped_records_log_in_one_line_each() {
+        let cases = [
+            (
+                Skipped::Stranger(name(OTHER), RecordType::A),
+                format!("A owned by {OTHER}"),
+            ),
+            (
+                Skipped::Unusable(ip("169.254.169.254"), Unusable::LinkLocal),
+                "169.254.169.254 (link-local)".to_owned(),
+            ),
+            (
+                Skipped::SrvNoTarget,
+                "SRV with target \".\" (not available)".to_owned(),
+            ),
+        ];
+        for (skipped, want) in cases {
+            assert_eq!(skipped.to_string(), want);
+        }
+    }
 
     #[test]
     fn wire_size_matches_measured_truncation_points() {

@@ -6,6 +6,7 @@ mod discovery;
 mod dns_faults;
 mod external_dns;
 mod health;
+mod hostile_dns;
 mod lifecycle;
 mod support;
 mod tls;
