@@ -178,7 +178,7 @@ impl Schedule {
             self.empty_since = None;
             let (delay, event) = match failure {
                 Some(f) => {
-                    self.failures += 1;
+                    self.failures = self.failures.saturating_add(1);
                     (self.backoff(), Event::Partial(f))
                 }
                 None => {
@@ -196,7 +196,7 @@ impl Schedule {
         if let Some(f) = failure {
             // A failure beside empty answers cannot confirm emptiness: it neither counts
             // towards the empty streak nor resets it.
-            self.failures += 1;
+            self.failures = self.failures.saturating_add(1);
             return Step {
                 delay: self.backoff(),
                 publish: None,
@@ -215,7 +215,7 @@ impl Schedule {
                 event: Event::Empty(negative),
             };
         }
-        self.empty_streak += 1;
+        self.empty_streak = self.empty_streak.saturating_add(1);
         let since = *self.empty_since.get_or_insert(now);
         let waited = now.saturating_duration_since(since);
         if self.empty_streak >= self.timing.empty_confirmations && waited >= self.timing.empty_grace
@@ -248,7 +248,8 @@ impl Schedule {
 
     fn success_delay(&self, ttl: Option<Duration>) -> Duration {
         match (self.timing.follow_ttl, ttl) {
-            (Some((floor, ceiling)), Some(ttl)) => ttl.clamp(floor, ceiling),
+            // Not `clamp`, which panics when the floor is above the ceiling.
+            (Some((floor, ceiling)), Some(ttl)) => ttl.max(floor).min(ceiling),
             _ => self.timing.interval,
         }
     }
@@ -291,9 +292,15 @@ pub(crate) fn outcome(answers: &[(Part, Answer)]) -> &'static str {
 }
 
 /// Spreads `delay` uniformly over `delay × (1 ± fraction)`, given `unit` in `[0, 1)`.
+///
+/// It never panics: a product past [`Duration::MAX`] is `Duration::MAX`, a negative one is
+/// zero, and a fraction that is not a number leaves the delay as it is.
 pub(crate) fn jittered(delay: Duration, fraction: f64, unit: f64) -> Duration {
     let factor = 1.0 + fraction * (2.0 * unit - 1.0);
-    delay.mul_f64(factor.max(0.0))
+    if factor.is_nan() {
+        return delay;
+    }
+    Duration::try_from_secs_f64(delay.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -527,6 +534,45 @@ mod tests {
             (Part::V6, failed(FailureKind::Timeout)),
         ];
         assert_eq!(outcome(&partial), "timeout");
+    }
+
+    #[test]
+    fn huge_values_saturate_instead_of_panicking() {
+        // Jitter on the longest delay saturates; a fraction that is not a number means no
+        // jitter, never no delay.
+        assert_eq!(jittered(Duration::MAX, 0.1, 0.99), Duration::MAX);
+        assert_eq!(
+            jittered(Duration::MAX, 0.1, 0.0),
+            Duration::MAX.mul_f64(0.9)
+        );
+        assert_eq!(
+            jittered(10 * S, f64::NAN, 0.5),
+            10 * S,
+            "no jitter, not no delay"
+        );
+        assert_eq!(jittered(10 * S, f64::INFINITY, 0.9), Duration::MAX);
+        assert_eq!(jittered(10 * S, f64::NEG_INFINITY, 0.9), Duration::ZERO);
+
+        // A floor above the ceiling (refused by the builder) takes the ceiling.
+        let mut t = timing();
+        t.follow_ttl = Some((10 * S, S));
+        t.backoff_base = Duration::MAX;
+        t.backoff_max = Duration::MAX;
+        let mut s = Schedule::new(t);
+        let now = Instant::now();
+        assert_eq!(
+            s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), now).delay,
+            S
+        );
+
+        // Counters stop at their maximum.
+        s.failures = u32::MAX;
+        let step = s.on_answers(&v4(failed(FailureKind::Timeout)), now);
+        assert_eq!((s.failures(), step.delay), (u32::MAX, Duration::MAX));
+        s.empty_streak = u32::MAX;
+        s.empty_since = Some(now);
+        let step = s.on_answers(&nx(), now + 10 * S);
+        assert_eq!(step.publish, Some(BTreeSet::new()), "a full streak drains");
     }
 
     #[test]
