@@ -41,6 +41,8 @@ use hickory_resolver::{
         rr::{Name, RData, Record, RecordType},
     },
 };
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::{
     error::Error,
@@ -183,8 +185,9 @@ impl Dns {
         Ok(Self { resolver, deadline })
     }
 
-    /// Runs one resolution: one answer per part queried, and whether an answer was too large
-    /// for UDP (so it came over TCP).
+    /// Runs one resolution: one answer per part queried (the SRV part may come twice: its
+    /// records, and a failure of some of its targets), and whether an answer was too large for
+    /// UDP (so it came over TCP).
     pub(crate) async fn resolve(&self, query: &Query) -> (Vec<(Part, Answer)>, bool) {
         let (asked, domain) = match query.names() {
             Ok(names) => names,
@@ -252,7 +255,11 @@ impl Dns {
     }
 
     /// SRV of a named port, screened. Targets come from the additional section when it is
-    /// there, and are resolved otherwise (hickory may not return it).
+    /// there, and are resolved otherwise (hickory may not return it), concurrently.
+    ///
+    /// A target that fails does not spoil the others: their addresses come back as records,
+    /// beside a failed SRV part. The schedule then keeps every address of the last set (it
+    /// cannot tell which came from the failed target) and adds the new ones.
     async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Part, Answer)> {
         let lookup = match self.lookup(asked, RecordType::SRV).await {
             Ok(lookup) => lookup,
@@ -288,14 +295,12 @@ impl Dns {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        for target in &missing {
-            match self.target_ips(target, family, domain).await {
-                Ok(found) => {
-                    ips.insert(target, found);
-                }
-                Err(failure) => return vec![(Part::Srv, Answer::Failed(failure))],
-            }
-        }
+        let (resolved, failures) = self.targets(missing, family, domain).await;
+        ips.extend(
+            resolved
+                .iter()
+                .map(|(target, found)| (target, found.clone())),
+        );
         let addrs = wanted
             .iter()
             .flat_map(|(target, port)| {
@@ -303,7 +308,58 @@ impl Dns {
                 found.map(|ip| SocketAddr::new(*ip, *port))
             })
             .collect();
-        vec![(Part::Srv, records_or_nodata(addrs, ttl))]
+        let records = records_or_nodata(addrs, ttl);
+        let Some(first) = failures.first() else {
+            return vec![(Part::Srv, records)];
+        };
+        let mut message = first.message.clone();
+        if failures.len() > 1 {
+            message.push_str(&format!(" (and {} more SRV targets)", failures.len() - 1));
+        }
+        let failed = Answer::Failed(Failure {
+            kind: first.kind,
+            message,
+        });
+        match records {
+            Answer::Records { .. } => vec![(Part::Srv, records), (Part::Srv, failed)],
+            _ => vec![(Part::Srv, failed)],
+        }
+    }
+
+    /// Resolves SRV targets, at most [`MAX_TARGET_LOOKUPS`] at a time: the addresses of those
+    /// that answered, and the failures of the others.
+    async fn targets(
+        &self,
+        targets: Vec<Name>,
+        family: IpFamily,
+        domain: &Name,
+    ) -> (Vec<(Name, Vec<IpAddr>)>, Vec<Failure>) {
+        let mut pending = targets.into_iter();
+        let mut running = JoinSet::new();
+        let (mut resolved, mut failures) = (Vec::new(), Vec::new());
+        loop {
+            while running.len() < MAX_TARGET_LOOKUPS {
+                let Some(target) = pending.next() else { break };
+                let (dns, domain) = (self.clone(), domain.clone());
+                running.spawn(
+                    async move {
+                        let result = dns.target_ips(&target, family, &domain).await;
+                        result.map(|ips| (target, ips))
+                    }
+                    .in_current_span(),
+                );
+            }
+            match running.join_next().await {
+                Some(Ok(Ok(found))) => resolved.push(found),
+                Some(Ok(Err(failure))) => failures.push(failure),
+                // Only a panic ends a lookup task early: its target counts as failed.
+                Some(Err(e)) => failures.push(Failure {
+                    kind: FailureKind::Other,
+                    message: format!("an SRV target lookup ended abnormally: {e}"),
+                }),
+                None => return (resolved, failures),
+            }
+        }
     }
 
     /// The addresses of one SRV target; a target with no records contributes none.
@@ -332,6 +388,9 @@ impl Dns {
         Ok(ips)
     }
 }
+
+/// SRV targets resolved at the same time, at most.
+const MAX_TARGET_LOOKUPS: usize = 16;
 
 /// The longest CNAME chain followed; a longer one is refused (hickory-server stops at 8).
 const MAX_CNAME_HOPS: usize = 8;

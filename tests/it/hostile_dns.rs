@@ -6,9 +6,10 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use k8s_headless_svc::{HeadlessService, Registry, Update};
+use k8s_headless_svc::{HeadlessService, IpFamily, Registry, Update};
 use testkit::dns::RawRecord;
 
 use crate::support::*;
@@ -252,4 +253,110 @@ async fn srv_skips_port_zero_the_root_target_and_targets_out_of_the_cluster() {
         })
         .await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_target_failing_keeps_its_addresses_and_the_others_results() {
+    let fx = Fixture::start(125, 3).await;
+    let port = fx.pods[0].addr().port();
+    let target = |i: usize| format!("pod-{i}.user-svc.ns125.svc.cluster.local.");
+    for (i, pod) in fx.pods.iter().enumerate() {
+        fx.dns.set_addrs(&target(i), &[pod.addr().ip()]).await;
+    }
+    let srv = "_grpc._tcp.user-svc.ns125.svc.cluster.local.";
+    let records = |ids: &[usize]| -> Vec<RawRecord> {
+        ids.iter()
+            .map(|&i| RawRecord::srv(srv, port, &target(i)))
+            .collect()
+    };
+    // Target 1 fails from the start: target 0 is still discovered.
+    fx.dns.set_name_fault(&target(1), Fault::ServFail);
+    fx.dns.set_srv_records(srv, &records(&[0, 1])).await;
+    let svc: HeadlessService = "user-svc.ns125:grpc".parse().unwrap();
+    let registry = builder(&fx.dns).service(svc.clone()).build().unwrap();
+    let addr = |i: usize| fx.pods[i].addr();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == vec![addr(0)]
+        })
+        .await,
+        "{:?} {:?}",
+        registry.endpoints(&svc),
+        registry.status(&svc)
+    );
+    // Once it answers, its pod joins.
+    fx.dns.set_name_fault(&target(1), Fault::None);
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(1)])
+        })
+        .await
+    );
+    // It fails again while a third target appears: its last address stays, the new one joins.
+    fx.dns.set_name_fault(&target(1), Fault::ServFail);
+    fx.dns.set_srv_records(srv, &records(&[0, 1, 2])).await;
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(1), addr(2)])
+        })
+        .await,
+        "{:?} {:?}",
+        registry.endpoints(&svc),
+        registry.status(&svc)
+    );
+    let status = registry.status(&svc).unwrap();
+    assert!(status.consecutive_failures >= 1, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&target(1))),
+        "{status:?}"
+    );
+    // Answering and gone from the SRV set: removed.
+    fx.dns.set_name_fault(&target(1), Fault::None);
+    fx.dns.set_srv_records(srv, &records(&[0, 2])).await;
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(2)])
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_targets_are_resolved_concurrently() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let srv = "_grpc._tcp.user-svc.ns126.svc.cluster.local.";
+    let mut records = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..6u8 {
+        let target = format!("pod-{i}.user-svc.ns126.svc.cluster.local.");
+        let ip = loopback(126, 2 + i);
+        dns.set_addrs(&target, &[ip]).await;
+        dns.set_name_delay(&target, Duration::from_millis(300));
+        records.push(RawRecord::srv(srv, 8080, &target));
+        want.push(SocketAddr::new(ip, 8080));
+    }
+    dns.set_srv_records(srv, &records).await;
+    let svc: HeadlessService = "user-svc.ns126:grpc".parse().unwrap();
+    // IPv4 only: one question per target, so two held at once are two targets at once.
+    let registry = builder(&dns)
+        .dns_timeout(Duration::from_secs(2))
+        .ip_family(IpFamily::V4)
+        .service(svc.clone())
+        .build()
+        .unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == want
+        })
+        .await,
+        "{:?} {:?}",
+        registry.endpoints(&svc),
+        registry.status(&svc)
+    );
+    // One after the other, the server would never hold two of these questions at once.
+    assert!(dns.peak_held() >= 2, "peak {}", dns.peak_held());
 }
