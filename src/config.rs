@@ -16,7 +16,8 @@ use crate::{
 
 /// The registry's settings, deserializable with serde. Every field but `services` is
 /// optional and defaults as the [`Builder`] does; durations are strings such as `500ms`,
-/// `5s` or `2m`.
+/// `5s` or `2m`. Each value must be in the range its [`Builder`] method documents, and each
+/// service's DNS name must fit in 253 characters with the cluster domain.
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
@@ -41,19 +42,19 @@ pub struct Config {
     pub nameservers: Vec<SocketAddr>,
     /// `both`, `v4` or `v6`.
     pub ip_family: Option<String>,
-    /// Time between resolutions.
+    /// Time between resolutions (1ms to 1h).
     pub refresh_interval: Option<String>,
-    /// Jitter as a fraction, e.g. `0.1`.
+    /// Jitter as a fraction, e.g. `0.1` (at least 0, below 1).
     pub jitter: Option<f64>,
-    /// Per-query DNS timeout.
+    /// Per-query DNS timeout (1ms to 1m).
     pub dns_timeout: Option<String>,
-    /// Tries per DNS query.
+    /// Tries per DNS query (1 to 10).
     pub dns_attempts: Option<usize>,
-    /// Connect timeout to a pod; `off` turns it off.
+    /// Connect timeout to a pod (1ms to 1h); `off` turns it off.
     pub connect_timeout: Option<String>,
     /// Health checks.
     pub health: Option<HealthConfig>,
-    /// How long a load-aware call waits for a ready pod.
+    /// How long a load-aware call waits for a ready pod (1ms to 1h).
     pub failfast: Option<String>,
 }
 
@@ -66,15 +67,15 @@ pub struct HealthConfig {
     pub check: Option<String>,
     /// The gRPC health service name asked about (`""`).
     pub service: Option<String>,
-    /// Time between probes.
+    /// Time between probes (1ms to 1h).
     pub interval: Option<String>,
-    /// Probe timeout.
+    /// Probe timeout (1ms to 1h).
     pub timeout: Option<String>,
-    /// Failed probes that eject an endpoint.
+    /// Failed probes that eject an endpoint (1 to 100).
     pub unhealthy_after: Option<u32>,
-    /// Good probes that re-admit it.
+    /// Good probes that re-admit it (1 to 100).
     pub healthy_after: Option<u32>,
-    /// The most endpoints ejected at once, as a share.
+    /// The most endpoints ejected at once, as a share (0 to 1).
     pub max_ejection: Option<f64>,
 }
 
@@ -206,6 +207,9 @@ mod tests {
             ),
             "{err}"
         );
+        c.refresh_interval = Some("2h".into());
+        let err = c.builder().unwrap_err();
+        assert!(err.to_string().contains("between 1ms and 1h"), "{err}");
         c.refresh_interval = Some("soon".into());
         assert!(
             c.builder()

@@ -69,6 +69,12 @@ impl Error {
         matches!(self, Error::InvalidSpec { .. })
     }
 
+    /// True if a builder option was outside its documented range: a command line can report it
+    /// as a usage error.
+    pub fn is_invalid_config(&self) -> bool {
+        matches!(self, Error::InvalidConfig { .. })
+    }
+
     /// True if the service asked for is not in the registry (or is ambiguous).
     pub fn is_unknown_service(&self) -> bool {
         matches!(
@@ -138,6 +144,21 @@ pub enum Reason {
         /// The most characters allowed.
         max: usize,
     },
+    /// One dot-separated label of a domain was longer than a DNS label may be.
+    LabelTooLong {
+        /// The label.
+        label: String,
+        /// The most characters a label may have (63).
+        max: usize,
+    },
+    /// A name the service is looked up by would be longer than DNS allows: a shorter Service
+    /// name, namespace or cluster domain is needed.
+    DnsNameTooLong {
+        /// The name, fully qualified, with its trailing dot.
+        name: String,
+        /// The most characters a name may have without its trailing dot (253).
+        max: usize,
+    },
     /// A character outside the allowed set.
     InvalidChar {
         /// The offending character.
@@ -164,6 +185,17 @@ impl fmt::Display for Reason {
         match self {
             Reason::Empty => f.write_str("must not be empty"),
             Reason::TooLong { max } => write!(f, "must be at most {max} characters"),
+            Reason::LabelTooLong { label, max } => write!(
+                f,
+                "label {label:?} has {} characters; a DNS label may have at most {max}",
+                label.len()
+            ),
+            Reason::DnsNameTooLong { name, max } => write!(
+                f,
+                "its DNS name {name:?} has {} characters; DNS allows at most {max} (use a \
+                 shorter Service name, namespace or cluster domain)",
+                name.trim_end_matches('.').len()
+            ),
             Reason::InvalidChar { ch, at } => write!(
                 f,
                 "character {ch:?} at offset {at} is not allowed: only lowercase letters, digits and '-'"

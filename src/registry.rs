@@ -52,7 +52,13 @@ struct Entry {
     balanced: OnceLock<LoadBalancedChannel>,
 }
 
-/// Configures and starts a [`Registry`]. Every option has a documented default.
+/// Configures and starts a [`Registry`]. Every option has a documented default, and every
+/// duration and count a documented range: [`Builder::build`] refuses a value outside it with
+/// [`Error::InvalidConfig`], naming the option and the range.
+///
+/// Intervals and timeouts go from 1 ms (tokio's timer resolution) to 1 hour: anything beyond
+/// is almost always a unit mistake, and `Duration::MAX` would overflow the `Instant` it is
+/// added to.
 #[derive(Clone)]
 pub struct Builder {
     services: Vec<HeadlessService>,
@@ -178,14 +184,16 @@ impl Builder {
     }
 
     /// How long one DNS query may take before it is retried. Default: 1 s (hickory's 5 s
-    /// would outlast the refresh interval).
+    /// would outlast the refresh interval). Valid: 1 ms to 1 min (a server silent for a minute
+    /// will not answer; glibc caps `resolv.conf`'s `timeout:` at 30 s).
     pub fn dns_timeout(mut self, timeout: Duration) -> Self {
         self.dns.timeout = timeout;
         self
     }
 
     /// How many times a query is sent before the resolution counts as failed. Default: 2,
-    /// so one resolution takes at most about 2 s against a silent server.
+    /// so one resolution takes at most about 2 s against a silent server. Valid: 1 to 10
+    /// (glibc caps `resolv.conf`'s `attempts:` at 5).
     pub fn dns_attempts(mut self, attempts: usize) -> Self {
         self.dns.attempts = attempts;
         self
@@ -197,7 +205,8 @@ impl Builder {
         Self { family, ..self }
     }
 
-    /// Time between resolutions. Default: 5 s (CoreDNS's TTL, Envoy's default).
+    /// Time between resolutions. Default: 5 s (CoreDNS's TTL, Envoy's default). Valid: 1 ms to
+    /// 1 h.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.timing.interval = interval;
         self
@@ -206,13 +215,15 @@ impl Builder {
     /// Follow each answer's TTL instead of the interval, clamped to `floor..=ceiling` (the floor
     /// keeps a TTL of 0 from spinning). Default: off, as in Envoy: kubeadm clusters answer
     /// with TTL 30 without caching `cluster.local`, so following it would only be slower.
+    /// Valid: 1 ms ≤ `floor` ≤ `ceiling` ≤ 1 h; a longer TTL is clamped to the ceiling.
     pub fn follow_ttl(mut self, floor: Duration, ceiling: Duration) -> Self {
         self.timing.follow_ttl = Some((floor, ceiling));
         self
     }
 
     /// Spread each delay uniformly over `delay × (1 ± fraction)` so that clients started
-    /// together do not query in lockstep. `0.0` turns it off. Default: `0.1`.
+    /// together do not query in lockstep. `0.0` turns it off. Default: `0.1`. Valid: at least
+    /// `0.0` and below `1.0` (at `1.0` a delay could be zero).
     pub fn jitter(self, fraction: f64) -> Self {
         Self {
             jitter: fraction,
@@ -221,7 +232,8 @@ impl Builder {
     }
 
     /// Retry a failed resolution after `base`, doubling up to `max` while it keeps failing; the
-    /// first success returns to the normal schedule. Default: 500 ms up to 10 s.
+    /// first success returns to the normal schedule. Default: 500 ms up to 10 s. Valid:
+    /// 1 ms ≤ `base` ≤ `max` ≤ 1 h.
     pub fn failure_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.timing.backoff_base = base;
         self.timing.backoff_max = max;
@@ -231,7 +243,8 @@ impl Builder {
     /// An authoritative empty answer (NXDOMAIN, or no records in any family) drains the
     /// endpoints only after `count` such answers in a row **and** `grace` since the first,
     /// re-checking every `recheck` meanwhile. A single wrong NXDOMAIN (CoreDNS #6518) then
-    /// never empties a healthy Service. Default: 3 answers, 5 s, re-checked every 1 s.
+    /// never empties a healthy Service. Default: 3 answers, 5 s, re-checked every 1 s. Valid:
+    /// `count` 1 to 100, `grace` 0 to 1 h, `recheck` 1 ms to 1 h.
     pub fn empty_confirmation(mut self, count: u32, grace: Duration, recheck: Duration) -> Self {
         self.timing.empty_confirmations = count;
         self.timing.empty_grace = grace;
@@ -240,26 +253,28 @@ impl Builder {
     }
 
     /// Bound on connecting to a pod, so that a vanished pod IP never holds a call for the OS
-    /// TCP timeout. `None` turns it off. Default: 1 s.
+    /// TCP timeout. `None` turns it off. Default: 1 s. Valid: 1 ms to 1 h.
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.template.connect_timeout = timeout.into();
         self
     }
 
-    /// TCP keepalive on pod connections. `None` turns it off. Default: 30 s.
+    /// TCP keepalive on pod connections. `None` turns it off. Default: 30 s. Valid: 1 s (the
+    /// kernel counts whole seconds) to 2 h (Linux's own default).
     pub fn tcp_keepalive(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.template.tcp_keepalive = interval.into();
         self
     }
 
     /// HTTP/2 keepalive on pod connections. `None` turns it off. Default: a PING every 30 s
-    /// while calls are in flight, 10 s to answer.
+    /// while calls are in flight, 10 s to answer. Valid: interval and timeout 1 ms to 1 h each.
     pub fn http2_keepalive(mut self, keepalive: impl Into<Option<Http2Keepalive>>) -> Self {
         self.template.http2_keepalive = keepalive.into();
         self
     }
 
     /// A timeout on every call, once a pod is picked ([`Endpoint::timeout`]). Default: none.
+    /// Valid: 1 ms to 1 h; set a longer deadline per call.
     pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.template.request_timeout = timeout.into();
         self
@@ -303,7 +318,7 @@ impl Builder {
     }
 
     /// Time between probes of a healthy endpoint, and each probe's timeout. Default: 1 s and
-    /// 1 s.
+    /// 1 s. Valid: 1 ms to 1 h each (checked while health checks are on).
     pub fn health_interval(mut self, interval: Duration, timeout: Duration) -> Self {
         self.health.interval = interval;
         self.health.timeout = timeout;
@@ -312,7 +327,8 @@ impl Builder {
 
     /// An endpoint is ejected after `unhealthy_after` failed probes in a row and re-admitted
     /// after `healthy_after` successes in a row; a new endpoint goes in on its first success.
-    /// Default: 2 and 2.
+    /// Default: 2 and 2. Valid: 1 to 100 each (checked while health checks are on): 100
+    /// probes are already minutes at the default interval.
     pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
         self.health.unhealthy_after = unhealthy_after;
         self.health.healthy_after = healthy_after;
@@ -321,7 +337,8 @@ impl Builder {
 
     /// The panic threshold: at most this share of a service's endpoints (and at least one) is
     /// ejected at once; beyond it the least recently failed stay in, and when every endpoint
-    /// fails they all stay in, as in Envoy's panic mode. Default: `0.5`.
+    /// fails they all stay in, as in Envoy's panic mode. Default: `0.5`. Valid: `0.0` to `1.0`
+    /// (checked with health checks off too: the load-aware channel's breakers share it).
     pub fn max_ejection(mut self, share: f64) -> Self {
         self.health.max_ejection = share;
         self.balance.max_ejection = share;
@@ -329,14 +346,16 @@ impl Builder {
     }
 
     /// Re-probes of an ejected endpoint back off from the probe interval, doubling, up to
-    /// `max`. Default: 4 s.
+    /// `max`. Default: 4 s. Valid: 0 to 1 h (below the probe interval, the interval is used;
+    /// checked while health checks are on).
     pub fn ejected_probe_backoff(mut self, max: Duration) -> Self {
         self.health.ejected_backoff_max = max;
         self
     }
 
     /// How the load-aware channel ([`Registry::load_balanced`]) measures each pod's load.
-    /// Default: [`LoadMeasure::PeakEwma`] with a 1 ms initial latency and a 1 s decay.
+    /// Default: [`LoadMeasure::PeakEwma`] with a 1 ms initial latency and a 1 s decay. Valid:
+    /// an initial latency of 0 to 1 h, a decay of 1 ms to 1 h.
     pub fn load_measure(mut self, measure: LoadMeasure) -> Self {
         self.balance.measure = measure;
         self
@@ -345,7 +364,8 @@ impl Builder {
     /// Passive failure accrual of the load-aware channel: after `failures` failed calls in a
     /// row a pod rests for `base` (doubling up to `max` while its trial calls fail), then one
     /// real call tests it. At most [`max_ejection`](Builder::max_ejection) of the pods rest
-    /// at once. Default: 5 failures, 1 s doubling to 30 s.
+    /// at once. Default: 5 failures, 1 s doubling to 30 s. Valid: `failures` 1 to 1000 (a busy
+    /// client may make a thousand calls in a fraction of a second), 1 ms ≤ `base` ≤ `max` ≤ 1 h.
     pub fn failure_accrual(mut self, failures: u32, base: Duration, max: Duration) -> Self {
         self.balance.failures = failures;
         self.balance.backoff_base = base;
@@ -354,7 +374,7 @@ impl Builder {
     }
 
     /// How long a call on the load-aware channel waits for a ready pod before it fails with
-    /// `UNAVAILABLE`. Default: 3 s (linkerd's).
+    /// `UNAVAILABLE`. Default: 3 s (linkerd's). Valid: 1 ms to 1 h.
     pub fn failfast(mut self, timeout: Duration) -> Self {
         self.balance.failfast = timeout;
         self
@@ -362,7 +382,8 @@ impl Builder {
 
     /// Size of the change queue of each `balance_channel`. Changes that do not fit wait in the
     /// registry as a diff, so an idle client (grpc-rust #1581) never stalls discovery.
-    /// Default: 1024.
+    /// Default: 1024. Valid: 1 to 65 536: what does not fit waits as a diff that never outgrows
+    /// one endpoint set, so a longer queue buys nothing.
     pub fn change_queue_capacity(self, capacity: usize) -> Self {
         Self {
             queue_capacity: capacity,
@@ -373,8 +394,10 @@ impl Builder {
     /// Checks every option and starts discovery: each service resolves at once, then on its
     /// schedule.
     ///
-    /// Fails if called outside a tokio runtime, if an option cannot work, or if the system
-    /// DNS configuration cannot be read (when no nameservers were set).
+    /// Fails if called outside a tokio runtime, if an option is outside its documented range
+    /// ([`Error::InvalidConfig`]), if a service's DNS name would be longer than the 253
+    /// characters DNS allows with this cluster domain ([`Error::InvalidSpec`]), or if the
+    /// system DNS configuration cannot be read (when no nameservers were set).
     pub fn build(self) -> Result<Registry, Error> {
         let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.validate()?;
@@ -472,88 +495,298 @@ impl Builder {
         (self.health.unhealthy_after, self.health.healthy_after)
     }
 
+    /// Checks every option against its documented range, and each service's DNS name
+    /// against the cluster domain, without starting anything.
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        for service in &self.services {
+            service.check_dns_name(&self.cluster_domain)?;
+        }
         let t = &self.timing;
-        let positive = [
-            ("refresh_interval", t.interval),
-            ("dns_timeout", self.dns.timeout),
-            ("failure_backoff", t.backoff_base),
-            ("empty_confirmation", t.empty_recheck),
-        ];
-        for (option, d) in positive {
-            if d.is_zero() {
-                return Err(Error::config(option, "must be greater than zero"));
-            }
-        }
-        if t.backoff_max < t.backoff_base {
-            return Err(Error::config(
-                "failure_backoff",
-                format!("max {:?} is below base {:?}", t.backoff_max, t.backoff_base),
-            ));
-        }
-        if let Some((floor, ceiling)) = t.follow_ttl
-            && (floor.is_zero() || ceiling < floor)
-        {
-            return Err(Error::config(
-                "follow_ttl",
-                format!("needs 0 < floor <= ceiling, got {floor:?} and {ceiling:?}"),
-            ));
-        }
-        let h = &self.health;
-        if h.check != HealthCheck::Off {
-            if h.interval.is_zero() || h.timeout.is_zero() {
-                return Err(Error::config(
-                    "health_interval",
-                    "must be greater than zero",
-                ));
-            }
-            if h.unhealthy_after == 0 || h.healthy_after == 0 {
-                return Err(Error::config("health_thresholds", "must be at least 1"));
-            }
-            if !(0.0..=1.0).contains(&h.max_ejection) {
-                return Err(Error::config(
-                    "max_ejection",
-                    format!("must be in 0.0..=1.0, got {}", h.max_ejection),
-                ));
-            }
-        }
-        let b = &self.balance;
-        if b.failures == 0 || b.backoff_base.is_zero() || b.backoff_max < b.backoff_base {
-            return Err(Error::config(
-                "failure_accrual",
-                "needs at least 1 failure and 0 < base <= max",
-            ));
-        }
-        if b.failfast.is_zero() {
-            return Err(Error::config("failfast", "must be greater than zero"));
-        }
-        if let LoadMeasure::PeakEwma { decay, .. } = b.measure
-            && decay.is_zero()
-        {
-            return Err(Error::config(
-                "load_measure",
-                "decay must be greater than zero",
-            ));
-        }
-        if self.dns.attempts == 0 {
-            return Err(Error::config("dns_attempts", "must be at least 1"));
-        }
-        if t.empty_confirmations == 0 {
-            return Err(Error::config(
-                "empty_confirmation",
-                "count must be at least 1",
-            ));
+        duration_in("refresh_interval", "", t.interval, MIN_PERIOD, MAX_PERIOD)?;
+        if let Some((floor, ceiling)) = t.follow_ttl {
+            duration_in("follow_ttl", "floor ", floor, MIN_PERIOD, MAX_PERIOD)?;
+            duration_in("follow_ttl", "ceiling ", ceiling, MIN_PERIOD, MAX_PERIOD)?;
+            ordered("follow_ttl", ("floor", floor), ("ceiling", ceiling))?;
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(Error::config(
                 "jitter",
-                format!("must be in 0.0..1.0, got {}", self.jitter),
+                format!(
+                    "must be in 0.0..1.0 (at least 0, below 1), got {}",
+                    self.jitter
+                ),
             ));
         }
-        if self.queue_capacity == 0 {
-            return Err(Error::config("change_queue_capacity", "must be at least 1"));
+        duration_in(
+            "failure_backoff",
+            "base ",
+            t.backoff_base,
+            MIN_PERIOD,
+            MAX_PERIOD,
+        )?;
+        duration_in(
+            "failure_backoff",
+            "max ",
+            t.backoff_max,
+            MIN_PERIOD,
+            MAX_PERIOD,
+        )?;
+        ordered(
+            "failure_backoff",
+            ("base", t.backoff_base),
+            ("max", t.backoff_max),
+        )?;
+        duration_in(
+            "dns_timeout",
+            "",
+            self.dns.timeout,
+            MIN_PERIOD,
+            MAX_DNS_TIMEOUT,
+        )?;
+        count_in("dns_attempts", "", self.dns.attempts, 1, MAX_DNS_ATTEMPTS)?;
+        count_in(
+            "empty_confirmation",
+            "count ",
+            t.empty_confirmations,
+            1,
+            MAX_CONFIRMATIONS,
+        )?;
+        duration_in(
+            "empty_confirmation",
+            "grace ",
+            t.empty_grace,
+            Duration::ZERO,
+            MAX_PERIOD,
+        )?;
+        duration_in(
+            "empty_confirmation",
+            "recheck ",
+            t.empty_recheck,
+            MIN_PERIOD,
+            MAX_PERIOD,
+        )?;
+
+        let e = &self.template;
+        if let Some(d) = e.connect_timeout {
+            duration_in("connect_timeout", "", d, MIN_PERIOD, MAX_PERIOD)?;
         }
+        if let Some(d) = e.tcp_keepalive {
+            duration_in("tcp_keepalive", "", d, MIN_TCP_KEEPALIVE, MAX_TCP_KEEPALIVE)?;
+        }
+        if let Some(k) = e.http2_keepalive {
+            duration_in(
+                "http2_keepalive",
+                "interval ",
+                k.interval,
+                MIN_PERIOD,
+                MAX_PERIOD,
+            )?;
+            duration_in(
+                "http2_keepalive",
+                "timeout ",
+                k.timeout,
+                MIN_PERIOD,
+                MAX_PERIOD,
+            )?;
+        }
+        if let Some(d) = e.request_timeout {
+            duration_in("request_timeout", "", d, MIN_PERIOD, MAX_PERIOD)?;
+        }
+
+        let h = &self.health;
+        if h.check != HealthCheck::Off {
+            duration_in(
+                "health_interval",
+                "interval ",
+                h.interval,
+                MIN_PERIOD,
+                MAX_PERIOD,
+            )?;
+            duration_in(
+                "health_interval",
+                "timeout ",
+                h.timeout,
+                MIN_PERIOD,
+                MAX_PERIOD,
+            )?;
+            count_in(
+                "health_thresholds",
+                "unhealthy_after ",
+                h.unhealthy_after,
+                1,
+                MAX_THRESHOLD,
+            )?;
+            count_in(
+                "health_thresholds",
+                "healthy_after ",
+                h.healthy_after,
+                1,
+                MAX_THRESHOLD,
+            )?;
+            duration_in(
+                "ejected_probe_backoff",
+                "",
+                h.ejected_backoff_max,
+                Duration::ZERO,
+                MAX_PERIOD,
+            )?;
+        }
+        // Checked with probes off too: the load-aware channel's breakers use it.
+        if !(0.0..=1.0).contains(&self.balance.max_ejection) {
+            return Err(Error::config(
+                "max_ejection",
+                format!("must be in 0.0..=1.0, got {}", self.balance.max_ejection),
+            ));
+        }
+
+        let b = &self.balance;
+        if let LoadMeasure::PeakEwma { default_rtt, decay } = b.measure {
+            duration_in(
+                "load_measure",
+                "default_rtt ",
+                default_rtt,
+                Duration::ZERO,
+                MAX_PERIOD,
+            )?;
+            duration_in("load_measure", "decay ", decay, MIN_PERIOD, MAX_PERIOD)?;
+        }
+        count_in("failure_accrual", "failures ", b.failures, 1, MAX_FAILURES)?;
+        duration_in(
+            "failure_accrual",
+            "base ",
+            b.backoff_base,
+            MIN_PERIOD,
+            MAX_PERIOD,
+        )?;
+        duration_in(
+            "failure_accrual",
+            "max ",
+            b.backoff_max,
+            MIN_PERIOD,
+            MAX_PERIOD,
+        )?;
+        ordered(
+            "failure_accrual",
+            ("base", b.backoff_base),
+            ("max", b.backoff_max),
+        )?;
+        duration_in("failfast", "", b.failfast, MIN_PERIOD, MAX_PERIOD)?;
+        count_in(
+            "change_queue_capacity",
+            "",
+            self.queue_capacity,
+            1,
+            MAX_QUEUE_CAPACITY,
+        )?;
         Ok(())
+    }
+}
+
+// === ranges ===
+
+/// The shortest interval or timeout. tokio's timers count whole milliseconds, so anything
+/// shorter acts as 1 ms (or as no wait at all) and is almost always a unit mistake.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// The longest interval, timeout, backoff or breaker maximum. Anything longer is almost always
+/// a unit mistake; and each of these is added to an `Instant` by us, tokio, hyper or tonic,
+/// where `Duration::MAX` would overflow.
+const MAX_PERIOD: Duration = Duration::from_secs(60 * 60);
+
+/// The longest wait for one DNS query. A server silent for a minute will not answer; glibc caps
+/// `resolv.conf`'s own `timeout:` at 30 s.
+const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most tries per DNS query. One resolution may take `timeout × (attempts + 1)`, so the
+/// worst case stays at 11 minutes; glibc caps `resolv.conf`'s `attempts:` at 5.
+const MAX_DNS_ATTEMPTS: usize = 10;
+
+/// The most empty answers in a row that confirm a Service is empty.
+const MAX_CONFIRMATIONS: u32 = 100;
+
+/// The most probe results in a row that eject or re-admit an endpoint: 100 probes are 100
+/// intervals, already minutes with the default 1 s.
+const MAX_THRESHOLD: u32 = 100;
+
+/// The most failed calls in a row that rest a pod: enough for a busy client, for which a
+/// thousand calls may be a fraction of a second.
+const MAX_FAILURES: u32 = 1000;
+
+/// The largest change queue. Each change is one pod coming or going, and the feeder keeps what
+/// does not fit as a diff that never outgrows one endpoint set, so a longer queue buys nothing.
+const MAX_QUEUE_CAPACITY: usize = 65_536;
+
+/// TCP keepalive is set in whole seconds (`TCP_KEEPIDLE`): below one second it would be 0,
+/// which the kernel refuses.
+const MIN_TCP_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// Linux's own default keepalive time (`tcp_keepalive_time`, 2 hours).
+const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Checks that `d` is in `min..=max`. `what` names the argument of a setter that takes
+/// several, with a trailing space (`"base "`), or is empty.
+fn duration_in(
+    option: &'static str,
+    what: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), Error> {
+    if (min..=max).contains(&d) {
+        return Ok(());
+    }
+    let range = if min.is_zero() {
+        format!("at most {}", human(max))
+    } else {
+        format!("between {} and {}", human(min), human(max))
+    };
+    Err(Error::config(
+        option,
+        format!("{what}must be {range}, got {d:?}"),
+    ))
+}
+
+/// Checks that `lower` is not above `upper`.
+fn ordered(
+    option: &'static str,
+    (lower_name, lower): (&str, Duration),
+    (upper_name, upper): (&str, Duration),
+) -> Result<(), Error> {
+    if lower <= upper {
+        return Ok(());
+    }
+    Err(Error::config(
+        option,
+        format!("{upper_name} must be at least {lower_name} ({lower:?}), got {upper:?}"),
+    ))
+}
+
+/// Checks that the count `n` is in `min..=max`.
+fn count_in<T: PartialOrd + fmt::Display>(
+    option: &'static str,
+    what: &str,
+    n: T,
+    min: T,
+    max: T,
+) -> Result<(), Error> {
+    if n >= min && n <= max {
+        return Ok(());
+    }
+    Err(Error::config(
+        option,
+        format!("{what}must be in {min}..={max}, got {n}"),
+    ))
+}
+
+/// A range's end as written in the docs: `1ms`, `1m`, `1h`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_nanos()) {
+        (0, nanos) if nanos % 1_000_000 == 0 => format!("{}ms", nanos / 1_000_000),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{d:?}"),
     }
 }
 

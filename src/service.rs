@@ -127,6 +127,25 @@ impl HeadlessService {
         }
     }
 
+    /// Checks that the name this service is looked up by fits in DNS with `domain`: at most
+    /// [`MAX_DNS_NAME`] characters without the trailing dot (255 octets on the wire). Each
+    /// label already fits, as the name, the namespace, the port name and the domain are
+    /// checked on their own; together they may not.
+    pub(crate) fn check_dns_name(&self, domain: &ClusterDomain) -> Result<(), Error> {
+        let name = self.srv_name(domain).unwrap_or_else(|| self.fqdn(domain));
+        if name.trim_end_matches('.').len() > MAX_DNS_NAME {
+            return Err(Error::spec(
+                Field::Spec,
+                self.to_string(),
+                Reason::DnsNameTooLong {
+                    name,
+                    max: MAX_DNS_NAME,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// True if `name.namespace` names this service, whatever its port.
     pub(crate) fn is_named(&self, name: &str, namespace: &str) -> bool {
         self.name == name && self.namespace == namespace
@@ -225,8 +244,8 @@ impl FromStr for ClusterDomain {
         if domain.is_empty() {
             return Err(invalid(Reason::Empty));
         }
-        if domain.len() > 253 {
-            return Err(invalid(Reason::TooLong { max: 253 }));
+        if domain.len() > MAX_DNS_NAME {
+            return Err(invalid(Reason::TooLong { max: MAX_DNS_NAME }));
         }
         let mut offset = 0;
         for label in domain.split('.') {
@@ -234,6 +253,10 @@ impl FromStr for ClusterDomain {
                 Reason::InvalidChar { ch, at } => invalid(Reason::InvalidChar {
                     ch,
                     at: at + offset,
+                }),
+                Reason::TooLong { max } => invalid(Reason::LabelTooLong {
+                    label: label.to_owned(),
+                    max,
                 }),
                 other => invalid(other),
             })?;
@@ -244,6 +267,13 @@ impl FromStr for ClusterDomain {
 }
 
 // === validation ===
+
+/// The longest DNS name, in characters without the trailing dot: 255 octets on the wire,
+/// less the first label's length octet and the root (RFC 1035 §2.3.4).
+pub(crate) const MAX_DNS_NAME: usize = 253;
+
+/// The longest DNS label (RFC 1035 §2.3.4).
+const MAX_LABEL: usize = 63;
 
 fn check_chars(s: &str, max: usize) -> Result<(), Reason> {
     if s.is_empty() {
@@ -263,7 +293,7 @@ fn check_chars(s: &str, max: usize) -> Result<(), Reason> {
 
 /// A DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (namespaces).
 pub(crate) fn validate_dns1123_label(s: &str) -> Result<(), Reason> {
-    check_chars(s, 63)?;
+    check_chars(s, MAX_LABEL)?;
     if s.starts_with('-') || s.ends_with('-') {
         return Err(Reason::MustStartAndEndAlphanumeric);
     }
@@ -486,6 +516,84 @@ mod tests {
         let long = vec!["a".repeat(63); 4].join(".");
         assert!(long.parse::<ClusterDomain>().is_err());
         assert!("k8s.corp-1.example".parse::<ClusterDomain>().is_ok());
+    }
+
+    #[test]
+    fn dns_name_length_table() {
+        let name = format!("s{}", "a".repeat(62));
+        let ns = "n".repeat(63);
+        // 63 + 1 + 63 + 1 + "svc" + 1 = 132 characters before the domain.
+        let domain = |len: usize| -> ClusterDomain {
+            let first = len.min(63);
+            let d = if len > 63 {
+                format!("{}.{}", "d".repeat(first - 2), "e".repeat(len - first + 1))
+            } else {
+                "d".repeat(len)
+            };
+            assert_eq!(d.len(), len);
+            d.parse().unwrap()
+        };
+        struct Case {
+            port: &'static str,
+            domain: usize,
+            fits: bool,
+        }
+        let cases = [
+            Case {
+                port: "80",
+                domain: 121,
+                fits: true,
+            },
+            Case {
+                port: "80",
+                domain: 122,
+                fits: false,
+            },
+            // `_grpc._tcp.` is 11 more characters.
+            Case {
+                port: "grpc",
+                domain: 110,
+                fits: true,
+            },
+            Case {
+                port: "grpc",
+                domain: 111,
+                fits: false,
+            },
+        ];
+        for case in cases {
+            let svc: HeadlessService = format!("{name}.{ns}:{}", case.port).parse().unwrap();
+            let domain = domain(case.domain);
+            match svc.check_dns_name(&domain) {
+                Ok(()) => assert!(case.fits, "{}: {} fits", case.port, case.domain),
+                Err(Error::InvalidSpec {
+                    field: Field::Spec,
+                    value,
+                    reason: Reason::DnsNameTooLong { name, max: 253 },
+                }) => {
+                    assert!(!case.fits, "{}: {} refused", case.port, case.domain);
+                    assert_eq!(value, svc.to_string());
+                    assert_eq!(name.len(), 255, "254 characters and the trailing dot");
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_domain_label_errors_name_the_label() {
+        let long = "x".repeat(64);
+        let err = format!("a.{long}.b").parse::<ClusterDomain>().unwrap_err();
+        assert_eq!(
+            reason_of(err),
+            (
+                Field::ClusterDomain,
+                Reason::LabelTooLong {
+                    label: long,
+                    max: 63
+                }
+            )
+        );
     }
 
     fn dns1035() -> impl Strategy<Value = String> {

@@ -8,5 +8,6 @@ mod external_dns;
 mod health;
 mod hostile_dns;
 mod lifecycle;
+mod settings;
 mod support;
 mod tls;
