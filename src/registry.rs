@@ -397,13 +397,15 @@ impl Builder {
     /// Fails if called outside a tokio runtime, if an option is outside its documented range
     /// ([`Error::InvalidConfig`]), if a service's DNS name would be longer than the 253
     /// characters DNS allows with this cluster domain ([`Error::InvalidSpec`]), or if the
-    /// system DNS configuration cannot be read (when no nameservers were set).
+    /// system DNS configuration cannot be read (when no nameservers were set). A failed build
+    /// starts nothing.
     pub fn build(self) -> Result<Registry, Error> {
         let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.validate()?;
         let dns = Dns::new(&self.dns)?;
-        let mut services = Vec::with_capacity(self.services.len());
-        let mut tasks = Vec::with_capacity(self.services.len());
+        // Everything that can fail is done for every service before the first task is
+        // spawned: a failed build leaves nothing running.
+        let mut planned = Vec::with_capacity(self.services.len());
         for service in self.services {
             let query = match service.port() {
                 Port::Number(port) => Query::Addresses {
@@ -430,7 +432,12 @@ impl Builder {
             // Fail now, not on every endpoint, if the TLS settings cannot work.
             template
                 .endpoint(SocketAddr::from(([127, 0, 0, 1], 1)))
-                .map_err(|e| Error::config("tls", e.to_string()))?;
+                .map_err(|e| Error::config("tls", tls_reason(&service, &e)))?;
+            planned.push((service, query, template));
+        }
+        let mut services = Vec::with_capacity(planned.len());
+        let mut tasks = Vec::with_capacity(planned.len());
+        for (service, query, template) in planned {
             let shared = Arc::new(Shared::new());
             // Subscribed before discovery starts, so the gate sees its first set.
             let gate_input = shared.endpoints.subscribe();
@@ -776,6 +783,19 @@ fn count_in<T: PartialOrd + fmt::Display>(
         option,
         format!("{what}must be in {min}..={max}, got {n}"),
     ))
+}
+
+/// Why the TLS settings cannot work for `service`: tonic's error ("transport error") and
+/// every cause under it.
+fn tls_reason(service: &HeadlessService, e: &tonic::transport::Error) -> String {
+    let mut reason = format!("cannot dial the pods of {service}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    reason
 }
 
 /// A range's end as written in the docs: `1ms`, `1m`, `1h`.

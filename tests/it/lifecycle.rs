@@ -164,3 +164,53 @@ async fn shutdown_waits_for_tasks() {
         None
     );
 }
+
+/// A build that fails on its last service starts nothing: the services before it spawn no
+/// task that outlives the error, with or without TLS.
+#[test]
+fn a_failed_build_leaves_no_task_behind() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        init_tracing();
+        let dns = DnsServer::start().await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let baseline = metrics.num_alive_tasks();
+        // `s.a.svc.<domain>` fits in DNS; `<63>.<63>.svc.<domain>` is 254 characters.
+        let domain: k8s_headless_svc::ClusterDomain =
+            format!("{}.{}", "d".repeat(63), "e".repeat(58))
+                .parse()
+                .unwrap();
+        let fits = HeadlessService::new("a", "s", 8080).unwrap();
+        let too_long =
+            HeadlessService::new("n".repeat(63), format!("s{}", "a".repeat(62)), 8080).unwrap();
+        for (kind, b) in [
+            (
+                "tls",
+                builder(&dns).tls(tonic::transport::ClientTlsConfig::new()),
+            ),
+            ("plaintext", builder(&dns)),
+        ] {
+            let built = b
+                .cluster_domain(domain.clone())
+                .services([fits.clone(), too_long.clone()])
+                .build();
+            let leaked =
+                !eventually(SLACK, || async { metrics.num_alive_tasks() <= baseline }).await;
+            assert!(
+                !leaked,
+                "{kind}: {} tasks alive after build() returned {built:?}, baseline {baseline}",
+                metrics.num_alive_tasks()
+            );
+            let err = built.expect_err("a name longer than DNS allows builds");
+            assert!(
+                matches!(&err, Error::InvalidSpec { field: Field::Spec, value, .. }
+                    if value == &too_long.to_string()),
+                "{kind}: {err:?}"
+            );
+        }
+    });
+}
