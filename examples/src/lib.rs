@@ -16,6 +16,23 @@ pub fn init_tracing(default: &str) {
         .init();
 }
 
+/// Ends the program as clap ends it on a bad flag (the message, a hint at `--help`, status 2)
+/// when `err` says that an input was refused: an option outside its range (named as its flag,
+/// `--refresh-interval`), or a Service name, namespace, port or cluster domain that Kubernetes
+/// would not accept. Any other error comes back, for the program to end with status 1.
+pub fn usage_error<A: clap::CommandFactory>(err: k8s_headless_svc::Error) -> anyhow::Error {
+    let message = match &err {
+        k8s_headless_svc::Error::InvalidConfig { option, reason } => {
+            format!("invalid value for --{}: {reason}", option.replace('_', "-"))
+        }
+        e if e.is_invalid_spec() => e.to_string(),
+        _ => return err.into(),
+    };
+    A::command()
+        .error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
+}
+
 /// Parses `500ms`, `1s`, `2m`, … for clap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))

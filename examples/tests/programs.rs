@@ -317,3 +317,213 @@ async fn user_serves_health_and_stops_gracefully_on_sigterm() {
     .await;
     assert!(exited, "user did not exit 0 after SIGTERM");
 }
+
+// === bad input ===
+
+/// What a program did with bad input: its exit code (`None` if still running after the
+/// deadline, then killed) and its stderr.
+async fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    let mut stderr = child.stderr.take().unwrap();
+    let read = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut code = None;
+    eventually(SLACK, || {
+        let status = child.try_wait().unwrap();
+        if let Some(status) = status {
+            code = Some(status.code().unwrap_or(-1));
+        }
+        async move { status.is_some() }
+    })
+    .await;
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    (code, read.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_and_environment_are_usage_errors() {
+    let user = env!("CARGO_BIN_EXE_user");
+    let frontend = env!("CARGO_BIN_EXE_frontend");
+    let watch = env!("CARGO_BIN_EXE_watch");
+    // Anything that gets past the flags must not reach the network or /etc/resolv.conf.
+    let dns = "--nameserver=127.0.0.1:9";
+    let listen = "--listen=127.0.0.1:0";
+    let name = format!("s{}", "a".repeat(62));
+    let namespace = "n".repeat(63);
+    // `<63>.<63>.svc.<122>` is 254 characters, one more than DNS allows.
+    let domain = format!("{}.{}", "d".repeat(61), "e".repeat(60));
+    let long_svc = format!("--user-svc={name}");
+    let long_ns = format!("--namespace={namespace}");
+    let long_domain = format!("--cluster-domain={domain}");
+    let long_spec = format!("{name}.{namespace}:8080");
+    // (program, flags, environment, what stderr must name)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (user, vec!["--listen", "notanaddr"], vec![], "--listen"),
+        (user, vec![], vec![("LISTEN_ADDR", "1.2.3.4")], "--listen"),
+        (user, vec!["--no-such-flag"], vec![], "--no-such-flag"),
+        (
+            frontend,
+            vec!["--refresh-interval", "nonsense"],
+            vec![],
+            "--refresh-interval",
+        ),
+        (
+            frontend,
+            vec![],
+            vec![("USER_PORT", "99999999")],
+            "--user-port",
+        ),
+        (frontend, vec!["--listen", "notanaddr"], vec![], "--listen"),
+        (
+            frontend,
+            vec![listen, dns, "--user-port=0"],
+            vec![],
+            "--user-port",
+        ),
+        (
+            frontend,
+            vec![listen, dns],
+            vec![("USER_PORT", "0")],
+            "--user-port",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--user-svc=Bad_Name"],
+            vec![],
+            "--user-svc",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--namespace=-ns"],
+            vec![],
+            "--namespace",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--cluster-domain=Bad"],
+            vec![],
+            "--cluster-domain",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--refresh-interval=0s"],
+            vec![],
+            "--refresh-interval",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--refresh-interval=2h"],
+            vec![],
+            "--refresh-interval",
+        ),
+        (
+            frontend,
+            vec![listen, dns],
+            vec![("REFRESH_INTERVAL", "1000000000h")],
+            "--refresh-interval",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--health-interval=0s"],
+            vec![],
+            "--health-interval",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--timeout=0s"],
+            vec![],
+            "--timeout",
+        ),
+        (
+            frontend,
+            vec![listen, dns],
+            vec![("REQUEST_TIMEOUT", "500000000000000h")],
+            "--timeout",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--balancer=random"],
+            vec![],
+            "--balancer",
+        ),
+        (
+            frontend,
+            vec![listen, dns, "--health-check=icmp"],
+            vec![],
+            "--health-check",
+        ),
+        (
+            frontend,
+            vec![listen, dns, &long_svc, &long_ns, &long_domain],
+            vec![],
+            "253",
+        ),
+        (watch, vec![], vec![], "<SERVICES>"),
+        (watch, vec!["user-svc.default:0"], vec![], "1..=65535"),
+        (watch, vec!["User.default:80"], vec![], "Service name"),
+        (
+            watch,
+            vec![dns, "svc.ns:80", "--refresh-interval", "nonsense"],
+            vec![],
+            "--refresh-interval",
+        ),
+        (
+            watch,
+            vec![dns, "svc.ns:80", "--refresh-interval=2h"],
+            vec![],
+            "--refresh-interval",
+        ),
+        (
+            watch,
+            vec![dns, "svc.ns:80"],
+            vec![("REFRESH_INTERVAL", "0s")],
+            "--refresh-interval",
+        ),
+        (
+            watch,
+            vec![dns, "svc.ns:80", "--cluster-domain=Bad"],
+            vec![],
+            "--cluster-domain",
+        ),
+        (
+            watch,
+            vec!["svc.ns:80"],
+            vec![("NAMESERVER", "")],
+            "--nameserver",
+        ),
+        (watch, vec![dns, &long_spec, &long_domain], vec![], "253"),
+    ];
+    let mut wrong = Vec::new();
+    for (bin, args, env, names) in &cases {
+        let program = bin.rsplit('/').next().unwrap();
+        let (code, stderr) = run_to_exit(bin, args, env).await;
+        let shown = format!("{program} {args:?} {env:?}");
+        eprintln!(
+            "{shown}: exit {code:?}: {}",
+            stderr.lines().next().unwrap_or("")
+        );
+        if code != Some(2) {
+            wrong.push(format!("{shown}: exit {code:?}, not 2: {stderr}"));
+        } else if !stderr.starts_with("error: ") || !stderr.contains(names) {
+            wrong.push(format!("{shown}: stderr does not name {names:?}: {stderr}"));
+        } else if stderr.contains("panicked") {
+            wrong.push(format!("{shown}: panicked: {stderr}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}

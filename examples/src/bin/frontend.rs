@@ -5,7 +5,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::Parser;
-use k8s_headless_svc::{HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
+use k8s_headless_svc::{
+    ClusterDomain, HeadlessService, HealthCheck, LoadBalancedChannel, Registry,
+};
 use testkit::pb::{CallRequest, user_client::UserClient};
 use tonic::transport::Channel;
 
@@ -16,21 +18,21 @@ struct Args {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Name of the user headless Service.
-    #[arg(long, env = "USER_SVC", default_value = "user-svc")]
+    #[arg(long, env = "USER_SVC", default_value = "user-svc", value_parser = parse_service_name)]
     user_svc: String,
     /// Namespace of the user Service.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default", value_parser = parse_namespace)]
     namespace: String,
     /// Port the user pods listen on.
-    #[arg(long, env = "USER_PORT", default_value_t = 8080)]
+    #[arg(long, env = "USER_PORT", default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
     user_port: u16,
     /// The cluster's DNS domain.
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
-    cluster_domain: String,
+    cluster_domain: ClusterDomain,
     /// DNS server ADDR:PORT (repeatable); default: the system resolver configuration.
     #[arg(long, env = "NAMESERVER", value_delimiter = ',')]
     nameserver: Vec<SocketAddr>,
-    /// Time between DNS refreshes.
+    /// Time between DNS refreshes (1ms to 1h).
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
     refresh_interval: Duration,
     /// Which channel kind spreads the calls: `load-aware` (p2c over Peak-EWMA with failure
@@ -41,11 +43,11 @@ struct Args {
     /// How user pods are probed before and while they take calls: grpc, tcp or off.
     #[arg(long, env = "HEALTH_CHECK", default_value = "grpc", value_parser = parse_health)]
     health_check: HealthCheck,
-    /// Time between health probes of each user pod.
+    /// Time between health probes of each user pod (1ms to 1h).
     #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = examples::parse_duration)]
     health_interval: Duration,
-    /// Deadline of one /index request, DNS wait and call included.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "3s", value_parser = examples::parse_duration)]
+    /// Deadline of one /index request, DNS wait and call included (1ms to 1h).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "3s", value_parser = parse_timeout)]
     timeout: Duration,
 }
 
@@ -81,15 +83,17 @@ async fn main() -> anyhow::Result<()> {
     examples::init_tracing("info");
     let args = Args::parse();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let service = HeadlessService::new(&args.namespace, &args.user_svc, args.user_port)?;
+    let service = HeadlessService::new(&args.namespace, &args.user_svc, args.user_port)
+        .map_err(examples::usage_error::<Args>)?;
     let registry = Registry::builder()
         .service(service.clone())
-        .cluster_domain(args.cluster_domain.parse()?)
+        .cluster_domain(args.cluster_domain.clone())
         .nameservers(args.nameserver.iter().copied())
         .refresh_interval(args.refresh_interval)
         .health_check(args.health_check)
         .health_interval(args.health_interval, args.health_interval)
-        .build()?;
+        .build()
+        .map_err(examples::usage_error::<Args>)?;
     let client = match args.balancer.as_str() {
         "channel" => Client::Channel(UserClient::new(registry.channel(&service)?)),
         _ => Client::LoadAware(UserClient::new(registry.load_balanced(&service)?)),
@@ -125,6 +129,29 @@ async fn main() -> anyhow::Result<()> {
 async fn metrics_text(State(app): State<Arc<App>>) -> String {
     app.metrics.run_upkeep();
     app.metrics.render()
+}
+
+/// A Service name, checked as Kubernetes checks it (a DNS-1035 label).
+fn parse_service_name(s: &str) -> Result<String, String> {
+    HeadlessService::new("default", s, 1)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A namespace, checked as Kubernetes checks it (a DNS-1123 label).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    HeadlessService::new(s, "svc", 1)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// The request timeout: from 1 ms (tokio's timer resolution) to an hour.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = examples::parse_duration(s)?;
+    if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("must be between 1ms and 1h, got {s}"));
+    }
+    Ok(d)
 }
 
 fn parse_health(s: &str) -> Result<HealthCheck, String> {

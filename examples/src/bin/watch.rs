@@ -4,7 +4,7 @@
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use k8s_headless_svc::{HeadlessService, Registry};
+use k8s_headless_svc::{ClusterDomain, HeadlessService, Registry};
 
 #[derive(Debug, Parser)]
 #[command(about = "Print endpoint changes of headless Services as discovery sees them")]
@@ -21,8 +21,8 @@ struct Args {
     nameserver: Vec<SocketAddr>,
     /// The cluster's DNS domain.
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
-    cluster_domain: String,
-    /// Time between DNS refreshes.
+    cluster_domain: ClusterDomain,
+    /// Time between DNS refreshes (1ms to 1h).
     #[arg(long, env = "REFRESH_INTERVAL", default_value = "5s", value_parser = examples::parse_duration)]
     refresh_interval: Duration,
 }
@@ -41,10 +41,11 @@ async fn main() -> anyhow::Result<()> {
         }
         None => Registry::builder()
             .services(args.services.iter().cloned())
-            .cluster_domain(args.cluster_domain.parse()?)
+            .cluster_domain(args.cluster_domain.clone())
             .nameservers(args.nameserver.iter().copied())
             .refresh_interval(args.refresh_interval)
-            .build()?,
+            .build()
+            .map_err(examples::usage_error::<Args>)?,
     };
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     for service in registry.services() {
