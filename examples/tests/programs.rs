@@ -2,6 +2,7 @@
 //! pods.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
@@ -526,4 +527,118 @@ async fn bad_flags_and_environment_are_usage_errors() {
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+// === watch and a stalled reader ===
+
+/// `count` addresses in `10.net.0.0/16`, starting at `from`.
+fn addrs(net: u8, from: u16, count: u16) -> Vec<IpAddr> {
+    (from..from + count)
+        .map(|i| IpAddr::from([10, net, (i / 250) as u8, (i % 250 + 1) as u8]))
+        .collect()
+}
+
+/// Starts `watch` on `user-svc.<ns>:8080` with its stdout piped and not read.
+fn stalled_watch(dns: &DnsServer, namespace: &str) -> Proc {
+    spawn(
+        env!("CARGO_BIN_EXE_watch"),
+        &[
+            format!("user-svc.{namespace}:8080"),
+            format!("--nameserver={}", dns.addr()),
+            "--refresh-interval=200ms".into(),
+        ],
+    )
+}
+
+/// Sets `ips` and waits until the registry must have seen them: two more resolutions (A and
+/// AAAA each) after the change.
+async fn set_and_settle(dns: &DnsServer, fqdn: &str, ips: &[IpAddr]) {
+    dns.set_addrs(fqdn, ips).await;
+    let seen = dns.queries();
+    let settled = eventually(SLACK, || async { dns.queries() >= seen + 4 }).await;
+    assert!(settled, "watch stopped resolving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_never_blocks_its_runtime_on_a_stalled_reader() {
+    let dns = DnsServer::start().await.unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns63");
+    let mut proc = stalled_watch(&dns, "ns63");
+    // ~31 bytes a line: 1000 + 2000 + 2000 lines are far more than a 64 KiB pipe holds.
+    let (a, b) = (addrs(63, 0, 1000), addrs(63, 1000, 1000));
+    for ips in [&a, &b, &a] {
+        set_and_settle(&dns, &fqdn, ips).await;
+    }
+    // The reader has stalled for a while: SIGTERM still ends the program at once.
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut code = None;
+    let exited = eventually(SLACK, || {
+        let done = proc.0.try_wait().unwrap();
+        code = done.map(|s| s.code());
+        async move { done.is_some() }
+    })
+    .await;
+    assert!(exited, "watch ignored SIGTERM while its stdout was stalled");
+    assert_eq!(code, Some(Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_output_stays_consistent_after_a_stall() {
+    let dns = DnsServer::start().await.unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns64");
+    let mut proc = stalled_watch(&dns, "ns64");
+    let (a, b, c) = (
+        addrs(64, 0, 1000),
+        addrs(64, 1000, 1000),
+        addrs(64, 500, 1000),
+    );
+    for ips in [&a, &b, &a, &c] {
+        set_and_settle(&dns, &fqdn, ips).await;
+    }
+    // The reader comes back: replaying every line ends at the last set, and each line is a
+    // real change of what came before.
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let want: BTreeSet<String> = c.iter().map(|ip| format!("{ip}:8080")).collect();
+    let mut have = BTreeSet::new();
+    let mut count = 0;
+    let mut errors = Vec::new();
+    let converged = eventually(SLACK, || {
+        while let Ok(line) = lines.try_recv() {
+            count += 1;
+            match line
+                .split_once(' ')
+                .map(|(sign, rest)| (sign, rest.split_once(' ')))
+            {
+                Some(("+", Some(("user-svc.ns64", addr)))) if have.insert(addr.to_owned()) => {}
+                Some(("-", Some(("user-svc.ns64", addr)))) if have.remove(addr) => {}
+                _ => errors.push(line),
+            }
+        }
+        let done = have == want;
+        async move { done }
+    })
+    .await;
+    assert!(
+        errors.is_empty(),
+        "lines that change nothing: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        converged,
+        "after {count} lines, {} endpoints, want {}",
+        have.len(),
+        want.len()
+    );
 }

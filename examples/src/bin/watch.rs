@@ -1,10 +1,18 @@
 //! `watch`: prints what discovery sees. One line per endpoint change, flushed at once:
 //! `+ <service>.<namespace> <ip>:<port>` or `- <service>.<namespace> <ip>:<port>`.
+//!
+//! Lines go through a bounded queue to a thread of their own that writes stdout, so a reader
+//! that stalls (`watch … | less`) never blocks the runtime, and memory stays bounded: the
+//! watchers then wait, and each one's next update folds every change made meanwhile.
 
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use k8s_headless_svc::{ClusterDomain, HeadlessService, Registry};
+use tokio::sync::{mpsc, oneshot};
+
+/// Lines waiting for stdout at most; then the watchers wait.
+const QUEUE: usize = 1024;
 
 #[derive(Debug, Parser)]
 #[command(about = "Print endpoint changes of headless Services as discovery sees them")]
@@ -47,35 +55,54 @@ async fn main() -> anyhow::Result<()> {
             .build()
             .map_err(examples::usage_error::<Args>)?,
     };
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (lines, queue) = mpsc::channel::<String>(QUEUE);
+    let written = spawn_writer(queue);
     for service in registry.services() {
         let mut watch = registry.watch(service)?;
-        let tx = lines_tx.clone();
+        let lines = lines.clone();
         let label = format!("{}.{}", service.name(), service.namespace());
         tokio::spawn(async move {
             while let Some(update) = watch.next().await {
-                for addr in &update.removed {
-                    let _ = tx.send(format!("- {label} {addr}"));
-                }
-                for addr in &update.added {
-                    let _ = tx.send(format!("+ {label} {addr}"));
+                let changes = update
+                    .removed
+                    .iter()
+                    .map(|addr| format!("- {label} {addr}"))
+                    .chain(update.added.iter().map(|addr| format!("+ {label} {addr}")));
+                for line in changes {
+                    if lines.send(line).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
     }
-    drop(lines_tx);
-    let print = async {
-        let stdout = std::io::stdout();
-        while let Some(line) = lines.recv().await {
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        }
-        Ok::<(), std::io::Error>(())
-    };
+    drop(lines);
     tokio::select! {
-        result = print => result?,
+        result = written => result??,
         () = examples::shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// Writes each line of `queue` to stdout, flushed at once, on a thread of its own: a write
+/// blocked by a stalled reader holds that thread only. The result says why it stopped: the
+/// queue closed, or stdout failed (the reader went away).
+fn spawn_writer(mut queue: mpsc::Receiver<String>) -> oneshot::Receiver<std::io::Result<()>> {
+    let (done, written) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("stdout".into())
+        .spawn(move || {
+            let _ = done.send(write_lines(&mut queue));
+        })
+        .expect("a thread for stdout");
+    written
+}
+
+fn write_lines(queue: &mut mpsc::Receiver<String>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    while let Some(line) = queue.blocking_recv() {
+        writeln!(out, "{line}")?;
+        out.flush()?;
     }
     Ok(())
 }
