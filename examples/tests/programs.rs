@@ -5,12 +5,20 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
+    pin::Pin,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
-use testkit::{DnsServer, Pod, eventually, loopback, svc_fqdn};
+use testkit::{
+    DnsServer, Pod, eventually, loopback,
+    pb::{
+        self,
+        user_server::{User, UserServer},
+    },
+    svc_fqdn,
+};
 
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -527,6 +535,196 @@ async fn bad_flags_and_environment_are_usage_errors() {
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+// === frontend error mapping ===
+
+/// What the scripted pod does with each call.
+#[derive(Clone, Default)]
+struct Script {
+    delay: Duration,
+    fail: Option<(tonic::Code, String)>,
+}
+
+/// A `User` pod that answers as its script says: late, or with any code and message.
+#[derive(Clone, Default)]
+struct ScriptedPod(Arc<Mutex<Script>>);
+
+type Replies<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl User for ScriptedPod {
+    async fn call(
+        &self,
+        _: tonic::Request<pb::CallRequest>,
+    ) -> Result<tonic::Response<pb::CallResponse>, tonic::Status> {
+        let script = self.0.lock().unwrap().clone();
+        tokio::time::sleep(script.delay).await;
+        match script.fail {
+            Some((code, message)) => Err(tonic::Status::new(code, message)),
+            None => Ok(tonic::Response::new(pb::CallResponse {
+                msg: "Hello frontend from scripted".into(),
+            })),
+        }
+    }
+
+    async fn client_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::ClientStreamRequest>>,
+    ) -> Result<tonic::Response<pb::ClientStreamResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted"))
+    }
+
+    type ServerStreamStream = Replies<pb::ServerStreamResponse>;
+
+    async fn server_stream(
+        &self,
+        _: tonic::Request<pb::ServerStreamRequest>,
+    ) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted"))
+    }
+
+    type BidiStreamStream = Replies<pb::BidiStreamResponse>;
+
+    async fn bidi_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::BidiStreamRequest>>,
+    ) -> Result<tonic::Response<Self::BidiStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("scripted"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_maps_grpc_failures_to_gateway_statuses() {
+    let dns = DnsServer::start().await.unwrap();
+    let ip = loopback(62, 2);
+    let pod_addr = SocketAddr::new(ip, free_port(ip));
+    let pod = ScriptedPod::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserServer::new(pod.clone()))
+            .serve(pod_addr),
+    );
+    dns.set_addrs(&svc_fqdn("user-svc", "ns62"), &[ip]).await;
+
+    let front_ip = loopback(62, 1);
+    let addr = SocketAddr::new(front_ip, free_port(front_ip));
+    let log = std::env::temp_dir().join(format!(
+        "k8s-headless-svc-frontend-{}.log",
+        std::process::id()
+    ));
+    let _proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_frontend"))
+            .args([
+                format!("--listen={addr}"),
+                "--namespace=ns62".into(),
+                format!("--user-port={}", pod_addr.port()),
+                format!("--nameserver={}", dns.addr()),
+                "--refresh-interval=200ms".into(),
+                "--timeout=1s".into(),
+                // tonic's balancer passes each call's status through as the pod sent it.
+                "--balancer=channel".into(),
+                "--health-check=off".into(),
+            ])
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let index = || async move {
+        tokio::task::spawn_blocking(move || get(addr, "/index"))
+            .await
+            .unwrap()
+    };
+    let up = eventually(SLACK, || async {
+        index().await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(up, "the frontend never answered 200");
+
+    let set = |fail: Option<(tonic::Code, &str)>, delay: Duration| {
+        *pod.0.lock().unwrap() = Script {
+            delay,
+            fail: fail.map(|(code, message)| (code, message.to_owned())),
+        };
+    };
+    use tonic::Code::*;
+    for (code, want) in [
+        (Unavailable, 503),
+        (DeadlineExceeded, 504),
+        (Internal, 502),
+        (Unknown, 502),
+        (PermissionDenied, 502),
+        (ResourceExhausted, 502),
+        (NotFound, 502),
+    ] {
+        set(Some((code, "scripted failure")), Duration::ZERO);
+        let (status, body) = index().await.unwrap();
+        assert_eq!(status, want, "{code:?}: {body}");
+        assert!(body.contains("scripted failure"), "{code:?}: {body}");
+    }
+
+    // No reply within the frontend's own timeout: 504, within the timeout.
+    set(None, Duration::from_secs(5));
+    let started = Instant::now();
+    let (status, body) = index().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_secs(2),
+        "took {took:?}"
+    );
+
+    // A message a pod controls: control characters escaped, length cut, in the body and in
+    // the log.
+    let evil = format!(
+        "one\r\nX-Injected: yes\n\u{1b}[2J\u{202e}{}",
+        "A".repeat(5_000)
+    );
+    set(Some((Internal, &evil)), Duration::ZERO);
+    let (status, body) = index().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    let body = body.trim_end_matches('\n');
+    assert!(
+        body.contains(r"one\r\nX-Injected: yes\n\u{1b}[2J\u{202e}AAA"),
+        "{body}"
+    );
+    assert!(
+        !body.contains(['\r', '\n', '\u{1b}', '\u{202e}']),
+        "{body:?}"
+    );
+    assert!(
+        body.chars().count() < 300,
+        "{} characters",
+        body.chars().count()
+    );
+    let logged = eventually(SLACK, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains(r"one\r\nX-Injected") }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "the failure was not logged:\n{text}");
+    assert!(
+        !text.contains(['\r', '\u{1b}', '\u{202e}']),
+        "raw control characters in the log:\n{text:?}"
+    );
+    assert!(!text.contains("X-Injected: yes\n"), "{text:?}");
+    assert!(
+        !text.contains(&"A".repeat(1_000)),
+        "the message was not cut"
+    );
+
+    // And it recovers.
+    set(None, Duration::ZERO);
+    let (status, body) = index().await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello frontend from scripted\n")
+    );
 }
 
 // === watch and a stalled reader ===

@@ -1,5 +1,17 @@
 //! The `frontend` HTTP service: `GET /index` calls `User.Call` through the registry's
-//! balanced channel and answers with the reply, or 503 within `--timeout`.
+//! balanced channel and answers with the reply within `--timeout`, or with the failure as a
+//! gateway reports it:
+//!
+//! | what happened | status |
+//! |---|---|
+//! | no user pod discovered within the timeout | 503 Service Unavailable |
+//! | `UNAVAILABLE` from the call (no pod reachable, connection refused or reset) | 503 |
+//! | `DEADLINE_EXCEEDED` from the call, or no reply within the timeout | 504 Gateway Timeout |
+//! | any other gRPC error | 502 Bad Gateway |
+//!
+//! The `grpc-message` of a failed call is text a pod controls: it reaches the response body
+//! and the log escaped (control characters as `\n`, `\u{1b}`, …) and cut to
+//! [`MAX_MESSAGE`] characters.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
@@ -167,6 +179,7 @@ async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
     let started = Instant::now();
     // Fail fast when discovery has nothing: the call would otherwise wait in tonic's buffer.
     if let Err(e) = app.registry.ready(&app.service, app.timeout).await {
+        tracing::warn!("/index: {e}");
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
     }
     let left = app.timeout.saturating_sub(started.elapsed());
@@ -176,13 +189,113 @@ async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
     request.set_timeout(left);
     match tokio::time::timeout(left, app.client.call(request)).await {
         Ok(Ok(reply)) => (StatusCode::OK, format!("{}\n", reply.into_inner().msg)),
-        Ok(Err(status)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("user service: {}: {}\n", status.code(), status.message()),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("user service: no reply within {:?}\n", app.timeout),
-        ),
+        Ok(Err(status)) => {
+            let code = gateway_status(&status);
+            let message = escaped(status.message(), MAX_MESSAGE);
+            tracing::warn!(grpc = ?status.code(), %code, "/index: user service: {message}");
+            (
+                code,
+                format!("user service: {}: {message}\n", status.code()),
+            )
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?app.timeout, "/index: user service: no reply in time");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("user service: no reply within {:?}\n", app.timeout),
+            )
+        }
+    }
+}
+
+/// The HTTP status a gateway answers for a failed gRPC call: the upstream timed out (504), was
+/// not there to answer (503), or answered with an error (502).
+fn gateway_status(status: &tonic::Status) -> StatusCode {
+    if deadline_passed(status) {
+        return StatusCode::GATEWAY_TIMEOUT;
+    }
+    match status.code() {
+        tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Whether the call's own deadline passed on this side: tonic reports it as `CANCELLED`
+/// ("Timeout expired"), with its `TimeoutExpired` among the causes.
+fn deadline_passed(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The most characters of a pod's `grpc-message` that reach a response or a log line.
+const MAX_MESSAGE: usize = 200;
+
+/// `text` fit for a response body or a log line: control and other invisible characters
+/// escaped as Rust escapes them (`\n`, `\u{1b}`, `\u{202e}`), and at most `max` characters of
+/// it kept, with `…` when cut.
+fn escaped(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_as_a_gateway_maps_them() {
+        use tonic::Code::*;
+        let cases = [
+            (DeadlineExceeded, 504),
+            (Unavailable, 503),
+            (Internal, 502),
+            (Unknown, 502),
+            (PermissionDenied, 502),
+            (ResourceExhausted, 502),
+            (NotFound, 502),
+            (Cancelled, 502),
+        ];
+        for (code, want) in cases {
+            let status = tonic::Status::new(code, "from the pod");
+            assert_eq!(gateway_status(&status).as_u16(), want, "{code:?}");
+        }
+        // The call's own deadline, as tonic reports it: CANCELLED, caused by TimeoutExpired.
+        let status = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(status.code(), Cancelled);
+        assert_eq!(gateway_status(&status).as_u16(), 504);
+    }
+
+    #[test]
+    fn pod_text_is_escaped_and_cut() {
+        let cases = [
+            ("plain text", "plain text"),
+            ("two\r\nlines", "two\\r\\nlines"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("\u{202e}txt.exe", "\\u{202e}txt.exe"),
+            ("quote\" back\\slash", "quote\\\" back\\\\slash"),
+            ("été ✓", "été ✓"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(escaped(input, 200), want, "{input:?}");
+        }
+        let long = "x".repeat(10_000);
+        let cut = escaped(&long, 200);
+        assert_eq!(cut.chars().count(), 201);
+        assert!(cut.ends_with('…'));
+        assert!(!escaped(&"\n".repeat(500), 200).contains('\n'));
     }
 }
