@@ -3,13 +3,14 @@
 //! a log; none panics, stops discovery or sends a call where nobody meant it to go.
 
 use std::{
-    collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use k8s_headless_svc::{HeadlessService, IpFamily, Registry, Update};
+use proptest::prelude::*;
 use testkit::dns::RawRecord;
 
 use crate::support::*;
@@ -359,4 +360,342 @@ async fn srv_targets_are_resolved_concurrently() {
     );
     // One after the other, the server would never hold two of these questions at once.
     assert!(dns.peak_held() >= 2, "peak {}", dns.peak_held());
+}
+
+/// Valid but unusual answers, each from the real server, all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_ttls_duplicates_and_mixed_families() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let v4 = |host: u8| loopback(127, host);
+    let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().unwrap());
+    /// What the server answers.
+    enum Served {
+        /// These records (address, TTL) as the answer section of every question.
+        Raw(Vec<(IpAddr, u32)>),
+        /// The zone's A and AAAA record sets, TTL 0.
+        Zone(Vec<IpAddr>),
+    }
+    struct Case {
+        name: &'static str,
+        family: IpFamily,
+        served: Served,
+        want: Vec<IpAddr>,
+    }
+    let mixed = vec![
+        (v6("fd00::9"), 5),
+        (v4(9), 5),
+        (v6("fd00::a"), 5),
+        (v4(10), 0),
+    ];
+    let cases = [
+        Case {
+            name: "ttl-zero",
+            family: IpFamily::Both,
+            served: Served::Raw(vec![(v4(2), 0)]),
+            want: vec![v4(2)],
+        },
+        Case {
+            name: "ttl-u32-max",
+            family: IpFamily::Both,
+            served: Served::Raw(vec![(v4(3), u32::MAX)]),
+            want: vec![v4(3)],
+        },
+        Case {
+            name: "ttl-i32-max",
+            family: IpFamily::Both,
+            served: Served::Raw(vec![
+                (v4(4), i32::MAX as u32),
+                (v6("fd00::4"), i32::MAX as u32),
+            ]),
+            want: vec![v4(4), v6("fd00::4")],
+        },
+        Case {
+            name: "ttl-zero-and-max",
+            family: IpFamily::Both,
+            served: Served::Raw(vec![(v4(5), 0), (v4(6), u32::MAX), (v4(7), 1 << 31)]),
+            want: vec![v4(5), v4(6), v4(7)],
+        },
+        Case {
+            name: "duplicates",
+            family: IpFamily::Both,
+            served: Served::Raw(vec![
+                (v4(8), 5),
+                (v4(8), 5),
+                (v4(8), 30),
+                (v6("fd00::8"), 5),
+                (v6("fd00::8"), 0),
+            ]),
+            want: vec![v4(8), v6("fd00::8")],
+        },
+        Case {
+            name: "dual-stack-zone",
+            family: IpFamily::Both,
+            served: Served::Zone(vec![v4(11), v6("fd00::b"), v6("::1")]),
+            want: vec![v4(11), v6("fd00::b"), v6("::1")],
+        },
+        // A and AAAA records mixed in every answer: each query keeps its own type.
+        Case {
+            name: "mixed-both",
+            family: IpFamily::Both,
+            served: Served::Raw(mixed.clone()),
+            want: vec![v4(9), v4(10), v6("fd00::9"), v6("fd00::a")],
+        },
+        Case {
+            name: "mixed-v4",
+            family: IpFamily::V4,
+            served: Served::Raw(mixed.clone()),
+            want: vec![v4(9), v4(10)],
+        },
+        Case {
+            name: "mixed-v6",
+            family: IpFamily::V6,
+            served: Served::Raw(mixed.clone()),
+            want: vec![v6("fd00::9"), v6("fd00::a")],
+        },
+    ];
+    let mut running = Vec::new();
+    for case in &cases {
+        let svc = HeadlessService::new("ns127", case.name, 8080).unwrap();
+        let fqdn = svc_fqdn(case.name, "ns127");
+        match &case.served {
+            Served::Raw(raw) => dns.set_raw_answer(
+                &fqdn,
+                &raw.iter()
+                    .map(|(ip, ttl)| RawRecord::addr(&fqdn, *ip, *ttl))
+                    .collect::<Vec<_>>(),
+            ),
+            Served::Zone(ips) => dns.set_addrs_ttl(&fqdn, ips, 0).await,
+        }
+        // Following the TTL, clamped: neither TTL 0 nor 2^32 - 1 may stop the refresh.
+        let registry = builder(&dns)
+            .follow_ttl(Duration::from_millis(100), Duration::from_millis(500))
+            .ip_family(case.family)
+            .service(svc.clone())
+            .build()
+            .unwrap();
+        running.push((svc, registry));
+    }
+    for (case, (svc, registry)) in cases.iter().zip(&running) {
+        let want = sorted(case.want.iter().map(|ip| SocketAddr::new(*ip, 8080)));
+        assert!(
+            eventually(SLACK, || async { registry.endpoints(svc).unwrap() == want }).await,
+            "{}: {:?}, want {want:?}",
+            case.name,
+            registry.endpoints(svc)
+        );
+    }
+    // A few more resolutions each, all at once: the set stays, and nothing failed.
+    let starts: Vec<u64> = running
+        .iter()
+        .map(|(svc, registry)| registry.status(svc).unwrap().resolutions)
+        .collect();
+    assert!(
+        eventually(SLACK, || async {
+            running.iter().zip(&starts).all(|((svc, registry), start)| {
+                registry.status(svc).unwrap().resolutions >= start + 3
+            })
+        })
+        .await,
+        "some discovery stopped resolving"
+    );
+    for (case, (svc, registry)) in cases.iter().zip(&running) {
+        let want = sorted(case.want.iter().map(|ip| SocketAddr::new(*ip, 8080)));
+        assert_eq!(registry.endpoints(svc).unwrap(), want, "{}", case.name);
+        let status = registry.status(svc).unwrap();
+        assert_eq!(status.consecutive_failures, 0, "{}: {status:?}", case.name);
+    }
+}
+
+// === property: random answers ===
+
+/// The names a generated record may be owned by, or point to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    /// The name asked.
+    Asked,
+    /// Another name of the cluster.
+    Alias,
+    /// A third name of the cluster.
+    Stranger,
+    /// A name outside the cluster.
+    Outside,
+}
+
+const PROP_NS: &str = "ns128";
+
+impl Owner {
+    fn name(self) -> String {
+        match self {
+            Owner::Asked => svc_fqdn("user-svc", PROP_NS),
+            Owner::Alias => svc_fqdn("alias", PROP_NS),
+            Owner::Stranger => svc_fqdn("stranger", PROP_NS),
+            Owner::Outside => "evil.example.com.".to_owned(),
+        }
+    }
+}
+
+/// One generated record: an address (with whether it may be called) or a CNAME.
+#[derive(Clone, Debug)]
+enum Gen {
+    Addr {
+        owner: Owner,
+        ip: IpAddr,
+        usable: bool,
+        ttl: u32,
+    },
+    Cname {
+        owner: Owner,
+        target: Owner,
+        ttl: u32,
+    },
+}
+
+fn owner() -> impl Strategy<Value = Owner> {
+    prop_oneof![
+        4 => Just(Owner::Asked),
+        2 => Just(Owner::Alias),
+        1 => Just(Owner::Stranger),
+        1 => Just(Owner::Outside),
+    ]
+}
+
+fn ttl() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(5),
+        Just(i32::MAX as u32),
+        Just(1 << 31),
+        Just(u32::MAX),
+        any::<u32>(),
+    ]
+}
+
+/// An address from every range the registry must keep or drop, and which it is.
+fn address() -> impl Strategy<Value = (IpAddr, bool)> {
+    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    prop_oneof![
+        // Kept: pods (loopback here), private and unique-local ranges, IPv6 loopback.
+        3 => (2u8..12).prop_map(move |h| (v4(127, 0, 128, h), true)),
+        2 => any::<u8>().prop_map(move |h| (v4(10, 96, 0, h), true)),
+        2 => any::<u16>().prop_map(|h| (IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, h)), true)),
+        1 => Just((IpAddr::V6(Ipv6Addr::LOCALHOST), true)),
+        // Dropped: unspecified, "this network", multicast, broadcast, link-local, and IPv4
+        // mapped or compatible IPv6.
+        1 => Just((IpAddr::V4(Ipv4Addr::UNSPECIFIED), false)),
+        1 => (1u8..=255).prop_map(move |h| (v4(0, 0, 0, h), false)),
+        1 => Just((IpAddr::V6(Ipv6Addr::UNSPECIFIED), false)),
+        1 => (224u8..=239, any::<u8>()).prop_map(move |(a, h)| (v4(a, 0, 0, h), false)),
+        1 => any::<u16>().prop_map(|h| (IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, h)), false)),
+        1 => Just((IpAddr::V4(Ipv4Addr::BROADCAST), false)),
+        1 => any::<u8>().prop_map(move |h| (v4(169, 254, 169, h), false)),
+        1 => any::<u16>().prop_map(|h| (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, h)), false)),
+        1 => (2u8..12).prop_map(|h| (IpAddr::V6(Ipv4Addr::new(127, 0, 128, h).to_ipv6_mapped()), false)),
+        1 => (2u8..12).prop_map(|h| (IpAddr::V6(Ipv4Addr::new(10, 96, 0, h).to_ipv6_compatible()), false)),
+    ]
+}
+
+fn record() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        5 => (owner(), address(), ttl()).prop_map(|(owner, (ip, usable), ttl)| Gen::Addr {
+            owner,
+            ip,
+            usable,
+            ttl,
+        }),
+        1 => (owner(), owner(), ttl()).prop_map(|(owner, target, ttl)| Gen::Cname {
+            owner,
+            target,
+            ttl,
+        }),
+    ]
+}
+
+/// What the registry must publish for `records`, worked out plainly: follow the CNAMEs from
+/// the asked name (the first one of each owner, as a resolver would), give up on a loop or
+/// on leaving the cluster, then keep the usable addresses the chain's end owns.
+fn expected(records: &[Gen], port: u16) -> BTreeSet<SocketAddr> {
+    let mut cnames: HashMap<Owner, Owner> = HashMap::new();
+    for r in records {
+        if let Gen::Cname { owner, target, .. } = r {
+            cnames.entry(*owner).or_insert(*target);
+        }
+    }
+    let mut end = Owner::Asked;
+    let mut seen = vec![end];
+    while let Some(next) = cnames.get(&end) {
+        if *next == Owner::Outside || seen.contains(next) {
+            return BTreeSet::new();
+        }
+        seen.push(*next);
+        end = *next;
+    }
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Gen::Addr {
+                owner, ip, usable, ..
+            } if *owner == end && *usable => Some(SocketAddr::new(*ip, port)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn raw(records: &[Gen]) -> Vec<RawRecord> {
+    records
+        .iter()
+        .map(|r| match r {
+            Gen::Addr { owner, ip, ttl, .. } => RawRecord::addr(&owner.name(), *ip, *ttl),
+            Gen::Cname { owner, target, ttl } => {
+                RawRecord::cname(&owner.name(), &target.name(), *ttl)
+            }
+        })
+        .collect()
+}
+
+/// Random answer sections, served by the real server for every question about the asked
+/// name: the registry publishes exactly the usable addresses the name owns, and keeps
+/// resolving.
+#[test]
+fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dns = rt.block_on(DnsServer::start()).unwrap();
+    let svc = HeadlessService::new(PROP_NS, "user-svc", 8080).unwrap();
+    let asked = Owner::Asked.name();
+    let config = ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        max_shrink_iters: 64,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&prop::collection::vec(record(), 0..8), |records| {
+        dns.set_raw_answer(&asked, &raw(&records));
+        let want: Vec<SocketAddr> = expected(&records, 8080).into_iter().collect();
+        rt.block_on(async {
+            let registry = builder(&dns)
+                .refresh_interval(Duration::from_millis(50))
+                .failure_backoff(Duration::from_millis(50), Duration::from_millis(100))
+                .service(svc.clone())
+                .build()
+                .unwrap();
+            // Every resolution sees the same answer: after two, the set is final.
+            settle(&registry, &svc, 2).await;
+            let got = registry.endpoints(&svc).unwrap();
+            prop_assert_eq!(&got, &want, "records {:?}", records);
+            // Still resolving: nothing panicked in the refresh task.
+            settle(&registry, &svc, 2).await;
+            prop_assert_eq!(registry.endpoints(&svc).unwrap(), want);
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
