@@ -308,11 +308,17 @@ async fn user_serves_health_and_stops_gracefully_on_sigterm() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.msg, "Hello t from u1");
-    let _ = health
+    let whole = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         })
-        .await;
+        .await
+        .expect("the whole server's health")
+        .into_inner();
+    assert_eq!(
+        whole.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &proc.0.id().to_string()])
