@@ -39,6 +39,27 @@ pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Durat
     interval.saturating_mul(factor).min(max.max(interval))
 }
 
+/// Paces one endpoint's probes: every interval while it passes, backing off while it fails.
+struct Pacer {
+    interval: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Pacer {
+    fn record(&mut self, up: bool) {
+        self.failures = if up {
+            0
+        } else {
+            self.failures.saturating_add(1)
+        };
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep(backoff(self.interval, self.max, self.failures.max(1))).await;
+    }
+}
+
 /// Observes `addr` until aborted.
 pub(crate) async fn watch(
     addr: SocketAddr,
@@ -51,91 +72,66 @@ pub(crate) async fn watch(
         let reports = reports.clone();
         async move { reports.send((addr, generation, observation)).await.is_ok() }
     };
-    let mut failures = 0u32;
-    let mut poll = matches!(config.check, HealthCheck::Tcp);
+    let mut pacer = Pacer {
+        interval: config.interval,
+        max: config.ejected_backoff_max,
+        failures: 0,
+    };
+    // Paces, then reports; false once the gate is gone.
+    macro_rules! observed {
+        ($observation:expr) => {{
+            let observation: Observation = $observation;
+            pacer.record(observation.up);
+            if !report(observation).await {
+                return;
+            }
+        }};
+    }
+    let mut poll = false;
     loop {
-        let observation = match &config.check {
+        let service = match &config.check {
             HealthCheck::Off => return,
-            HealthCheck::Tcp => tcp(addr, config.timeout).await,
-            HealthCheck::Grpc { service } => {
-                let channel = match connect(addr, &template, config.interval, config.timeout).await
-                {
-                    Ok(channel) => channel,
-                    Err(down) => {
-                        failures = failures.saturating_add(1);
-                        if !report(down).await {
-                            return;
-                        }
-                        tokio::time::sleep(backoff(
-                            config.interval,
-                            config.ejected_backoff_max,
-                            failures,
-                        ))
-                        .await;
-                        continue;
-                    }
-                };
-                let mut client = HealthClient::new(channel);
-                if !poll {
-                    match stream(&mut client, service, &config, &report).await {
-                        Streamed::Broke { served } => {
-                            // Re-establish at once after a stream that lived; back off after
-                            // breaks in a row.
-                            failures = if served {
-                                0
-                            } else {
-                                failures.saturating_add(1)
-                            };
-                            if failures > 1 {
-                                tokio::time::sleep(backoff(
-                                    config.interval,
-                                    config.ejected_backoff_max,
-                                    failures,
-                                ))
-                                .await;
-                            }
-                            continue;
-                        }
-                        Streamed::Unimplemented => poll = true,
-                        Streamed::Gone => return,
-                    }
-                }
-                // Polling `Check` on this connection until it fails.
-                loop {
-                    let observation = check(&mut client, service, config.timeout).await;
-                    let up = observation.up;
-                    failures = if up { 0 } else { failures.saturating_add(1) };
-                    if !report(observation).await {
-                        return;
-                    }
-                    tokio::time::sleep(backoff(
-                        config.interval,
-                        config.ejected_backoff_max,
-                        failures.max(1),
-                    ))
-                    .await;
-                    if !up {
-                        break;
-                    }
-                }
+            HealthCheck::Tcp => {
+                observed!(tcp(addr, config.timeout).await);
+                pacer.wait().await;
+                continue;
+            }
+            HealthCheck::Grpc { service } => service,
+        };
+        let channel = match connect(addr, &template, config.interval, config.timeout).await {
+            Ok(channel) => channel,
+            Err(down) => {
+                observed!(down);
+                pacer.wait().await;
                 continue;
             }
         };
-        // TCP.
-        failures = if observation.up {
-            0
-        } else {
-            failures.saturating_add(1)
-        };
-        if !report(observation).await {
-            return;
+        let mut client = HealthClient::new(channel);
+        if !poll {
+            match stream(&mut client, service, &config, &report).await {
+                Streamed::Broke { served } => {
+                    // Re-establish at once after a stream that lived; back off after breaks
+                    // in a row.
+                    pacer.record(served);
+                    if pacer.failures > 1 {
+                        pacer.wait().await;
+                    }
+                    continue;
+                }
+                Streamed::Unimplemented => poll = true,
+                Streamed::Gone => return,
+            }
         }
-        tokio::time::sleep(backoff(
-            config.interval,
-            config.ejected_backoff_max,
-            failures.max(1),
-        ))
-        .await;
+        // Polling `Check` on this connection until a check fails; then connect again.
+        loop {
+            let observation = check(&mut client, service, config.timeout).await;
+            let up = observation.up;
+            observed!(observation);
+            pacer.wait().await;
+            if !up {
+                break;
+            }
+        }
     }
 }
 

@@ -20,6 +20,16 @@ fn health_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
         .ejected_probe_backoff(Duration::from_millis(800))
 }
 
+/// A registry that polls only every 5 s: what ejects a pod within a second must be its
+/// health stream.
+fn slow_probes(fx: &Fixture) -> Registry {
+    builder(&fx.dns)
+        .service(fx.service.clone())
+        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 /// Waits until `service` has `count` endpoints, all in `state` and all held by the balancer.
 async fn all_serving_as(
     registry: &Registry,
@@ -319,12 +329,7 @@ async fn rolling_update_loses_no_call_on_either_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_pod_is_out_of_both_kinds_at_once() {
     let fx = Fixture::start(75, 3).await;
-    // Probes every 5 s: only the pushed status can explain a removal within a second.
-    let registry = builder(&fx.dns)
-        .service(fx.service.clone())
-        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let registry = slow_probes(&fx);
     let channel = registry.channel(&fx.service).unwrap();
     let balanced = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
@@ -366,12 +371,7 @@ async fn a_draining_pod_is_out_of_both_kinds_at_once() {
 async fn a_killed_pod_is_out_of_the_plain_kind_before_its_next_probe() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(76, 3).await;
-    // Probes every 5 s: the broken health stream and the refused reconnect must do it.
-    let registry = builder(&fx.dns)
-        .service(fx.service.clone())
-        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let registry = slow_probes(&fx);
     let channel = registry.channel(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
     let load = Load::start(&channel, 16, Duration::from_secs(30));
