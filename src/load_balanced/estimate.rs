@@ -3,9 +3,11 @@
 //! The estimate is an exponentially weighted moving average over *time*: a sample counts
 //! for `1 - e^(-Δt / decay)`, where Δt is the time since the last one, so a burst of calls does
 //! not wipe out the past and an old value fades in about `decay`. A rise is taken at once, as
-//! a peak, once **two samples in a row** show it: one slow call (a connection set-up, a
-//! scheduling stall) does not make an equal pod look slow for a whole `decay`, which starved
-//! such a pod at light load, where nothing else would send it the call that corrects it.
+//! a peak, once **three samples in a row** show it: a slow call or two (a connection set-up,
+//! a scheduling stall on a busy client) do not make an equal pod look slow for a whole
+//! `decay`, which starved such a pod at light load, where nothing else would send it the call
+//! that corrects it. A pod that is really slow is seen after its third call. A new pod's
+//! first [`WARMUP`] round trips are not taken at all: they pay for the connection's set-up.
 //! While no call completes the estimate decays toward zero, so an idle pod is tried again.
 
 use std::time::Duration;
@@ -16,6 +18,9 @@ use tokio::time::Instant;
 /// (and of its default), so that a pod failing fast never looks cheap.
 pub(super) const FAILURE_PENALTY: f64 = 10.0;
 
+/// Round trips of a new pod that are not taken: its connection's set-up and first calls.
+pub(super) const WARMUP: u32 = 3;
+
 /// No estimate goes above one minute, so that arithmetic on it stays finite.
 const CEILING_NS: f64 = 60e9;
 
@@ -23,8 +28,10 @@ const CEILING_NS: f64 = 60e9;
 pub(super) struct Estimate {
     rtt_ns: f64,
     at: Instant,
-    /// The previous sample: a rise is confirmed by two in a row.
-    last_ns: f64,
+    /// The previous two samples: a rise is confirmed by three in a row.
+    last_ns: [f64; 2],
+    /// Round trips seen so far, up to [`WARMUP`].
+    seen: u32,
 }
 
 impl Estimate {
@@ -34,7 +41,8 @@ impl Estimate {
         Self {
             rtt_ns,
             at: now,
-            last_ns: rtt_ns,
+            last_ns: [rtt_ns; 2],
+            seen: 0,
         }
     }
 
@@ -45,12 +53,16 @@ impl Estimate {
 
     /// Takes the round trip of a call that succeeded.
     pub(super) fn observe(&mut self, rtt: Duration, now: Instant, decay: Duration) {
+        if self.seen < WARMUP {
+            self.seen += 1;
+            return;
+        }
         let sample = nanos(rtt);
         let w = weight(now.saturating_duration_since(self.at), decay);
         let ewma = self.rtt_ns * w + sample * (1.0 - w);
-        let confirmed = sample.min(self.last_ns);
+        let confirmed = sample.min(self.last_ns[0]).min(self.last_ns[1]);
         self.rtt_ns = ewma.max(confirmed).min(CEILING_NS);
-        self.last_ns = sample;
+        self.last_ns = [sample, self.last_ns[0]];
         self.at = now;
     }
 
@@ -74,7 +86,7 @@ impl Estimate {
         let penalty = FAILURE_PENALTY * self.at(now, decay).max(floor_ns);
         let sample = nanos(elapsed).max(penalty).min(CEILING_NS);
         self.rtt_ns = sample;
-        self.last_ns = sample;
+        self.last_ns = [sample; 2];
         self.at = now;
     }
 }
@@ -98,6 +110,25 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    #[test]
+    fn a_new_pods_first_round_trips_are_not_taken() {
+        let mut now = Instant::now();
+        let mut e = Estimate::new(0.3 * MS, now);
+        for _ in 0..WARMUP {
+            now += us(300);
+            e.observe(Duration::from_millis(50), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) <= 0.3 * MS, "the set-up counted: {e:?}");
+        for _ in 0..3 {
+            now += us(300);
+            e.observe(Duration::from_millis(50), now, DECAY);
+        }
+        assert!(
+            e.at(now, DECAY) >= 49.0 * MS,
+            "a slow pod is seen after its warm-up: {e:?}"
+        );
+    }
+
     /// 300 µs calls every 300 µs for 12 decays.
     fn warm(now: &mut Instant) -> Estimate {
         let mut e = Estimate::new(1.0 * MS, *now);
@@ -117,21 +148,26 @@ mod tests {
     }
 
     #[test]
-    fn one_slow_sample_is_not_a_peak_two_in_a_row_are() {
+    fn two_slow_samples_are_not_a_peak_three_in_a_row_are() {
         let mut now = Instant::now();
         let mut e = warm(&mut now);
-        now += us(300);
-        e.observe(Duration::from_millis(3), now, DECAY);
-        assert!(e.at(now, DECAY) < 0.4 * MS, "one stall: {e:?}");
+        for stall in [3, 5] {
+            now += us(300);
+            e.observe(Duration::from_millis(stall), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) < 0.4 * MS, "two stalls: {e:?}");
         now += us(300);
         e.observe(us(300), now, DECAY);
-        now += us(300);
-        e.observe(Duration::from_millis(20), now, DECAY);
+        for _ in 0..2 {
+            now += us(300);
+            e.observe(Duration::from_millis(20), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) < 0.4 * MS, "two slow calls: {e:?}");
         now += us(300);
         e.observe(Duration::from_millis(20), now, DECAY);
         assert!(
             e.at(now, DECAY) >= 19.9 * MS,
-            "two slow calls in a row: {e:?}"
+            "three slow calls in a row: {e:?}"
         );
     }
 
@@ -168,7 +204,7 @@ mod tests {
         let before = e.at(now, DECAY);
         e.observe_at_least(us(1), now, DECAY);
         assert_eq!(e.at(now, DECAY), before);
-        for _ in 0..2 {
+        for _ in 0..3 {
             now += us(300);
             e.observe_at_least(Duration::from_millis(100), now, DECAY);
         }

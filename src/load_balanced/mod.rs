@@ -32,8 +32,8 @@ pub use discovery::Discovery;
 #[non_exhaustive]
 pub enum LoadMeasure {
     /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice), with two
-    /// refinements for light traffic: a rise in latency counts at once only when two calls in
-    /// a row show it (one slow call, such as a connection's first, is not taken as a peak),
+    /// refinements for light traffic: a rise in latency counts at once only when three calls
+    /// in a row show it (a slow call or two, such as a connection's first, are not a peak),
     /// and a new pod starts from its peers' median estimate. `default_rtt` is the start when
     /// there are no peers; a peak fades over about `decay`. The default: 1 ms and 1 s.
     PeakEwma {

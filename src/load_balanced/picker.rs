@@ -26,8 +26,11 @@ use super::{
 use crate::health::ejection_cap;
 
 /// Two costs within this factor are a near-tie, which goes to the pod picked least recently,
-/// so that equal pods share calls evenly even when nothing is in flight.
-pub(super) const NEAR_TIE: f64 = 1.5;
+/// so that equal pods share calls evenly even when nothing is in flight and their estimates
+/// differ by noise (a busy client's stalls make 2× common). A pod that is really slower
+/// under load also has more calls in flight, which multiplies its cost past the factor;
+/// one +20 ms among pods answering in 0.3-5 ms is 4-60× away.
+pub(super) const NEAR_TIE: f64 = 2.0;
 
 /// The pods a channel holds now.
 pub(super) type Snapshot = Arc<[Arc<Pod>]>;
@@ -410,6 +413,8 @@ mod tests {
             (c(3.0, 1), c(1.0, 5), false),
             (c(1.0, 5), c(1.2, 1), false),
             (c(1.2, 1), c(1.0, 5), true),
+            (c(1.0, 5), c(1.9, 1), false),
+            (c(1.0, 5), c(2.1, 1), true),
             (c(1.0, 1), c(1.0, 1), true),
             (c(0.0, 1), c(0.0, 2), true),
             (c(40.0, 1), c(1.0, 9), false),

@@ -17,6 +17,14 @@ fn lb_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
         .failure_accrual(3, Duration::from_millis(500), Duration::from_secs(4))
 }
 
+/// A registry whose load-aware kind must handle failing pods alone: no health checks.
+fn breaker_only(fx: &Fixture) -> k8s_headless_svc::Registry {
+    lb_builder(fx)
+        .health_check(HealthCheck::Off)
+        .build()
+        .unwrap()
+}
+
 /// Calls per pod over `window` while `load` runs.
 async fn shares(load: &Load, pods: &[Pod], window: Duration) -> Vec<u64> {
     let before: Vec<u64> = pods.iter().map(|p| p.stats().calls()).collect();
@@ -90,10 +98,7 @@ async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(81, 3).await;
     // No health checks: the breaker alone must handle it.
-    let registry = lb_builder(&fx)
-        .health_check(HealthCheck::Off)
-        .build()
-        .unwrap();
+    let registry = breaker_only(&fx);
     let channel = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
     let load = Load::start(&channel, 8, Duration::from_secs(30));
@@ -355,10 +360,7 @@ async fn a_cancelled_trial_call_never_wedges_the_breaker() {
 async fn grpc_failures_count_against_the_pod() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(89, 3).await;
-    let registry = lb_builder(&fx)
-        .health_check(HealthCheck::Off)
-        .build()
-        .unwrap();
+    let registry = breaker_only(&fx);
     let channel = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
     // A pod that answers every call at once with a trailers-only UNAVAILABLE.
