@@ -84,7 +84,7 @@ async fn slow_pod_gets_a_small_share_and_recovers() {
     let pending = slow_pod_share(91, LoadMeasure::PendingRequests).await;
     let ewma = slow_pod_share(80, LoadMeasure::default()).await;
     assert!(
-        ewma < 0.06,
+        ewma < 0.08,
         "slow pod share {ewma:.4} with the default measure"
     );
     assert!(
