@@ -309,24 +309,34 @@ impl Builder {
         self
     }
 
-    /// How endpoints are probed before and while they take calls. Default:
-    /// [`HealthCheck::grpc("")`](HealthCheck::grpc), the standard health service on a
-    /// connection of its own; a pod without one counts as healthy while it answers.
+    /// How endpoints are watched before and while they take calls. Default:
+    /// [`HealthCheck::grpc("")`](HealthCheck::grpc): one `grpc.health.v1.Health/Watch` stream
+    /// per pod on a connection of its own, so a pod that turns `NOT_SERVING` or dies is out of
+    /// both channel kinds within milliseconds; `Check` is polled where `Watch` is missing, and
+    /// a pod without a health service counts as healthy while it answers.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::{HealthCheck, Registry};
+    /// let builder = Registry::builder().health_check(HealthCheck::Tcp);
+    /// ```
     pub fn health_check(mut self, check: HealthCheck) -> Self {
         self.health.check = check;
         self
     }
 
-    /// Time between probes of a healthy endpoint, and each probe's timeout. Default: 1 s and
-    /// 1 s. Valid: 1 ms to 1 h each (checked while health checks are on).
+    /// Time between polled probes (`Check` where there is no `Watch`, TCP connects, and the
+    /// PINGs on each health stream's connection), and how long an answer may take. Default:
+    /// 1 s and 1 s. Valid: 1 ms to 1 h each (checked while health checks are on).
     pub fn health_interval(mut self, interval: Duration, timeout: Duration) -> Self {
         self.health.interval = interval;
         self.health.timeout = timeout;
         self
     }
 
-    /// An endpoint is ejected after `unhealthy_after` failed probes in a row and re-admitted
-    /// after `healthy_after` successes in a row; a new endpoint goes in on its first success.
+    /// An endpoint is ejected after `unhealthy_after` ambiguous failures in a row (timeouts)
+    /// and re-admitted after `healthy_after` polled successes in a row; a pushed
+    /// `NOT_SERVING` or a refused connection ejects at once, a pushed `SERVING` re-admits at
+    /// once, and a new endpoint goes in on its first success.
     /// Default: 2 and 2. Valid: 1 to 100 each (checked while health checks are on): 100
     /// probes are already minutes at the default interval.
     pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
@@ -336,8 +346,9 @@ impl Builder {
     }
 
     /// The panic threshold: at most this share of a service's endpoints (and at least one) is
-    /// ejected at once; beyond it the least recently failed stay in, and when every endpoint
-    /// fails they all stay in, as in Envoy's panic mode. Default: `0.5`. Valid: `0.0` to `1.0`
+    /// ejected at once; beyond it the most recently ejected stay in (as in Envoy, where an
+    /// ejection over the cap does not happen), and once every endpoint has answered and none
+    /// is healthy they all stay in, as in Envoy's panic mode. Default: `0.5`. Valid: `0.0` to `1.0`
     /// (checked with health checks off too: the load-aware channel's breakers share it).
     pub fn max_ejection(mut self, share: f64) -> Self {
         self.health.max_ejection = share;
@@ -354,7 +365,8 @@ impl Builder {
     }
 
     /// How the load-aware channel ([`Registry::load_balanced`]) measures each pod's load.
-    /// Default: [`LoadMeasure::PeakEwma`] with a 1 ms initial latency and a 1 s decay. Valid:
+    /// Default: [`LoadMeasure::PeakEwma`], 1 ms for a pod with no peers to learn from (a new
+    /// pod starts from its peers' median) and a 1 s decay. Valid:
     /// an initial latency of 0 to 1 h, a decay of 1 ms to 1 h.
     pub fn load_measure(mut self, measure: LoadMeasure) -> Self {
         self.balance.measure = measure;

@@ -181,7 +181,8 @@ impl Dns {
         }
         .map_err(|e| Error::SystemConfig(Box::new(e)))?;
         // Every try may take the timeout, and a truncated answer retried over TCP shares it.
-        let deadline = config.timeout * (config.attempts.max(1) as u32 + 1);
+        let tries = u32::try_from(config.attempts.max(1)).unwrap_or(u32::MAX);
+        let deadline = config.timeout.saturating_mul(tries.saturating_add(1));
         Ok(Self { resolver, deadline })
     }
 

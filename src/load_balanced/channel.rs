@@ -92,7 +92,9 @@ impl LoadBalancedChannel {
         if let Some(pick) = self.picker.pick() {
             return Some(pick);
         }
-        let deadline = Instant::now() + self.failfast;
+        let now = Instant::now();
+        // `build()` bounds failfast to an hour; never panic past an `Instant`'s range anyway.
+        let deadline = now.checked_add(self.failfast).unwrap_or(now);
         let mut changes = self.picker.subscribe();
         loop {
             if let Some(pick) = self.picker.pick() {
