@@ -164,8 +164,17 @@ pub struct DnsServer {
     overrides: Arc<Mutex<Overrides>>,
     held: Arc<Held>,
     queries: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     serial: AtomicU32,
     server: Server<Handler>,
+}
+
+/// Queries received, by type and by transport.
+#[derive(Debug, Default)]
+struct Counts {
+    a: AtomicU64,
+    aaaa: AtomicU64,
+    tcp: AtomicU64,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -216,6 +225,7 @@ impl DnsServer {
         let overrides = Arc::new(Mutex::new(Overrides::default()));
         let held = Arc::new(Held::default());
         let queries = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         let handler = Handler {
             catalog,
             zone: zone.clone(),
@@ -224,6 +234,7 @@ impl DnsServer {
             overrides: overrides.clone(),
             held: held.clone(),
             queries: queries.clone(),
+            counts: counts.clone(),
         };
         let (tcp, udp) = bind_pair().await?;
         let addr = tcp.local_addr()?;
@@ -237,6 +248,7 @@ impl DnsServer {
             overrides,
             held,
             queries,
+            counts,
             serial: AtomicU32::new(2),
             server,
         })
@@ -250,6 +262,22 @@ impl DnsServer {
     /// Queries received so far (including the ones faults answered or dropped).
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::SeqCst)
+    }
+
+    /// A queries received so far.
+    pub fn a_queries(&self) -> u64 {
+        self.counts.a.load(Ordering::SeqCst)
+    }
+
+    /// AAAA queries received so far.
+    pub fn aaaa_queries(&self) -> u64 {
+        self.counts.aaaa.load(Ordering::SeqCst)
+    }
+
+    /// Queries received over TCP so far (a client retries there when a UDP answer was
+    /// truncated).
+    pub fn tcp_queries(&self) -> u64 {
+        self.counts.tcp.load(Ordering::SeqCst)
     }
 
     /// Injects `fault` into every answer from now on.
@@ -471,6 +499,7 @@ struct Handler {
     overrides: Arc<Mutex<Overrides>>,
     held: Arc<Held>,
     queries: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 /// Counts a held request until dropped.
@@ -533,6 +562,14 @@ impl RequestHandler for Handler {
         mut response: R,
     ) -> ResponseInfo {
         self.queries.fetch_add(1, Ordering::SeqCst);
+        if request.protocol() == hickory_server::net::xfer::Protocol::Tcp {
+            self.counts.tcp.fetch_add(1, Ordering::SeqCst);
+        }
+        match request.request_info().map(|i| i.query.query_type()) {
+            Ok(RecordType::A) => self.counts.a.fetch_add(1, Ordering::SeqCst),
+            Ok(RecordType::AAAA) => self.counts.aaaa.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
         let asked = request.request_info().ok().map(|i| i.query.name().clone());
         let (delay, raw) = {
             let overrides = self.overrides.lock().unwrap();

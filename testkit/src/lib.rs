@@ -1,6 +1,7 @@
 //! Real components for the tests, the demo and the benchmarks of k8s-headless-svc:
 //! - [`dns::DnsServer`]: an authoritative hickory-server on loopback (UDP and TCP), whose
 //!   records change live and which injects faults on demand;
+//! - [`dnsmasq::Dnsmasq`]: Debian's dnsmasq as an external DNS server, when it is installed;
 //! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
 //!   own so it can be killed abruptly;
 //! - [`eventually`]: wait for a condition with a deadline.
@@ -9,12 +10,14 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod dnsmasq;
 pub mod pod;
 pub mod user;
 
 use std::time::{Duration, Instant};
 
 pub use dns::{DnsServer, Fault, svc_fqdn};
+pub use dnsmasq::Dnsmasq;
 pub use pod::{Pod, loopback};
 pub use user::{PodStats, UserService, pb};
 
