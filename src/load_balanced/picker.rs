@@ -25,11 +25,11 @@ use super::{
 };
 use crate::health::ejection_cap;
 
-/// Two costs within this factor are a near-tie, which goes to the pod picked least recently,
-/// so that equal pods share calls evenly even when nothing is in flight and their estimates
-/// differ by noise (a busy client's stalls make 2× common). A pod that is really slower
-/// under load also has more calls in flight, which multiplies its cost past the factor;
-/// one +20 ms among pods answering in 0.3-5 ms is 4-60× away.
+/// With no call in flight on either pod, two costs within this factor are a near-tie, which
+/// goes to the pod picked least recently, so that equal pods share calls evenly at light
+/// load, where their estimates differ by noise (a busy client's stalls make 2× common). With
+/// calls in flight, the cheaper pod wins, as in plain p2c: there a slow pod must lose every
+/// close comparison, or its calls set the client's tail latency.
 pub(super) const NEAR_TIE: f64 = 2.0;
 
 /// The pods a channel holds now.
@@ -95,6 +95,7 @@ pub(super) struct Candidate {
     /// Its rest is over and its trial call is due.
     pub(super) trial_due: bool,
     pub(super) cost: f64,
+    pub(super) in_flight: usize,
     pub(super) last_pick: u64,
 }
 
@@ -106,8 +107,14 @@ pub(super) fn prefer_first(a: Candidate, b: Candidate) -> bool {
     if a.trial_due != b.trial_due {
         return a.trial_due;
     }
+    let idle = a.in_flight == 0 && b.in_flight == 0;
     let (low, high) = (a.cost.min(b.cost), a.cost.max(b.cost));
-    if high > low * NEAR_TIE {
+    let tie = if idle {
+        high <= low * NEAR_TIE
+    } else {
+        high == low
+    };
+    if !tie {
         return a.cost < b.cost;
     }
     a.last_pick <= b.last_pick
@@ -216,7 +223,7 @@ impl Picker {
     }
 
     fn candidate(&self, pod: &Pod, now: Instant, panic: bool) -> Candidate {
-        let in_flight = pod.in_flight.load(Ordering::Acquire) as f64;
+        let in_flight = pod.in_flight.load(Ordering::Acquire);
         let state = pod.state();
         let (admits, trial_due) = if pod.resting.load(Ordering::Acquire) {
             let due = state.breaker.trial_due(now);
@@ -226,14 +233,15 @@ impl Picker {
         };
         let cost = match self.settings.measure {
             LoadMeasure::PeakEwma { decay, .. } => {
-                state.estimate.at(now, decay) * (in_flight + 1.0)
+                state.estimate.at(now, decay) * (in_flight as f64 + 1.0)
             }
-            LoadMeasure::PendingRequests => in_flight + 1.0,
+            LoadMeasure::PendingRequests => in_flight as f64 + 1.0,
         };
         Candidate {
             admits,
             trial_due,
             cost,
+            in_flight,
             last_pick: pod.last_pick.load(Ordering::Relaxed),
         }
     }
@@ -401,8 +409,21 @@ mod tests {
             admits: true,
             trial_due: false,
             cost,
+            in_flight: 0,
             last_pick,
         }
+    }
+
+    #[test]
+    fn with_calls_in_flight_the_cheaper_pod_always_wins() {
+        let busy = |cost, in_flight, last_pick| Candidate {
+            in_flight,
+            ..c(cost, last_pick)
+        };
+        assert!(!prefer_first(busy(1.2, 1, 1), busy(1.0, 1, 5)));
+        assert!(!prefer_first(busy(1.2, 0, 1), busy(1.0, 2, 5)));
+        assert!(!prefer_first(busy(1.0, 3, 5), busy(1.0, 3, 1)));
+        assert!(prefer_first(busy(1.0, 3, 1), busy(1.0, 3, 5)));
     }
 
     #[test]
