@@ -10,7 +10,7 @@ use crate::{
     error::Error,
     health::HealthCheck,
     registry::{Builder, Registry},
-    resolve::IpFamily,
+    resolve::{DnsTransport, IpFamily},
     service::{ClusterDomain, HeadlessService},
 };
 
@@ -50,6 +50,8 @@ pub struct Config {
     pub dns_timeout: Option<String>,
     /// Tries per DNS query (1 to 10).
     pub dns_attempts: Option<usize>,
+    /// `udp` (with TCP when truncated) or `tcp`.
+    pub dns_transport: Option<String>,
     /// Connect timeout to a pod (1ms to 1h); `off` turns it off.
     pub connect_timeout: Option<String>,
     /// Health checks.
@@ -123,6 +125,18 @@ impl Config {
         }
         if let Some(n) = self.dns_attempts {
             b = b.dns_attempts(n);
+        }
+        if let Some(transport) = &self.dns_transport {
+            b = b.dns_transport(match transport.as_str() {
+                "udp" => DnsTransport::Udp,
+                "tcp" => DnsTransport::Tcp,
+                other => {
+                    return Err(Error::config(
+                        "dns_transport",
+                        format!("expected udp or tcp, got {other:?}"),
+                    ));
+                }
+            });
         }
         if let Some(d) = &self.connect_timeout {
             b = b.connect_timeout(match d.as_str() {

@@ -48,11 +48,12 @@
 //! |---|---|
 //! | [`cluster_domain`](Builder::cluster_domain) | `cluster.local` |
 //! | [`nameservers`](Builder::nameservers) | the system's (`/etc/resolv.conf`) |
-//! | [`ip_family`](Builder::ip_family) | A and AAAA, queried separately |
+//! | [`ip_family`](Builder::ip_family) | A and AAAA, queried separately; an always-empty family is asked every 12th refresh only |
 //! | [`refresh_interval`](Builder::refresh_interval) | 5 s |
 //! | [`follow_ttl`](Builder::follow_ttl) | off |
 //! | [`jitter`](Builder::jitter) | ±10 % |
 //! | [`dns_timeout`](Builder::dns_timeout) × [`dns_attempts`](Builder::dns_attempts) | 1 s × 2 |
+//! | [`dns_transport`](Builder::dns_transport) | UDP, TCP when truncated |
 //! | [`failure_backoff`](Builder::failure_backoff) | 500 ms doubling to 10 s |
 //! | [`empty_confirmation`](Builder::empty_confirmation) | 3 answers and 5 s, re-checked every 1 s |
 //! | [`connect_timeout`](Builder::connect_timeout) | 1 s |
@@ -137,6 +138,7 @@ mod channel;
 mod config;
 mod diff;
 mod error;
+mod families;
 mod health;
 mod load_balanced;
 mod metrics;
@@ -154,7 +156,7 @@ pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::load_balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::refresh::Status;
 pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
-pub use crate::resolve::IpFamily;
+pub use crate::resolve::{DnsTransport, IpFamily};
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
 
 /// The README's examples, compiled as doctests so that they cannot drift.

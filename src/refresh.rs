@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::{
     diff::diff,
+    families::{Families, Switch},
     resolve::{Dns, Query},
     schedule::{Event, Schedule, jittered, outcome},
     service::HeadlessService,
@@ -70,6 +71,7 @@ pub(crate) async fn run(
     query: Query,
     dns: Dns,
     mut schedule: Schedule,
+    mut families: Families,
     jitter: f64,
     shared: Arc<Shared>,
 ) {
@@ -79,7 +81,20 @@ pub(crate) async fn run(
         let mut noted_tcp = false;
         loop {
             let started = Instant::now();
-            let (answers, over_udp) = dns.resolve(&query).await;
+            let ask = families.ask();
+            let (answers, over_udp) = dns.resolve(&query, ask).await;
+            match families.on_answers(&answers, Instant::now()) {
+                Some(Switch::Skipping(part)) => tracing::info!(
+                    family = ?part,
+                    "this family's answers have been empty while the other's had records: \
+                     asking it only every {}th refresh from now on",
+                    crate::families::RECHECK
+                ),
+                Some(Switch::Asking(part)) => {
+                    tracing::info!(family = ?part, "asking this family on every refresh again")
+                }
+                None => {}
+            }
             if over_udp && !noted_tcp {
                 noted_tcp = true;
                 tracing::info!(

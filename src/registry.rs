@@ -19,10 +19,11 @@ use crate::{
     channel::{self, EndpointTemplate, Http2Keepalive},
     diff::diff,
     error::Error,
+    families::{self, Families},
     health::{self, EndpointHealth, HealthCheck, HealthConfig, HealthShared},
     load_balanced::{BalanceConfig, Discovery, LoadBalancedChannel, LoadMeasure},
     refresh::{self, Endpoints, Shared, Status},
-    resolve::{Dns, DnsConfig, IpFamily, Query},
+    resolve::{Dns, DnsConfig, DnsTransport, IpFamily, Query},
     schedule::{Schedule, Timing},
     service::{ClusterDomain, HeadlessService, Port, split_spec},
 };
@@ -82,6 +83,7 @@ impl Default for Builder {
             cluster_domain: ClusterDomain::default(),
             dns: DnsConfig {
                 nameservers: Vec::new(),
+                transport: DnsTransport::Udp,
                 timeout: Duration::from_secs(1),
                 attempts: 2,
             },
@@ -183,6 +185,20 @@ impl Builder {
         self
     }
 
+    /// How DNS queries travel. Default: [`DnsTransport::Udp`], with TCP when an answer is
+    /// truncated, as a pod's own resolver does. [`DnsTransport::Tcp`] keeps one connection
+    /// per nameserver open and shares it between every query: cheaper where many Services
+    /// refresh often (see BENCHMARKS.md).
+    ///
+    /// ```
+    /// # use k8s_headless_svc::{DnsTransport, Registry};
+    /// let builder = Registry::builder().dns_transport(DnsTransport::Tcp);
+    /// ```
+    pub fn dns_transport(mut self, transport: DnsTransport) -> Self {
+        self.dns.transport = transport;
+        self
+    }
+
     /// How long one DNS query may take before it is retried. Default: 1 s (hickory's 5 s
     /// would outlast the refresh interval). Valid: 1 ms to 1 min (a server silent for a minute
     /// will not answer; glibc caps `resolv.conf`'s `timeout:` at 30 s).
@@ -200,7 +216,17 @@ impl Builder {
     }
 
     /// Which address families to discover. Default: [`IpFamily::Both`], A and AAAA queried
-    /// separately.
+    /// separately. Most clusters are single-stack: with `Both`, a family whose answers have
+    /// been empty (NODATA) while the other family had records, for the empty confirmation
+    /// ([`empty_confirmation`](Builder::empty_confirmation): 3 answers and 5 s), is asked only
+    /// every 12th refresh, so a refresh costs one query; it is asked on every refresh again as
+    /// soon as it has records, or at once when the other family turns up empty. Dual-stack
+    /// clusters lose nothing.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::{IpFamily, Registry};
+    /// let builder = Registry::builder().ip_family(IpFamily::V4); // A only, always
+    /// ```
     pub fn ip_family(self, family: IpFamily) -> Self {
         Self { family, ..self }
     }
@@ -324,8 +350,9 @@ impl Builder {
         self
     }
 
-    /// Time between polled probes (`Check` where there is no `Watch`, TCP connects, and the
-    /// PINGs on each health stream's connection), and how long an answer may take. Default:
+    /// Time between polled probes (`Check` where there is no `Watch`, TCP connects; the PINGs
+    /// on each health stream's connection go every `k` of them), and how long an answer may
+    /// take. Default:
     /// 1 s and 1 s. Valid: 1 ms to 1 h each (checked while health checks are on).
     pub fn health_interval(mut self, interval: Duration, timeout: Duration) -> Self {
         self.health.interval = interval;
@@ -453,11 +480,21 @@ impl Builder {
             let shared = Arc::new(Shared::new());
             // Subscribed before discovery starts, so the gate sees its first set.
             let gate_input = shared.endpoints.subscribe();
+            let families = match &query {
+                Query::Addresses { family, .. } => Families::new(
+                    *family,
+                    self.timing.empty_confirmations,
+                    self.timing.empty_grace,
+                    families::RECHECK,
+                ),
+                Query::Srv { family, .. } => Families::new(*family, 1, Duration::ZERO, 0),
+            };
             tasks.push(handle.spawn(refresh::run(
                 service.clone(),
                 query,
                 dns.clone(),
                 Schedule::new(self.timing.clone()),
+                families,
                 self.jitter,
                 shared.clone(),
             )));

@@ -88,6 +88,20 @@ impl IpFamily {
     }
 }
 
+/// How DNS queries travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DnsTransport {
+    /// UDP, retried over TCP when an answer is truncated (the default, as a pod's own
+    /// resolver does). hickory opens a fresh UDP socket, on a random port, for every query.
+    #[default]
+    Udp,
+    /// TCP only: one connection per nameserver, kept open and shared by every query. Cheaper
+    /// per query where many Services refresh often; every answer, large ones included, comes
+    /// the same way.
+    Tcp,
+}
+
 /// What to ask, built once per service.
 #[derive(Clone, Debug)]
 pub(crate) enum Query {
@@ -141,6 +155,7 @@ pub(crate) struct DnsConfig {
     pub(crate) nameservers: Vec<SocketAddr>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: usize,
+    pub(crate) transport: DnsTransport,
 }
 
 impl Dns {
@@ -154,22 +169,19 @@ impl Dns {
             o.edns0 = true;
             o.preserve_intermediates = true;
         };
-        let resolver = if config.nameservers.is_empty() {
-            let mut builder =
-                TokioResolver::builder_tokio().map_err(|e| Error::SystemConfig(Box::new(e)))?;
-            tune(builder.options_mut());
-            builder.build()
-        } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|sa| {
-                    let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
-                    udp.port = sa.port();
-                    tcp.port = sa.port();
-                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
-                })
-                .collect();
+        let connections = |port: u16| {
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = port;
+            match config.transport {
+                DnsTransport::Udp => {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = port;
+                    vec![udp, tcp]
+                }
+                DnsTransport::Tcp => vec![tcp],
+            }
+        };
+        let build = |servers: Vec<NameServerConfig>| {
             let mut opts = ResolverOpts::default();
             tune(&mut opts);
             Resolver::builder_with_config(
@@ -178,6 +190,32 @@ impl Dns {
             )
             .with_options(opts)
             .build()
+        };
+        let resolver = if !config.nameservers.is_empty() {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|sa| NameServerConfig::new(sa.ip(), true, connections(sa.port())))
+                .collect();
+            build(servers)
+        } else if config.transport == DnsTransport::Udp {
+            let mut builder =
+                TokioResolver::builder_tokio().map_err(|e| Error::SystemConfig(Box::new(e)))?;
+            tune(builder.options_mut());
+            builder.build()
+        } else {
+            // The system's nameservers, each asked over TCP only.
+            let (system, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| Error::SystemConfig(Box::new(e)))?;
+            let servers = system
+                .name_servers()
+                .iter()
+                .map(|ns| {
+                    let port = ns.connections.first().map_or(53, |c| c.port);
+                    NameServerConfig::new(ns.ip, ns.trust_negative_responses, connections(port))
+                })
+                .collect();
+            build(servers)
         }
         .map_err(|e| Error::SystemConfig(Box::new(e)))?;
         // Every try may take the timeout, and a truncated answer retried over TCP shares it.
@@ -188,8 +226,13 @@ impl Dns {
 
     /// Runs one resolution: one answer per part queried (the SRV part may come twice: its
     /// records, and a failure of some of its targets), and whether an answer was too large for
-    /// UDP (so it came over TCP).
-    pub(crate) async fn resolve(&self, query: &Query) -> (Vec<(Part, Answer)>, bool) {
+    /// UDP (so it came over TCP). An address query asks the families of `ask` (see
+    /// [`crate::families`]); an SRV query its own.
+    pub(crate) async fn resolve(
+        &self,
+        query: &Query,
+        ask: IpFamily,
+    ) -> (Vec<(Part, Answer)>, bool) {
         let (asked, domain) = match query.names() {
             Ok(names) => names,
             Err(failure) => {
@@ -201,9 +244,8 @@ impl Dns {
             }
         };
         let answers = match query {
-            Query::Addresses { port, family, .. } => {
-                family
-                    .each_part(|part| self.addresses(&asked, &domain, part, *port))
+            Query::Addresses { port, .. } => {
+                ask.each_part(|part| self.addresses(&asked, &domain, part, *port))
                     .await
             }
             Query::Srv { family, .. } => self.srv(&asked, &domain, *family).await,

@@ -344,3 +344,132 @@ async fn named_port_is_discovered_through_srv() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_service_leaves_the_others_alone() {
+    // Two Services on one DNS server: one name answers SERVFAIL, then nothing at all, while
+    // the other keeps changing.
+    let fx = Fixture::start(26, 2).await;
+    let sick = HeadlessService::new("ns26", "sick-svc", fx.pods[0].addr().port()).unwrap();
+    let sick_fqdn = svc_fqdn("sick-svc", "ns26");
+    fx.dns
+        .set_addrs(&sick_fqdn, &[fx.pods[0].addr().ip()])
+        .await;
+    let registry = builder(&fx.dns)
+        .services([fx.service.clone(), sick.clone()])
+        .build()
+        .unwrap();
+    assert!(discovered(&registry, &fx.service, 2).await);
+    assert!(discovered(&registry, &sick, 1).await);
+    for fault in [Fault::ServFail, Fault::Drop] {
+        fx.dns.set_name_fault(&sick_fqdn, fault);
+        let failures = registry.status(&sick).unwrap().consecutive_failures;
+        assert!(
+            eventually(SLACK, || async {
+                registry.status(&sick).unwrap().consecutive_failures >= failures + 2
+            })
+            .await,
+            "{fault:?}: the sick Service never failed"
+        );
+        // The healthy Service follows its records as before.
+        let extra = fx.extra_pod(10 + fault as u8);
+        fx.dns.add_addr(&fx.fqdn, extra.addr().ip()).await;
+        assert!(
+            eventually(SLACK, || async {
+                registry
+                    .endpoints(&fx.service)
+                    .unwrap()
+                    .contains(&extra.addr())
+            })
+            .await,
+            "{fault:?}: the healthy Service stopped following its records"
+        );
+        fx.dns.remove_addr(&fx.fqdn, extra.addr().ip()).await;
+        assert!(discovered(&registry, &fx.service, 2).await);
+        let status = registry.status(&fx.service).unwrap();
+        assert_eq!(status.consecutive_failures, 0, "{fault:?}: {status:?}");
+        // The sick one keeps its last set.
+        assert_eq!(registry.endpoints(&sick).unwrap(), vec![fx.pods[0].addr()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let svc = HeadlessService::new("ns30", "user-svc", 8080).unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns30");
+    let v4: std::net::IpAddr = loopback(30, 2);
+    let v6: std::net::IpAddr = "::1".parse().unwrap();
+    dns.set_addrs(&fqdn, &[v4]).await;
+    // Every 200 ms; an empty family is confirmed after 3 answers and 1 s, then asked every
+    // 12th refresh (2.4 s).
+    let registry = builder(&dns)
+        .service(svc.clone())
+        .health_check(HealthCheck::Off)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    assert!(discovered(&registry, &svc, 1).await);
+    // Per refresh, after the confirmation: one A query and, on average, 1/12 of an AAAA one.
+    let (dns, registry, service) = (&dns, &registry, &svc);
+    let per_refresh = |window: Duration| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await; // the confirmation, then count
+        let (a0, aaaa0) = (dns.a_queries(), dns.aaaa_queries());
+        let r0 = registry.status(service).unwrap().resolutions;
+        tokio::time::sleep(window).await;
+        let refreshes = (registry.status(service).unwrap().resolutions - r0).max(1);
+        let (a, aaaa) = (dns.a_queries() - a0, dns.aaaa_queries() - aaaa0);
+        (
+            a as f64 / refreshes as f64,
+            aaaa as f64 / refreshes as f64,
+            refreshes,
+        )
+    };
+    let (a, aaaa, refreshes) = per_refresh(Duration::from_secs(5)).await;
+    eprintln!(
+        "IPv4-only: {a:.2} A and {aaaa:.2} AAAA queries per refresh over {refreshes} refreshes"
+    );
+    assert!(refreshes >= 10, "{refreshes}");
+    assert!(a >= 0.99, "A asked every refresh: {a:.2}");
+    assert!(
+        aaaa <= 0.25,
+        "AAAA still asked on most refreshes: {aaaa:.2}"
+    );
+
+    // AAAA records appear: found at the next re-check, then asked every time.
+    let pod6 = std::net::SocketAddr::new(v6, 8080);
+    dns.set_addrs(&fqdn, &[v4, v6]).await;
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap().contains(&pod6)
+        })
+        .await,
+        "the AAAA record that appeared was never seen"
+    );
+    let (a, aaaa, _) = per_refresh(Duration::from_secs(2)).await;
+    assert!(
+        a >= 0.99 && aaaa >= 0.99,
+        "dual stack must ask both: {a:.2} A, {aaaa:.2} AAAA"
+    );
+
+    // The other way: the A records go, so A is the empty family, and comes back.
+    dns.set_addrs(&fqdn, &[v6]).await;
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap() == vec![pod6]
+        })
+        .await
+    );
+    let (a, aaaa, _) = per_refresh(Duration::from_secs(5)).await;
+    eprintln!("IPv6-only: {a:.2} A and {aaaa:.2} AAAA queries per refresh");
+    assert!(aaaa >= 0.99 && a <= 0.25, "{a:.2} A, {aaaa:.2} AAAA");
+    let pod4 = std::net::SocketAddr::new(v4, 8080);
+    dns.set_addrs(&fqdn, &[v4, v6]).await;
+    assert!(
+        eventually(SLACK, || async {
+            registry.endpoints(&svc).unwrap().contains(&pod4)
+        })
+        .await
+    );
+}
