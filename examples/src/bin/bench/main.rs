@@ -52,6 +52,9 @@ struct Args {
     /// run is for investigating and writes nothing unless `--write` says where.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
+    /// Discovery at scale over TCP only (`DnsTransport::Tcp`), instead of UDP.
+    #[arg(long)]
+    dns_tcp: bool,
     /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
     /// for a full run, nowhere for `--quick`.
     #[arg(long)]
@@ -101,22 +104,7 @@ enum Role {
     },
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
-    Scale {
-        #[arg(long)]
-        dns: SocketAddr,
-        #[arg(long)]
-        namespace: String,
-        #[arg(long)]
-        services: usize,
-        #[arg(long)]
-        port: u16,
-        #[arg(long, value_parser = examples::parse_duration)]
-        interval: Duration,
-        #[arg(long)]
-        expect: usize,
-        #[arg(long)]
-        health: bool,
-    },
+    Scale(roles::ScaleClient),
 }
 
 /// Callers, the refresh interval both discovering systems get, and waits.
@@ -140,15 +128,7 @@ async fn main() -> anyhow::Result<()> {
             pods,
             interval,
         }) => roles::client(system, dns, service, pods, interval).await,
-        Some(Role::Scale {
-            dns,
-            namespace,
-            services,
-            port,
-            interval,
-            expect,
-            health,
-        }) => roles::scale(dns, &namespace, services, port, interval, expect, health).await,
+        Some(Role::Scale(client)) => roles::scale(client).await,
         None => harness(args).await,
     }
 }
@@ -395,7 +375,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // 5. Discovery at scale, in a client process of its own.
     if runs(Measure::Scale) {
-        let scales = scale(&dns, &me, quick).await?;
+        let scales = scale(&dns, &me, quick, args.dns_tcp).await?;
         report.scale(scales);
     }
 
@@ -470,6 +450,9 @@ fn scale_ip(service: usize, pod: usize, pods: usize) -> IpAddr {
 /// One scale measurement's setup.
 struct ScaleRun {
     title: String,
+    server: &'static str,
+    /// DNS over TCP only.
+    tcp: bool,
     namespace: &'static str,
     services: usize,
     pods: usize,
@@ -479,24 +462,27 @@ struct ScaleRun {
     window: Option<Duration>,
 }
 
-/// Discovery cost: many services at once (health checks off, then on against real pods), and
-/// one service with many pods.
-async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Scale>> {
+/// Counts the queries a DNS server received so far, and how many came over TCP (when it can
+/// tell).
+type QueryCount<'a> = &'a (dyn Fn() -> (u64, Option<u64>) + Sync);
+
+/// Discovery cost: many services at once against the in-process server and against dnsmasq
+/// (health checks off), health checks against live pods, and one service with many pods.
+async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Result<Vec<Scale>> {
     let (services, pods, window) = if quick {
         (20, 50, Duration::from_secs(2))
     } else {
         (1000, 50, Duration::from_secs(30))
     };
     let mut out = Vec::new();
+    let in_process: QueryCount<'_> = &|| (dns.queries(), Some(dns.tcp_queries()));
 
     // Many services, health checks off: nothing but discovery, no connections.
-    for s in 0..services {
-        let ips: Vec<IpAddr> = (0..pods).map(|p| scale_ip(s, p, pods)).collect();
-        dns.set_addrs(&svc_fqdn(&format!("s{s}"), "scale"), &ips)
-            .await;
-    }
-    let run = ScaleRun {
-        title: format!("{services} services × {pods} pods, health checks off"),
+    let over = if tcp { ", DNS over TCP" } else { "" };
+    let many = |server| ScaleRun {
+        title: format!("{services} services × {pods} pods, health checks off{over}"),
+        tcp,
+        server,
         namespace: "scale",
         services,
         pods,
@@ -504,7 +490,32 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Sc
         health: false,
         window: Some(window),
     };
-    out.push(measure_scale(me, dns.addr(), run).await?);
+    for s in 0..services {
+        let ips: Vec<IpAddr> = (0..pods).map(|p| scale_ip(s, p, pods)).collect();
+        dns.set_addrs(&svc_fqdn(&format!("s{s}"), "scale"), &ips)
+            .await;
+    }
+    out.push(
+        measure_scale(
+            me,
+            dns.addr(),
+            many("in-process hickory-server"),
+            in_process,
+        )
+        .await?,
+    );
+    // The same against a DNS server no one here wrote, when it is installed.
+    match testkit::Dnsmasq::start("bench-scale", true) {
+        Ok(dnsmasq) => {
+            for s in 0..services {
+                let ips: Vec<IpAddr> = (0..pods).map(|p| scale_ip(s, p, pods)).collect();
+                dnsmasq.set(&svc_fqdn(&format!("s{s}"), "scale"), &ips)?;
+            }
+            let count: QueryCount<'_> = &|| (dnsmasq.queries("A") + dnsmasq.queries("AAAA"), None);
+            out.push(measure_scale(me, dnsmasq.addr(), many("dnsmasq"), count).await?);
+        }
+        Err(e) => eprintln!("skipping the dnsmasq scale run: {e}"),
+    }
 
     // Health checks' added cost: services × the same live pods, off and then on.
     let (hs, hp) = if quick { (4, 5) } else { (100, 50) };
@@ -522,11 +533,13 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Sc
             title: format!(
                 "{hs} services × {hp} live pods, health checks {}",
                 if health {
-                    "on (gRPC, every 1 s)"
+                    "on (gRPC Watch streams)"
                 } else {
                     "off"
                 }
             ),
+            server: "in-process hickory-server",
+            tcp,
             namespace: "health",
             services: hs,
             pods: hp,
@@ -534,7 +547,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Sc
             health,
             window: Some(window),
         };
-        out.push(measure_scale(me, dns.addr(), run).await?);
+        out.push(measure_scale(me, dns.addr(), run, in_process).await?);
     }
     pods_proc.close().await;
 
@@ -544,6 +557,8 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Sc
     dns.set_addrs(&svc_fqdn("s0", "big"), &ips).await;
     let run = ScaleRun {
         title: format!("1 service × {big} pods"),
+        server: "in-process hickory-server",
+        tcp,
         namespace: "big",
         services: 1,
         pods: big,
@@ -551,14 +566,19 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool) -> anyhow::Result<Vec<Sc
         health: false,
         window: None,
     };
-    out.push(measure_scale(me, dns.addr(), run).await?);
+    out.push(measure_scale(me, dns.addr(), run, in_process).await?);
     Ok(out)
 }
 
 /// Refreshes every 5 s (the default) in every scale run.
 const SCALE_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn measure_scale(me: &Path, dns: SocketAddr, run: ScaleRun) -> anyhow::Result<Scale> {
+async fn measure_scale(
+    me: &Path,
+    dns: SocketAddr,
+    run: ScaleRun,
+    count: QueryCount<'_>,
+) -> anyhow::Result<Scale> {
     let mut args = vec![
         "scale".to_owned(),
         format!("--dns={dns}"),
@@ -571,25 +591,38 @@ async fn measure_scale(me: &Path, dns: SocketAddr, run: ScaleRun) -> anyhow::Res
     if run.health {
         args.push("--health".to_owned());
     }
+    if run.tcp {
+        args.push("--tcp".to_owned());
+    }
     let mut p = Proc::spawn(&format!("scale {}", run.namespace), me, &args)?;
     let baseline: u64 = p.expect("baseline", ANSWER).await?.parse()?;
     let ready: u64 = p.expect("ready", Duration::from_secs(120)).await?.parse()?;
     let pid = p.pid().context("the scale client's pid")?;
     let mut scale = Scale {
         title: run.title,
+        server: run.server,
         endpoints: run.services * run.pods,
         discovered: Duration::from_micros(ready),
-        cpu_share: None,
+        cpu: None,
+        queries: None,
         rss_kib: None,
         baseline_kib: baseline,
     };
     if let Some(window) = run.window {
-        // Let the first refreshes settle, then measure one window.
-        tokio::time::sleep(SCALE_INTERVAL.min(window)).await;
-        let (cpu0, t0) = (proc::cpu_time(pid)?, std::time::Instant::now());
+        // Let the first refreshes settle, and an empty address family be confirmed (3
+        // answers and 5 s), then measure one window.
+        tokio::time::sleep((SCALE_INTERVAL * 4).min(window)).await;
+        let ((user0, sys0), q0, t0) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
         tokio::time::sleep(window).await;
-        let (cpu1, t1) = (proc::cpu_time(pid)?, std::time::Instant::now());
-        scale.cpu_share = Some((cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64());
+        let ((user1, sys1), q1, t1) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
+        let secs = (t1 - t0).as_secs_f64();
+        scale.cpu = Some((
+            (user1 - user0).as_secs_f64() / secs,
+            (sys1 - sys0).as_secs_f64() / secs,
+        ));
+        let refreshes = run.services as f64 * secs / SCALE_INTERVAL.as_secs_f64();
+        let tcp = q0.1.zip(q1.1).map(|(a, b)| b - a);
+        scale.queries = Some(((q1.0 - q0.0) as f64 / refreshes, tcp));
         scale.rss_kib = Some(proc::rss_kib(pid)?);
     }
     p.close().await;

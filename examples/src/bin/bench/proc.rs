@@ -103,20 +103,18 @@ impl Proc {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
-pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+/// CPU time a process has used so far, user and system, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .context("utime and stime")?
-        .iter()
-        .map(|f| f.parse::<u64>())
-        .sum::<Result<u64, _>>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+    let ticks = |i: usize| -> anyhow::Result<Duration> {
+        let t: u64 = fields.get(i).context("utime and stime")?.parse()?;
+        Ok(Duration::from_secs_f64(t as f64 / clock_ticks()))
+    };
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 /// Resident memory of a process in KiB, from `/proc/PID/status`.

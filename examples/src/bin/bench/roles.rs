@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context;
 use examples::load;
-use k8s_headless_svc::{HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
+use k8s_headless_svc::{DnsTransport, HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
 use testkit::{Pod, pb};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::{Channel, Endpoint};
@@ -145,28 +145,57 @@ pub async fn client(
     Ok(())
 }
 
+/// What `bench scale` is told.
+#[derive(Debug, clap::Args)]
+pub struct ScaleClient {
+    #[arg(long)]
+    dns: SocketAddr,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    services: usize,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, value_parser = examples::parse_duration)]
+    interval: Duration,
+    #[arg(long)]
+    expect: usize,
+    #[arg(long)]
+    health: bool,
+    /// DNS over TCP only.
+    #[arg(long)]
+    tcp: bool,
+}
+
 /// `bench scale`: discovery of `services` Services (`s0.NAMESPACE`, `s1.NAMESPACE`, …) until
 /// each has `expect` endpoints, with a `channel()` each as a user would hold. Prints
 /// `baseline RSS_KIB` before building and `ready MICROS` once all is discovered, then idles until
 /// the end of input.
-pub async fn scale(
-    dns: SocketAddr,
-    namespace: &str,
-    services: usize,
-    port: u16,
-    interval: Duration,
-    expect: usize,
-    health: bool,
-) -> anyhow::Result<()> {
+pub async fn scale(client: ScaleClient) -> anyhow::Result<()> {
+    let ScaleClient {
+        dns,
+        namespace,
+        services,
+        port,
+        interval,
+        expect,
+        health,
+        tcp,
+    } = client;
     println!("baseline {}", super::proc::rss_kib(std::process::id())?);
     let specs = (0..services)
-        .map(|i| HeadlessService::new(namespace, format!("s{i}"), port))
+        .map(|i| HeadlessService::new(&namespace, format!("s{i}"), port))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let registry = Registry::builder()
         .services(specs.iter().cloned())
         .nameservers([dns])
         .refresh_interval(interval)
+        .dns_transport(if tcp {
+            DnsTransport::Tcp
+        } else {
+            DnsTransport::Udp
+        })
         .health_check(if health {
             HealthCheck::default()
         } else {
