@@ -365,13 +365,7 @@ impl DnsServer {
                 serial,
             );
         }
-        let key = RrKey::new(LowerName::from(&name), RecordType::SRV);
-        let mut records = self.zone.records_mut().await;
-        if set.is_empty() {
-            records.remove(&key);
-        } else {
-            records.insert(key, Arc::new(set));
-        }
+        self.replace_set(&name, RecordType::SRV, set).await;
     }
 
     /// Replaces the SRV records of `name` with `records`, each one as given (priority, weight,
@@ -386,13 +380,7 @@ impl DnsServer {
             record.name = name.clone();
             set.insert(record, serial);
         }
-        let key = RrKey::new(LowerName::from(&name), RecordType::SRV);
-        let mut records = self.zone.records_mut().await;
-        if set.is_empty() {
-            records.remove(&key);
-        } else {
-            records.insert(key, Arc::new(set));
-        }
+        self.replace_set(&name, RecordType::SRV, set).await;
     }
 
     /// Makes `name` a CNAME to `target` in the zone (TTL [`DEFAULT_TTL`]), removing its A and
@@ -471,6 +459,17 @@ impl DnsServer {
 
     fn next_serial(&self) -> u32 {
         self.serial.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Puts `set` in place of the records of `name` and `rtype` (removes them when empty).
+    async fn replace_set(&self, name: &Name, rtype: RecordType, set: RecordSet) {
+        let key = RrKey::new(LowerName::from(name), rtype);
+        let mut records = self.zone.records_mut().await;
+        if set.is_empty() {
+            records.remove(&key);
+        } else {
+            records.insert(key, Arc::new(set));
+        }
     }
 }
 

@@ -3,29 +3,12 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use k8s_headless_svc::{HeadlessService, HealthCheck, IpFamily, Update};
+use k8s_headless_svc::{HeadlessService, HealthCheck, IpFamily};
 
 use crate::support::*;
-
-/// Collects every update of a service's watch in the background.
-fn record_updates(
-    registry: &k8s_headless_svc::Registry,
-    svc: &HeadlessService,
-) -> Arc<Mutex<Vec<Update>>> {
-    let updates = Arc::new(Mutex::new(Vec::new()));
-    let mut watch = registry.watch(svc).unwrap();
-    let sink = updates.clone();
-    tokio::spawn(async move {
-        while let Some(update) = watch.next().await {
-            sink.lock().unwrap().push(update);
-        }
-    });
-    updates
-}
 
 async fn transient_fault_keeps_endpoints(net: u8, fault: Fault, kind: &str) {
     let fx = Fixture::start(net, 2).await;

@@ -5,11 +5,10 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use k8s_headless_svc::{HeadlessService, IpFamily, Registry, Update};
+use k8s_headless_svc::{HeadlessService, IpFamily, Registry};
 use proptest::prelude::*;
 use testkit::dns::RawRecord;
 
@@ -35,19 +34,6 @@ fn sorted(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
-}
-
-/// Collects every update of a service's watch in the background.
-fn record_updates(registry: &Registry, svc: &HeadlessService) -> Arc<Mutex<Vec<Update>>> {
-    let updates = Arc::new(Mutex::new(Vec::new()));
-    let mut watch = registry.watch(svc).unwrap();
-    let sink = updates.clone();
-    tokio::spawn(async move {
-        while let Some(update) = watch.next().await {
-            sink.lock().unwrap().push(update);
-        }
-    });
-    updates
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

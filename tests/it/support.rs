@@ -288,3 +288,19 @@ impl<T> GrpcClient for T where
         > + Send
 {
 }
+
+/// Collects every update of a service's watch in the background.
+pub fn record_updates(
+    registry: &Registry,
+    svc: &HeadlessService,
+) -> std::sync::Arc<std::sync::Mutex<Vec<k8s_headless_svc::Update>>> {
+    let updates = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut watch = registry.watch(svc).unwrap();
+    let sink = updates.clone();
+    tokio::spawn(async move {
+        while let Some(update) = watch.next().await {
+            sink.lock().unwrap().push(update);
+        }
+    });
+    updates
+}
