@@ -1,7 +1,7 @@
 //! The `balance_channel` feeder: diffs each snapshot against what tonic's balancer holds and
 //! sends only the changes.
 
-use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -10,126 +10,9 @@ use tokio::sync::{
 use tonic::transport::{Endpoint, channel::Change};
 
 use crate::{
-    diff::{Edit, diff},
-    refresh::Endpoints,
+    endpoint::EndpointTemplate,
+    snapshot::{Edit, Endpoints, diff},
 };
-
-/// A user hook applied to every pod's [`Endpoint`] after our own settings.
-pub(crate) type Customize = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
-
-/// HTTP/2 keepalive: PING frames that notice a dead peer behind an open connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Http2Keepalive {
-    /// Time between PINGs.
-    pub interval: Duration,
-    /// How long to wait for a PING's answer before closing the connection.
-    pub timeout: Duration,
-    /// Whether to PING a connection with no call in flight.
-    pub while_idle: bool,
-}
-
-impl Http2Keepalive {
-    /// PINGs every `interval`, closing the connection when one goes unanswered for `timeout`.
-    pub fn new(interval: Duration, timeout: Duration) -> Self {
-        Self {
-            interval,
-            timeout,
-            while_idle: false,
-        }
-    }
-
-    /// Also PING idle connections (servers may answer too-frequent idle PINGs with GOAWAY).
-    pub fn while_idle(self, enabled: bool) -> Self {
-        Self {
-            while_idle: enabled,
-            ..self
-        }
-    }
-}
-
-/// How every pod's [`Endpoint`] is made.
-#[derive(Clone)]
-pub(crate) struct EndpointTemplate {
-    /// The Service's DNS name (no trailing dot), for TLS verification and `:authority`.
-    pub(crate) server_name: Option<String>,
-    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) tcp_keepalive: Option<Duration>,
-    pub(crate) http2_keepalive: Option<Http2Keepalive>,
-    pub(crate) request_timeout: Option<Duration>,
-    pub(crate) customize: Option<Customize>,
-}
-
-impl fmt::Debug for EndpointTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EndpointTemplate")
-            .field("server_name", &self.server_name)
-            .field("tls", &self.uses_tls())
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tcp_keepalive", &self.tcp_keepalive)
-            .field("http2_keepalive", &self.http2_keepalive)
-            .field("request_timeout", &self.request_timeout)
-            .field("customize", &self.customize.as_ref().map(|_| ".."))
-            .finish()
-    }
-}
-
-impl EndpointTemplate {
-    /// Whether endpoints are dialed with TLS.
-    pub(crate) fn uses_tls(&self) -> bool {
-        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-        return self.tls.is_some();
-        #[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc")))]
-        return false;
-    }
-
-    /// The endpoint of the pod at `addr` (IPv6 bracketed, as `SocketAddr` prints it). With TLS
-    /// it is `https`, and the certificate is verified against the Service's DNS name, which
-    /// is also the `:authority`, as a client of a ClusterIP Service would see it.
-    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
-        let scheme = if self.uses_tls() { "https" } else { "http" };
-        let uri = http::Uri::builder()
-            .scheme(scheme)
-            .authority(addr.to_string())
-            .path_and_query("/")
-            .build()
-            .expect("a socket address is a valid URI authority");
-        let mut ep = Endpoint::from(uri).tcp_keepalive(self.tcp_keepalive);
-        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-        if let Some(tls) = &self.tls {
-            let mut tls = tls.clone();
-            if let Some(name) = &self.server_name {
-                tls = tls.domain_name(name.clone());
-                let origin = http::Uri::builder()
-                    .scheme("https")
-                    .authority(format!("{name}:{}", addr.port()))
-                    .path_and_query("/")
-                    .build()
-                    .expect("a validated Service name is a valid URI authority");
-                ep = ep.origin(origin);
-            }
-            ep = ep.tls_config(tls)?;
-        }
-        if let Some(t) = self.connect_timeout {
-            ep = ep.connect_timeout(t);
-        }
-        if let Some(t) = self.request_timeout {
-            ep = ep.timeout(t);
-        }
-        if let Some(k) = self.http2_keepalive {
-            ep = ep
-                .http2_keep_alive_interval(k.interval)
-                .keep_alive_timeout(k.timeout)
-                .keep_alive_while_idle(k.while_idle);
-        }
-        Ok(match &self.customize {
-            Some(f) => f(ep),
-            None => ep,
-        })
-    }
-}
 
 /// Feeds `tx` until the snapshots or the balancer go away.
 ///
@@ -208,6 +91,8 @@ fn push(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn template() -> EndpointTemplate {
@@ -236,15 +121,6 @@ mod tests {
             });
         }
         out
-    }
-
-    #[test]
-    fn ipv6_endpoints_are_bracketed() {
-        let ep = template()
-            .endpoint("[fd00::1]:8080".parse().unwrap())
-            .unwrap();
-        assert_eq!(ep.uri().to_string(), "http://[fd00::1]:8080/");
-        assert_eq!(ep.get_connect_timeout(), Some(Duration::from_secs(1)));
     }
 
     #[test]

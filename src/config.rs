@@ -7,9 +7,10 @@ use std::{net::SocketAddr, time::Duration};
 use serde::Deserialize;
 
 use crate::{
+    builder::Builder,
     error::Error,
     health::HealthCheck,
-    registry::{Builder, Registry},
+    registry::Registry,
     resolve::{DnsTransport, IpFamily},
     service::{ClusterDomain, HeadlessService},
 };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     resolve::IpFamily,
-    schedule::{Answer, Negative, Part},
+    schedule::{Answer, Negative, Question},
 };
 
 /// How often a skipped family is asked anyway: every 12th refresh, a minute at the default
@@ -22,8 +22,8 @@ pub(crate) const RECHECK: u32 = 12;
 /// A family switched off or on, for the logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Switch {
-    Skipping(Part),
-    Asking(Part),
+    Skipping(Question),
+    Asking(Question),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,16 +87,16 @@ impl Families {
     /// Learns from one refresh's answers.
     pub(crate) fn on_answers(
         &mut self,
-        answers: &[(Part, Answer)],
+        answers: &[(Question, Answer)],
         now: Instant,
     ) -> Option<Switch> {
         let Some(families) = &mut self.both else {
             return None;
         };
-        let answer = |part: Part| answers.iter().find(|(p, _)| *p == part).map(|(_, a)| a);
+        let answer = |part: Question| answers.iter().find(|(p, _)| *p == part).map(|(_, a)| a);
         let has_records = |a: Option<&Answer>| matches!(a, Some(Answer::Records { .. }));
         let mut switch = None;
-        for (i, (part, other)) in [(Part::V4, Part::V6), (Part::V6, Part::V4)]
+        for (i, (part, other)) in [(Question::V4, Question::V6), (Question::V6, Question::V4)]
             .into_iter()
             .enumerate()
         {
@@ -133,7 +133,7 @@ impl Families {
         // Nothing had records while a family was skipped: the pods may have moved to it.
         // Ask both again at once, before the empty answers can drain the Service.
         if !answers.iter().any(|(_, a)| has_records(Some(a))) {
-            for (family, part) in families.iter_mut().zip([Part::V4, Part::V6]) {
+            for (family, part) in families.iter_mut().zip([Question::V4, Question::V6]) {
                 if family.skipped {
                     *family = Family::default();
                     switch = Some(Switch::Asking(part));
@@ -172,26 +172,26 @@ mod tests {
         f: &mut Families,
         t: &mut Instant,
         n: usize,
-        answer: impl Fn(Part) -> Answer,
+        answer: impl Fn(Question) -> Answer,
     ) -> (Vec<IpFamily>, Vec<Switch>) {
         let (mut asked, mut switches) = (Vec::new(), Vec::new());
         for _ in 0..n {
             let ask = f.ask();
             asked.push(ask);
-            let parts: &[Part] = match ask {
-                IpFamily::Both => &[Part::V4, Part::V6],
-                IpFamily::V4 => &[Part::V4],
-                IpFamily::V6 => &[Part::V6],
+            let parts: &[Question] = match ask {
+                IpFamily::Both => &[Question::V4, Question::V6],
+                IpFamily::V4 => &[Question::V4],
+                IpFamily::V6 => &[Question::V6],
             };
-            let answers: Vec<(Part, Answer)> = parts.iter().map(|p| (*p, answer(*p))).collect();
+            let answers: Vec<(Question, Answer)> = parts.iter().map(|p| (*p, answer(*p))).collect();
             switches.extend(f.on_answers(&answers, *t));
             *t += S;
         }
         (asked, switches)
     }
 
-    fn v4_only(p: Part) -> Answer {
-        if p == Part::V4 {
+    fn v4_only(p: Question) -> Answer {
+        if p == Question::V4 {
             records(false)
         } else {
             nodata()
@@ -205,7 +205,7 @@ mod tests {
         // 3 answers and 5 s: the sixth refresh (t = 5 s) confirms.
         let (asked, switches) = run(&mut f, &mut t, 6, v4_only);
         assert!(asked.iter().all(|a| *a == IpFamily::Both), "{asked:?}");
-        assert_eq!(switches, [Switch::Skipping(Part::V6)]);
+        assert_eq!(switches, [Switch::Skipping(Question::V6)]);
         // Then A alone, with AAAA asked again every 12th refresh.
         let (asked, switches) = run(&mut f, &mut t, 24, v4_only);
         let both: Vec<usize> = (0..24).filter(|i| asked[*i] == IpFamily::Both).collect();
@@ -219,10 +219,10 @@ mod tests {
         let mut t = Instant::now();
         run(&mut f, &mut t, 6, v4_only);
         // The cluster becomes dual-stack: seen at the next re-check, asked every time after.
-        let (asked, switches) = run(&mut f, &mut t, 12, |p| records(p == Part::V6));
+        let (asked, switches) = run(&mut f, &mut t, 12, |p| records(p == Question::V6));
         assert_eq!(asked.last(), Some(&IpFamily::Both));
-        assert_eq!(switches, [Switch::Asking(Part::V6)]);
-        let (asked, _) = run(&mut f, &mut t, 20, |p| records(p == Part::V6));
+        assert_eq!(switches, [Switch::Asking(Question::V6)]);
+        let (asked, _) = run(&mut f, &mut t, 20, |p| records(p == Question::V6));
         assert!(asked.iter().all(|a| *a == IpFamily::Both), "{asked:?}");
     }
 
@@ -230,28 +230,28 @@ mod tests {
     fn an_ipv6_only_cluster_skips_a_and_moving_families_asks_both_at_once() {
         let mut f = Families::new(IpFamily::Both, 3, 5 * S, 12);
         let mut t = Instant::now();
-        let v6_only = |p: Part| {
-            if p == Part::V6 {
+        let v6_only = |p: Question| {
+            if p == Question::V6 {
                 records(true)
             } else {
                 nodata()
             }
         };
         let (_, switches) = run(&mut f, &mut t, 6, v6_only);
-        assert_eq!(switches, [Switch::Skipping(Part::V4)]);
+        assert_eq!(switches, [Switch::Skipping(Question::V4)]);
         assert_eq!(f.ask(), IpFamily::V6);
         // The pods move to IPv4: the AAAA answer is empty while A is skipped. Both are asked
         // on the very next refresh, long before an empty answer could be confirmed.
-        let switch = f.on_answers(&[(Part::V6, nodata())], t);
-        assert_eq!(switch, Some(Switch::Asking(Part::V4)));
+        let switch = f.on_answers(&[(Question::V6, nodata())], t);
+        assert_eq!(switch, Some(Switch::Asking(Question::V4)));
         assert_eq!(f.ask(), IpFamily::Both);
     }
 
     #[test]
     fn dual_stack_nxdomain_and_failures_never_skip() {
-        type Answers = fn(Part) -> Answer;
+        type Answers = fn(Question) -> Answer;
         let cases: [(&str, Answers); 3] = [
-            ("dual stack", |p| records(p == Part::V6)),
+            ("dual stack", |p| records(p == Question::V6)),
             ("scaled to zero", |_| Answer::Empty(Negative::NxDomain)),
             ("both empty", |_| nodata()),
         ];
@@ -275,7 +275,7 @@ mod tests {
         let mut switches = Vec::new();
         for i in 0..12 {
             let v6 = if i % 3 == 2 { failed.clone() } else { nodata() };
-            switches.extend(f.on_answers(&[(Part::V4, records(false)), (Part::V6, v6)], t));
+            switches.extend(f.on_answers(&[(Question::V4, records(false)), (Question::V6, v6)], t));
             t += 3 * S;
         }
         assert!(switches.is_empty(), "{switches:?}");

@@ -1,6 +1,24 @@
 //! Client-side discovery of Kubernetes **headless** Services for [tonic]: spread a gRPC
 //! client's HTTP/2 calls across every pod.
 //!
+//! ```text
+//!                    one pipeline per Service (pipeline.rs), each stage a task of its own
+//! DNS name ──► refresh (refresh.rs) ──► discovered set ──► health gate (health/) ──► serving set
+//!   resolve.rs: ask, screen answers       (snapshot.rs)      a Watch stream per pod      │
+//!   families.rs: which families to ask                       gate.rs: who is in          │
+//!   schedule.rs: when to ask again                                                       │
+//!                  ┌───────────────────────────────────────────────────────────────────┤
+//!                  ▼                                                                     ▼
+//!   channel(): tonic balance_channel, fed diffs (channel.rs)      load_balanced(): each call
+//!                                                                 picks p2c from a snapshot
+//!                                                                 (load_balanced/)
+//! ```
+//!
+//! [`Builder`] (builder.rs) checks every setting, plans every pipeline and starts them;
+//! [`Registry`] (registry.rs) hands out the channels and shows each stage: [`Registry::status`]
+//! and [`Registry::endpoints`] what DNS lists, [`Registry::health`] and [`Registry::serving`]
+//! what the gate lets through.
+//!
 //! # Why
 //! gRPC runs on long-lived HTTP/2 connections. Behind an ordinary ClusterIP Service, kube-proxy
 //! balances *connections*, so one client pins all its calls to one pod. A headless Service
@@ -133,31 +151,41 @@
 )]
 #![forbid(unsafe_code)]
 
+mod backoff;
+mod builder;
 mod channel;
 #[cfg(feature = "serde")]
 mod config;
-mod diff;
+mod ejection;
+mod endpoint;
 mod error;
 mod families;
 mod health;
+mod key;
 mod load_balanced;
 mod metrics;
+mod pipeline;
 mod refresh;
 mod registry;
 mod resolve;
 mod schedule;
 mod service;
+mod snapshot;
+mod watch;
 
-pub use crate::channel::Http2Keepalive;
+pub use crate::builder::Builder;
 #[cfg(feature = "serde")]
 pub use crate::config::{Config, HealthConfig};
+pub use crate::endpoint::Http2Keepalive;
 pub use crate::error::{BoxError, Error, Field, Reason};
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
+pub use crate::key::ServiceKey;
 pub use crate::load_balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::refresh::Status;
-pub use crate::registry::{Builder, Registry, ServiceKey, Update, Watch};
+pub use crate::registry::Registry;
 pub use crate::resolve::{DnsTransport, IpFamily};
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
+pub use crate::watch::{Update, Watch};
 
 /// The README's examples, compiled as doctests so that they cannot drift.
 #[doc = include_str!("../README.md")]

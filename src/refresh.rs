@@ -1,8 +1,6 @@
 //! The per-service background task: resolve, feed the schedule, publish, sleep, repeat.
 
 use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
@@ -11,26 +9,23 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::{
-    diff::diff,
     families::{Families, Switch},
-    resolve::{Dns, Query},
+    resolve::{Dns, Query, Resolution},
     schedule::{Event, Schedule, jittered, outcome},
     service::HeadlessService,
+    snapshot::{Endpoints, diff},
 };
-
-/// The endpoint set of one service, shared with every consumer.
-pub(crate) type Endpoints = Arc<BTreeSet<SocketAddr>>;
 
 /// What the refresh task shares with the registry.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Discovered {
     pub(crate) endpoints: watch::Sender<Endpoints>,
     pub(crate) status: Mutex<Status>,
     /// Wakes the task for an early resolution.
     pub(crate) refresh_now: Notify,
 }
 
-impl Shared {
+impl Discovered {
     pub(crate) fn new() -> Self {
         Self {
             endpoints: watch::Sender::new(Arc::default()),
@@ -73,7 +68,7 @@ pub(crate) async fn run(
     mut schedule: Schedule,
     mut families: Families,
     jitter: f64,
-    shared: Arc<Shared>,
+    shared: Arc<Discovered>,
 ) {
     let span = tracing::info_span!("discovery", service = %service);
     let label = service.to_string();
@@ -82,7 +77,7 @@ pub(crate) async fn run(
         loop {
             let started = Instant::now();
             let ask = families.ask();
-            let (answers, over_udp) = dns.resolve(&query, ask).await;
+            let Resolution { answers, over_tcp } = dns.resolve(&query, ask).await;
             match families.on_answers(&answers, Instant::now()) {
                 Some(Switch::Skipping(part)) => tracing::info!(
                     family = ?part,
@@ -95,7 +90,7 @@ pub(crate) async fn run(
                 }
                 None => {}
             }
-            if over_udp && !noted_tcp {
+            if over_tcp && !noted_tcp {
                 noted_tcp = true;
                 tracing::info!(
                     "the answer is too large for UDP and came over TCP; \
@@ -138,7 +133,7 @@ pub(crate) async fn run(
 }
 
 /// Logs an answer's meaning and updates the status.
-fn record(shared: &Shared, event: &Event, schedule: &Schedule) {
+fn record(shared: &Discovered, event: &Event, schedule: &Schedule) {
     let now = SystemTime::now();
     let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
     status.resolutions += 1;

@@ -46,7 +46,7 @@ use tracing::Instrument;
 
 use crate::{
     error::Error,
-    schedule::{Answer, Failure, FailureKind, Negative, Part},
+    schedule::{Answer, Failure, FailureKind, Negative, Question},
 };
 
 /// Which address families to discover.
@@ -64,18 +64,18 @@ pub enum IpFamily {
 
 impl IpFamily {
     /// Runs `lookup` for each part the family asks for, both at once for [`IpFamily::Both`].
-    async fn each_part<F, Fut, T>(self, lookup: F) -> Vec<(Part, T)>
+    async fn each_part<F, Fut, T>(self, lookup: F) -> Vec<(Question, T)>
     where
-        F: Fn(Part) -> Fut,
+        F: Fn(Question) -> Fut,
         Fut: Future<Output = T>,
     {
         match self {
             IpFamily::Both => {
-                let (v4, v6) = tokio::join!(lookup(Part::V4), lookup(Part::V6));
-                vec![(Part::V4, v4), (Part::V6, v6)]
+                let (v4, v6) = tokio::join!(lookup(Question::V4), lookup(Question::V6));
+                vec![(Question::V4, v4), (Question::V6, v6)]
             }
-            IpFamily::V4 => vec![(Part::V4, lookup(Part::V4).await)],
-            IpFamily::V6 => vec![(Part::V6, lookup(Part::V6).await)],
+            IpFamily::V4 => vec![(Question::V4, lookup(Question::V4).await)],
+            IpFamily::V6 => vec![(Question::V6, lookup(Question::V6).await)],
         }
     }
 
@@ -100,6 +100,17 @@ pub enum DnsTransport {
     /// per query where many Services refresh often; every answer, large ones included, comes
     /// the same way.
     Tcp,
+}
+
+/// What one resolution found.
+#[derive(Debug)]
+pub(crate) struct Resolution {
+    /// One answer per part queried; the SRV part may come twice: its records, and a failure
+    /// of some of its targets.
+    pub(crate) answers: Vec<(Question, Answer)>,
+    /// An answer was too large for UDP, so it came over TCP (hickory does not say which
+    /// transport answered: this is from the answer's size).
+    pub(crate) over_tcp: bool,
 }
 
 /// What to ask, built once per service.
@@ -224,23 +235,20 @@ impl Dns {
         Ok(Self { resolver, deadline })
     }
 
-    /// Runs one resolution: one answer per part queried (the SRV part may come twice: its
-    /// records, and a failure of some of its targets), and whether an answer was too large for
-    /// UDP (so it came over TCP). An address query asks the families of `ask` (see
+    /// Runs one resolution. An address query asks the families of `ask` (see
     /// [`crate::families`]); an SRV query its own.
-    pub(crate) async fn resolve(
-        &self,
-        query: &Query,
-        ask: IpFamily,
-    ) -> (Vec<(Part, Answer)>, bool) {
+    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
         let (asked, domain) = match query.names() {
             Ok(names) => names,
             Err(failure) => {
                 let part = match query {
-                    Query::Addresses { .. } => Part::V4,
-                    Query::Srv { .. } => Part::Srv,
+                    Query::Addresses { .. } => Question::V4,
+                    Query::Srv { .. } => Question::Srv,
                 };
-                return (vec![(part, Answer::Failed(failure))], false);
+                return Resolution {
+                    answers: vec![(part, Answer::Failed(failure))],
+                    over_tcp: false,
+                };
             }
         };
         let answers = match query {
@@ -254,11 +262,11 @@ impl Dns {
             Query::Addresses { fqdn, .. } => fqdn,
             Query::Srv { name, .. } => name,
         };
-        let over_udp = answers.iter().any(|(part, answer)| match answer {
+        let over_tcp = answers.iter().any(|(part, answer)| match answer {
             Answer::Records { addrs, .. } => wire_size(*part, name, addrs.len()) > UDP_PAYLOAD,
             _ => false,
         });
-        (answers, over_udp)
+        Resolution { answers, over_tcp }
     }
 
     async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Lookup, NetError> {
@@ -271,9 +279,9 @@ impl Dns {
 
     /// The A or AAAA records of `asked`, screened (see the module docs), each address with
     /// `port`.
-    async fn addresses(&self, asked: &Name, domain: &Name, part: Part, port: u16) -> Answer {
+    async fn addresses(&self, asked: &Name, domain: &Name, part: Question, port: u16) -> Answer {
         let rtype = match part {
-            Part::V6 => RecordType::AAAA,
+            Question::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
         let lookup = match self.lookup(asked, rtype).await {
@@ -303,10 +311,10 @@ impl Dns {
     /// A target that fails does not spoil the others: their addresses come back as records,
     /// beside a failed SRV part. The schedule then keeps every address of the last set (it
     /// cannot tell which came from the failed target) and adds the new ones.
-    async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Part, Answer)> {
+    async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Question, Answer)> {
         let lookup = match self.lookup(asked, RecordType::SRV).await {
             Ok(lookup) => lookup,
-            Err(e) => return vec![(Part::Srv, classify(&e))],
+            Err(e) => return vec![(Question::Srv, classify(&e))],
         };
         let mut skipped = Vec::new();
         let screened = screen_srv(asked, domain, lookup.answers(), &mut skipped);
@@ -315,7 +323,7 @@ impl Dns {
             Err(refused) => {
                 warn_skipped(asked, &skipped);
                 refused.warn(asked, domain);
-                return vec![(Part::Srv, Answer::Empty(Negative::NoData))];
+                return vec![(Question::Srv, Answer::Empty(Negative::NoData))];
             }
         };
         let mut ips: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
@@ -353,7 +361,7 @@ impl Dns {
             .collect();
         let records = records_or_nodata(addrs, ttl);
         let Some(first) = failures.first() else {
-            return vec![(Part::Srv, records)];
+            return vec![(Question::Srv, records)];
         };
         let mut message = first.message.clone();
         if failures.len() > 1 {
@@ -364,8 +372,8 @@ impl Dns {
             message,
         });
         match records {
-            Answer::Records { .. } => vec![(Part::Srv, records), (Part::Srv, failed)],
-            _ => vec![(Part::Srv, failed)],
+            Answer::Records { .. } => vec![(Question::Srv, records), (Question::Srv, failed)],
+            _ => vec![(Question::Srv, failed)],
         }
     }
 
@@ -719,12 +727,12 @@ const UDP_PAYLOAD: usize = 1232;
 
 /// An estimate of an answer's size on the wire (hickory does not say which transport
 /// answered): header, question, OPT record, and each record with a compressed owner name.
-fn wire_size(part: Part, name: &str, records: usize) -> usize {
+fn wire_size(part: Question, name: &str, records: usize) -> usize {
     let per_record = match part {
-        Part::V4 => 2 + 10 + 4,
-        Part::V6 => 2 + 10 + 16,
+        Question::V4 => 2 + 10 + 4,
+        Question::V6 => 2 + 10 + 16,
         // SRV rdata plus a target about as long as the name, and the target's A record.
-        Part::Srv => (2 + 10 + 6 + name.len()) + (2 + 10 + 4),
+        Question::Srv => (2 + 10 + 6 + name.len()) + (2 + 10 + 4),
     };
     12 + name.len() + 2 + 4 + 11 + records * per_record
 }
@@ -1170,9 +1178,9 @@ mod tests {
     fn wire_size_matches_measured_truncation_points() {
         // hickory-server truncates an A answer for this name at 73 records with EDNS 1232.
         let name = "big.ns27.svc.cluster.local.";
-        assert!(wire_size(Part::V4, name, 70) <= UDP_PAYLOAD);
-        assert!(wire_size(Part::V4, name, 75) > UDP_PAYLOAD);
-        assert!(wire_size(Part::V6, name, 45) > UDP_PAYLOAD);
-        assert!(wire_size(Part::V4, name, 3) < 200);
+        assert!(wire_size(Question::V4, name, 70) <= UDP_PAYLOAD);
+        assert!(wire_size(Question::V4, name, 75) > UDP_PAYLOAD);
+        assert!(wire_size(Question::V6, name, 45) > UDP_PAYLOAD);
+        assert!(wire_size(Question::V4, name, 3) < 200);
     }
 }

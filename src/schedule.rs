@@ -3,6 +3,8 @@
 //! No runtime, no sockets: every rule of when to re-resolve, when to back off and when an empty
 //! answer may drain a Service lives here and is tested with plain values.
 
+use crate::backoff::Backoff;
+
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -24,19 +26,19 @@ pub(crate) struct Timing {
 
 /// One part of a resolution: the A query, the AAAA query or the SRV query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Part {
+pub(crate) enum Question {
     V4,
     V6,
     Srv,
 }
 
-impl Part {
+impl Question {
     /// Whether `addr` was found by this part, so that a failed part keeps what it found before.
     fn covers(self, addr: &SocketAddr) -> bool {
         match self {
-            Part::V4 => addr.is_ipv4(),
-            Part::V6 => addr.is_ipv6(),
-            Part::Srv => true,
+            Question::V4 => addr.is_ipv4(),
+            Question::V6 => addr.is_ipv6(),
+            Question::Srv => true,
         }
     }
 }
@@ -151,7 +153,7 @@ impl Schedule {
     }
 
     /// Feeds one resolution's answers, one per part queried.
-    pub(crate) fn on_answers(&mut self, answers: &[(Part, Answer)], now: Instant) -> Step {
+    pub(crate) fn on_answers(&mut self, answers: &[(Question, Answer)], now: Instant) -> Step {
         let mut found = BTreeSet::new();
         let mut any_records = false;
         let mut ttl: Option<Duration> = None;
@@ -256,17 +258,17 @@ impl Schedule {
 
     /// `base × 2^(failures − 1)`, capped at the maximum.
     fn backoff(&self) -> Duration {
-        let exp = self.failures.saturating_sub(1).min(31);
-        self.timing
-            .backoff_base
-            .saturating_mul(1u32 << exp)
-            .min(self.timing.backoff_max)
+        Backoff {
+            base: self.timing.backoff_base,
+            max: self.timing.backoff_max,
+        }
+        .delay(self.failures)
     }
 }
 
 /// The outcome label of one resolution, for metrics: `ok` when records came back and nothing
 /// failed; else the first failure's class; else `nxdomain` or `nodata`.
-pub(crate) fn outcome(answers: &[(Part, Answer)]) -> &'static str {
+pub(crate) fn outcome(answers: &[(Question, Answer)]) -> &'static str {
     if let Some(failure) = answers.iter().find_map(|(_, a)| match a {
         Answer::Failed(f) => Some(f),
         _ => None,
@@ -343,10 +345,10 @@ mod tests {
         addrs.iter().map(|a| addr(a)).collect()
     }
 
-    fn v4(answer: Answer) -> Vec<(Part, Answer)> {
+    fn v4(answer: Answer) -> Vec<(Question, Answer)> {
         vec![
-            (Part::V4, answer),
-            (Part::V6, Answer::Empty(Negative::NoData)),
+            (Question::V4, answer),
+            (Question::V6, Answer::Empty(Negative::NoData)),
         ]
     }
 
@@ -383,8 +385,8 @@ mod tests {
         );
         // The smallest TTL of the parts wins.
         let answers = [
-            (Part::V4, records(&["10.0.0.1:80"], 20)),
-            (Part::V6, records(&["[fd00::1]:80"], 7)),
+            (Question::V4, records(&["10.0.0.1:80"], 20)),
+            (Question::V6, records(&["[fd00::1]:80"], 7)),
         ];
         assert_eq!(s.on_answers(&answers, now).delay, 7 * S);
     }
@@ -403,7 +405,7 @@ mod tests {
             FailureKind::Other,
             FailureKind::Timeout,
         ] {
-            let answers = [(Part::V4, failed(kind)), (Part::V6, failed(kind))];
+            let answers = [(Question::V4, failed(kind)), (Question::V6, failed(kind))];
             let step = s.on_answers(&answers, now);
             assert_eq!(step.publish, None);
             assert!(matches!(step.event, Event::Failed(ref f) if f.kind == kind));
@@ -422,14 +424,14 @@ mod tests {
         let mut s = Schedule::new(timing());
         let now = Instant::now();
         let both = [
-            (Part::V4, records(&["10.0.0.1:80"], 5)),
-            (Part::V6, records(&["[fd00::1]:80"], 5)),
+            (Question::V4, records(&["10.0.0.1:80"], 5)),
+            (Question::V6, records(&["[fd00::1]:80"], 5)),
         ];
         s.on_answers(&both, now);
         // AAAA times out while A answers with a new pod: IPv6 pods stay, the new pod joins.
         let answers = [
-            (Part::V4, records(&["10.0.0.1:80", "10.0.0.2:80"], 5)),
-            (Part::V6, failed(FailureKind::Timeout)),
+            (Question::V4, records(&["10.0.0.1:80", "10.0.0.2:80"], 5)),
+            (Question::V6, failed(FailureKind::Timeout)),
         ];
         let step = s.on_answers(&answers, now);
         assert_eq!(
@@ -446,18 +448,18 @@ mod tests {
         let now = Instant::now();
         s.on_answers(&v4(records(&["10.0.0.1:80"], 5)), now);
         let answers = [
-            (Part::V4, records(&["10.0.0.1:80"], 5)),
-            (Part::V6, Answer::Empty(Negative::NxDomain)),
+            (Question::V4, records(&["10.0.0.1:80"], 5)),
+            (Question::V6, Answer::Empty(Negative::NxDomain)),
         ];
         let step = s.on_answers(&answers, now);
         assert_eq!(step.event, Event::Resolved);
         assert_eq!(s.empty_streak(), 0);
     }
 
-    fn nx() -> Vec<(Part, Answer)> {
+    fn nx() -> Vec<(Question, Answer)> {
         vec![
-            (Part::V4, Answer::Empty(Negative::NxDomain)),
-            (Part::V6, Answer::Empty(Negative::NxDomain)),
+            (Question::V4, Answer::Empty(Negative::NxDomain)),
+            (Question::V6, Answer::Empty(Negative::NxDomain)),
         ]
     }
 
@@ -530,8 +532,8 @@ mod tests {
         assert_eq!(outcome(&v4(failed(FailureKind::ServFail))), "servfail");
         assert_eq!(outcome(&v4(failed(FailureKind::Io))), "other");
         let partial = [
-            (Part::V4, records(&["10.0.0.1:80"], 5)),
-            (Part::V6, failed(FailureKind::Timeout)),
+            (Question::V4, records(&["10.0.0.1:80"], 5)),
+            (Question::V6, failed(FailureKind::Timeout)),
         ];
         assert_eq!(outcome(&partial), "timeout");
     }

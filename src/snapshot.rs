@@ -1,6 +1,11 @@
-//! The pure step between two endpoint sets: what to insert and what to remove.
+//! The endpoint set every stage passes on, as a snapshot, and the pure step between two of
+//! them: what to insert and what to remove.
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+
+/// The endpoint set of one service, published whole by one stage (discovery, the health gate)
+/// and read by the next.
+pub(crate) type Endpoints = Arc<BTreeSet<SocketAddr>>;
 
 /// The changes that turn one endpoint set into another.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +33,24 @@ impl Diff {
     pub(crate) fn edits(self) -> impl Iterator<Item = Edit> {
         let removes = self.removes.into_iter().map(Edit::Remove);
         removes.chain(self.inserts.into_iter().map(Edit::Insert))
+    }
+}
+
+/// A set followed through its snapshots: each snapshot gives the changes from the one before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Held(BTreeSet<SocketAddr>);
+
+impl Held {
+    /// The changes from what is held to `next`, which is held from now on.
+    pub(crate) fn follow(&mut self, next: &BTreeSet<SocketAddr>) -> Diff {
+        let changes = diff(&self.0, next);
+        self.0.clone_from(next);
+        changes
+    }
+
+    /// What is held now.
+    pub(crate) fn get(&self) -> &BTreeSet<SocketAddr> {
+        &self.0
     }
 }
 

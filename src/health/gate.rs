@@ -24,7 +24,8 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use super::{EndpointHealth, HealthConfig, HealthState, ejection_cap};
+use super::{EndpointHealth, HealthSettings, HealthState};
+use crate::ejection::ejection_cap;
 
 /// What a watcher saw of one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub(crate) enum Transition {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Member {
     generation: u64,
     state: HealthState,
     fails: u32,
@@ -79,13 +80,13 @@ struct Entry {
 /// Per-service health state.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    config: HealthConfig,
-    entries: BTreeMap<SocketAddr, Entry>,
+    config: HealthSettings,
+    entries: BTreeMap<SocketAddr, Member>,
     generations: u64,
 }
 
 impl Gate {
-    pub(crate) fn new(config: HealthConfig) -> Self {
+    pub(crate) fn new(config: HealthSettings) -> Self {
         Self {
             config,
             entries: BTreeMap::new(),
@@ -115,7 +116,7 @@ impl Gate {
                 let generation = self.generations;
                 self.entries.insert(
                     *addr,
-                    Entry {
+                    Member {
                         generation,
                         state: HealthState::Unknown,
                         fails: 0,
@@ -199,7 +200,7 @@ impl Gate {
             .filter(|(_, e)| e.state == HealthState::Healthy)
             .map(|(a, _)| *a)
             .collect();
-        let ejected: Vec<(&SocketAddr, &Entry)> = self
+        let ejected: Vec<(&SocketAddr, &Member)> = self
             .entries
             .iter()
             .filter(|(_, e)| e.state == HealthState::Ejected)
@@ -219,7 +220,7 @@ impl Gate {
         if ejected.len() > cap {
             // Only endpoints that were once healthy go back in, the most recently ejected
             // first.
-            let mut back: Vec<(&SocketAddr, &Entry)> = ejected
+            let mut back: Vec<(&SocketAddr, &Member)> = ejected
                 .into_iter()
                 .filter(|(_, e)| e.ever_healthy)
                 .collect();
@@ -267,8 +268,8 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn config() -> HealthConfig {
-        HealthConfig {
+    fn config() -> HealthSettings {
+        HealthSettings {
             check: HealthCheck::Tcp,
             interval: S,
             timeout: S / 2,

@@ -27,7 +27,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{channel::EndpointTemplate, refresh::Endpoints};
+use crate::{endpoint::EndpointTemplate, snapshot::Endpoints};
 use gate::{Gate, Transition};
 
 /// How endpoints are probed.
@@ -67,7 +67,7 @@ impl Default for HealthCheck {
 
 /// The health knobs a [`Builder`](crate::Builder) passes down.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct HealthConfig {
+pub(crate) struct HealthSettings {
     pub(crate) check: HealthCheck,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
@@ -126,15 +126,9 @@ impl EndpointHealth {
     }
 }
 
-/// How many of `total` endpoints may be out of rotation at once: `⌊share × total⌋`, and at
-/// least one. The health gate and the load-aware channel's breakers share this rule.
-pub(crate) fn ejection_cap(share: f64, total: usize) -> usize {
-    ((share * total as f64).floor() as usize).max(1)
-}
-
 /// What the gate task shares with the registry.
 #[derive(Debug)]
-pub(crate) struct HealthShared {
+pub(crate) struct Gated {
     pub(crate) serving: watch::Sender<Endpoints>,
     pub(crate) report: Mutex<Vec<EndpointHealth>>,
 }
@@ -143,9 +137,9 @@ pub(crate) struct HealthShared {
 pub(crate) async fn run(
     label: String,
     mut dns: watch::Receiver<Endpoints>,
-    config: HealthConfig,
+    config: HealthSettings,
     template: Arc<EndpointTemplate>,
-    shared: Arc<HealthShared>,
+    shared: Arc<Gated>,
     refresh_now: impl Fn() + Send,
 ) {
     let config = Arc::new(config);
@@ -212,7 +206,7 @@ pub(crate) async fn run(
 }
 
 /// Publishes the serving set (only when it changed) and the report.
-fn publish(label: &str, gate: &Gate, shared: &HealthShared) {
+fn publish(label: &str, gate: &Gate, shared: &Gated) {
     let serving = gate.serving();
     let report = gate.report(&serving);
     shared.serving.send_if_modified(|current| {

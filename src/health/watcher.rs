@@ -25,25 +25,15 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use super::{HealthCheck, HealthConfig, gate::Observation};
-use crate::channel::EndpointTemplate;
+use super::{HealthCheck, HealthSettings, gate::Observation};
+use crate::{backoff::Backoff, endpoint::EndpointTemplate};
 
 /// What a watcher sends: the endpoint, its entry's generation and what was seen.
 pub(crate) type Report = (SocketAddr, u64, Observation);
 
-/// The delay before the `failures`-th re-probe in a row: the interval, doubling, up to `max`.
-pub(crate) fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
-    if failures <= 1 {
-        return interval;
-    }
-    let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
-    interval.saturating_mul(factor).min(max.max(interval))
-}
-
 /// Paces one endpoint's probes: every interval while it passes, backing off while it fails.
 struct Pacer {
-    interval: Duration,
-    max: Duration,
+    backoff: Backoff,
     failures: u32,
 }
 
@@ -57,7 +47,7 @@ impl Pacer {
     }
 
     async fn wait(&self) {
-        tokio::time::sleep(backoff(self.interval, self.max, self.failures.max(1))).await;
+        tokio::time::sleep(self.backoff.delay(self.failures)).await;
     }
 }
 
@@ -65,7 +55,7 @@ impl Pacer {
 pub(crate) async fn watch(
     addr: SocketAddr,
     generation: u64,
-    config: Arc<HealthConfig>,
+    config: Arc<HealthSettings>,
     template: Arc<EndpointTemplate>,
     reports: mpsc::Sender<Report>,
 ) {
@@ -74,8 +64,10 @@ pub(crate) async fn watch(
         async move { reports.send((addr, generation, observation)).await.is_ok() }
     };
     let mut pacer = Pacer {
-        interval: config.interval,
-        max: config.ejected_backoff_max,
+        backoff: Backoff {
+            base: config.interval,
+            max: config.ejected_backoff_max,
+        },
         failures: 0,
     };
     // Paces, then reports; false once the gate is gone.
@@ -152,7 +144,7 @@ enum Streamed {
 async fn stream<F, Fut>(
     client: &mut HealthClient<Channel>,
     service: &str,
-    config: &HealthConfig,
+    config: &HealthSettings,
     report: &F,
 ) -> Streamed
 where
@@ -306,19 +298,6 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_the_interval_up_to_the_maximum() {
-        let s = Duration::from_secs(1);
-        let gaps: Vec<u64> = (0..8).map(|f| backoff(s, 8 * s, f).as_secs()).collect();
-        assert_eq!(gaps, [1, 1, 2, 4, 8, 8, 8, 8]);
-        // A maximum below the interval means the interval; huge counts saturate.
-        assert_eq!(backoff(s, s / 2, 5), s);
-        assert_eq!(
-            backoff(s, Duration::MAX, u32::MAX),
-            Duration::from_secs(u32::MAX as u64)
-        );
-    }
 
     #[test]
     fn a_refused_connection_is_found_anywhere_in_the_chain() {

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 /// How a finished call went, for the breaker and the load estimate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -56,15 +58,24 @@ pub(super) enum Transition {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Accrual {
     pub(super) failures: u32,
-    pub(super) base: Duration,
-    pub(super) max: Duration,
+    /// The rest after opening, doubling with every failed trial.
+    pub(super) rest: Backoff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant, rest: Duration },
-    HalfOpen { rest: Duration, trial: bool },
+    Closed {
+        failures: u32,
+    },
+    /// `trials`: trials failed since it opened; the rest is the backoff's next wait.
+    Open {
+        until: Instant,
+        trials: u32,
+    },
+    HalfOpen {
+        trials: u32,
+        trial: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,10 +113,13 @@ impl Breaker {
 
     /// Lets a call through, or says no. With `panic`, a resting pod takes calls too.
     pub(super) fn admit(&mut self, now: Instant, panic: bool) -> Option<Ticket> {
-        if let State::Open { until, rest } = self.state
+        if let State::Open { until, trials } = self.state
             && now >= until
         {
-            self.state = State::HalfOpen { rest, trial: false };
+            self.state = State::HalfOpen {
+                trials,
+                trial: false,
+            };
         }
         let admission = match &mut self.state {
             State::Closed { .. } => Admission::Closed,
@@ -141,10 +155,9 @@ impl Breaker {
             (State::Closed { failures }, Outcome::Failure) => {
                 let failures = failures.saturating_add(1);
                 if failures >= accrual.failures && may_open() {
-                    let rest = accrual.base.min(accrual.max);
-                    let until = later(now, rest);
+                    let until = later(now, accrual.rest.delay(1));
                     (
-                        State::Open { until, rest },
+                        State::Open { until, trials: 0 },
                         Some(Transition::Opened(failures)),
                     )
                 } else {
@@ -152,13 +165,14 @@ impl Breaker {
                 }
             }
             (_, Outcome::Success) => (State::Closed { failures: 0 }, Some(Transition::Closed)),
-            (State::HalfOpen { rest, .. }, Outcome::Failure)
+            (State::HalfOpen { trials, .. }, Outcome::Failure)
                 if ticket.admission == Admission::Trial =>
             {
-                let rest = rest.saturating_mul(2).min(accrual.max);
+                let trials = trials.saturating_add(1);
+                let rest = accrual.rest.delay(trials + 1);
                 let until = later(now, rest);
                 (
-                    State::Open { until, rest },
+                    State::Open { until, trials },
                     Some(Transition::Reopened(rest)),
                 )
             }
@@ -201,8 +215,10 @@ mod tests {
 
     const ACCRUAL: Accrual = Accrual {
         failures: 3,
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(4),
+        rest: Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        },
     };
 
     fn fail(b: &mut Breaker, t: Ticket, now: Instant) -> Option<Transition> {
@@ -241,7 +257,7 @@ mod tests {
         let mut b = open(now);
         assert!(!b.admits(now));
         assert_eq!(b.admit(now + Duration::from_millis(999), false), None);
-        let later = now + ACCRUAL.base;
+        let later = now + ACCRUAL.rest.base;
         assert!(b.trial_due(later));
         let trial = b.admit(later, false).unwrap();
         assert_eq!(trial.admission, Admission::Trial);
@@ -259,8 +275,8 @@ mod tests {
 
     #[test]
     fn a_dropped_trial_gives_its_slot_back() {
-        let now = Instant::now() + ACCRUAL.base;
-        let mut b = open(now - ACCRUAL.base);
+        let now = Instant::now() + ACCRUAL.rest.base;
+        let mut b = open(now - ACCRUAL.rest.base);
         let trial = b.admit(now, false).unwrap();
         assert_eq!(b.admit(now, false), None);
         b.cancel(trial);
@@ -276,7 +292,7 @@ mod tests {
         let transitions: Vec<_> = tickets.into_iter().map(|t| fail(&mut b, t, now)).collect();
         assert_eq!(transitions.iter().flatten().count(), 1, "{transitions:?}");
         // Still the base rest: the trial is due after 1 s, not 2^7 s.
-        assert!(b.trial_due(now + ACCRUAL.base));
+        assert!(b.trial_due(now + ACCRUAL.rest.base));
     }
 
     #[test]
@@ -337,7 +353,7 @@ mod tests {
         assert_eq!(t.admission, Admission::Panic);
         // A panic call's failure does not extend the rest.
         assert_eq!(fail(&mut b, t, now), None);
-        assert!(b.trial_due(now + ACCRUAL.base));
+        assert!(b.trial_due(now + ACCRUAL.rest.base));
         let t = b.admit(now, true).unwrap();
         assert_eq!(
             b.record(t, Outcome::Success, now, &ACCRUAL, || true),
@@ -349,8 +365,10 @@ mod tests {
     fn huge_rests_do_not_overflow() {
         let accrual = Accrual {
             failures: 1,
-            base: Duration::MAX,
-            max: Duration::MAX,
+            rest: Backoff {
+                base: Duration::MAX,
+                max: Duration::MAX,
+            },
         };
         let now = Instant::now();
         let mut b = Breaker::default();

@@ -22,10 +22,10 @@ use super::{
     picker::{Pick, Picker, Pod, Settings, outcome},
 };
 use crate::{
-    channel::EndpointTemplate,
-    diff::{Edit, diff},
+    backoff::Backoff,
+    endpoint::EndpointTemplate,
     error::BoxError,
-    refresh::Endpoints,
+    snapshot::{Edit, Endpoints, diff},
 };
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
@@ -74,8 +74,10 @@ impl LoadBalancedChannel {
             measure: config.measure,
             accrual: Accrual {
                 failures: config.failures,
-                base: config.backoff_base,
-                max: config.backoff_max,
+                rest: Backoff {
+                    base: config.backoff_base,
+                    max: config.backoff_max,
+                },
             },
             max_ejection: config.max_ejection,
         }));

@@ -1,7 +1,7 @@
 //! [`Discovery`]: the serving set as a stream of tower `Change`s, for a balancer of one's own.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::VecDeque,
     fmt,
     future::Future,
     net::SocketAddr,
@@ -13,10 +13,7 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tower::discover::Change;
 
-use crate::{
-    diff::{Edit, diff},
-    refresh::Endpoints,
-};
+use crate::snapshot::{Edit, Endpoints, Held};
 
 /// A stream of [`tower::discover::Change`]s for one service, built from the registry's
 /// snapshots; tower's blanket impl makes it a [`tower::discover::Discover`].
@@ -29,7 +26,7 @@ pub struct Discovery<F, S> {
     /// Wakes the task when the set changes; rebuilt after every read.
     wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     started: bool,
-    held: BTreeSet<SocketAddr>,
+    held: Held,
     queue: VecDeque<Change<SocketAddr, S>>,
     make: F,
 }
@@ -37,7 +34,7 @@ pub struct Discovery<F, S> {
 impl<F, S> fmt::Debug for Discovery<F, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Discovery")
-            .field("held", &self.held)
+            .field("held", self.held.get())
             .finish_non_exhaustive()
     }
 }
@@ -51,7 +48,7 @@ where
             sets,
             wait: None,
             started: false,
-            held: BTreeSet::new(),
+            held: Held::default(),
             queue: VecDeque::new(),
             make,
         }
@@ -83,13 +80,12 @@ where
                 this.started = true;
                 this.wait = None;
                 let set = this.sets.borrow_and_update().clone();
-                for edit in diff(&this.held, &set).edits() {
+                for edit in this.held.follow(&set).edits() {
                     this.queue.push_back(match edit {
                         Edit::Remove(addr) => Change::Remove(addr),
                         Edit::Insert(addr) => Change::Insert(addr, (this.make)(addr)),
                     });
                 }
-                this.held = (*set).clone();
                 continue;
             }
             let wait = this.wait.get_or_insert_with(|| {

@@ -23,7 +23,7 @@ use super::{
     breaker::{Accrual, Admission, Breaker, Outcome, Ticket, Transition},
     estimate::{Estimate, nanos},
 };
-use crate::health::ejection_cap;
+use crate::ejection::ejection_cap;
 
 /// With no call in flight on either pod, two costs within this factor are a near-tie, which
 /// goes to the pod picked least recently, so that equal pods share calls evenly at light
@@ -340,7 +340,7 @@ impl Pick {
         drop(state);
         match transition {
             Some(Transition::Opened(failures)) => {
-                tracing::warn!(endpoint = %pod.addr, failures, rest = ?settings.accrual.base, "Opening breaker: failed calls in a row");
+                tracing::warn!(endpoint = %pod.addr, failures, rest = ?settings.accrual.rest.base, "Opening breaker: failed calls in a row");
             }
             Some(Transition::Reopened(rest)) => {
                 tracing::debug!(endpoint = %pod.addr, ?rest, "Breaker stays open: the trial call failed");
@@ -464,8 +464,10 @@ mod tests {
             measure: LoadMeasure::default(),
             accrual: Accrual {
                 failures: 1,
-                base: Duration::from_secs(60),
-                max: Duration::from_secs(60),
+                rest: crate::backoff::Backoff {
+                    base: Duration::from_secs(60),
+                    max: Duration::from_secs(60),
+                },
             },
             max_ejection,
         }));

@@ -1,0 +1,225 @@
+//! One service's pipeline, from its DNS name to its channels:
+//!
+//! ```text
+//! refresh task ──► discovered set ──► health gate task ──► serving set ──► channel() feeder
+//! (resolve, schedule)  (watch)         (watchers, gate)      (watch)     └─► load_balanced()
+//! ```
+//!
+//! The builder makes a [`Plan`] for every service first, where everything that can fail is
+//! checked, and only then starts them: a failed build leaves nothing running. A started
+//! [`Pipeline`] makes its channels on first use.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::{
+    channel,
+    endpoint::EndpointTemplate,
+    error::Error,
+    families::{self, Families},
+    health::{self, Gated, HealthCheck, HealthSettings},
+    load_balanced::{BalanceConfig, LoadBalancedChannel},
+    refresh::{self, Discovered},
+    resolve::{Dns, IpFamily, Query},
+    schedule::{Schedule, Timing},
+    service::{ClusterDomain, HeadlessService, Port},
+    snapshot::Endpoints,
+};
+
+/// What a service's pipeline will run, checked and not yet started.
+pub(crate) struct Plan {
+    service: HeadlessService,
+    query: Query,
+    template: Arc<EndpointTemplate>,
+}
+
+impl Plan {
+    /// What to ask DNS and how to dial the pods of `service`; fails if the endpoint settings
+    /// (TLS) cannot work.
+    pub(crate) fn new(
+        service: HeadlessService,
+        domain: &ClusterDomain,
+        family: IpFamily,
+        template: &EndpointTemplate,
+    ) -> Result<Plan, Error> {
+        let query = match service.port() {
+            Port::Number(port) => Query::Addresses {
+                fqdn: service.fqdn(domain),
+                port: port.get(),
+                family,
+            },
+            Port::Named(_) => Query::Srv {
+                name: service
+                    .srv_name(domain)
+                    .expect("a named port has an SRV name"),
+                family,
+            },
+        };
+        let template = Arc::new(EndpointTemplate {
+            server_name: Some(service.fqdn(domain).trim_end_matches('.').to_owned()),
+            ..template.clone()
+        });
+        // Fail now, not on every endpoint, if the TLS settings cannot work.
+        template
+            .endpoint(SocketAddr::from(([127, 0, 0, 1], 1)))
+            .map_err(|e| Error::config("tls", tls_reason(&service, &e)))?;
+        Ok(Plan {
+            service,
+            query,
+            template,
+        })
+    }
+
+    /// Starts the refresh task and, with health checks on, the gate task; their handles go
+    /// into `tasks`.
+    pub(crate) fn start(
+        self,
+        handle: &Handle,
+        dns: &Dns,
+        timing: &Timing,
+        jitter: f64,
+        health: &HealthSettings,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Pipeline {
+        let Plan {
+            service,
+            query,
+            template,
+        } = self;
+        let discovered = Arc::new(Discovered::new());
+        // Subscribed before discovery starts, so the gate sees its first set.
+        let gate_input = discovered.endpoints.subscribe();
+        let families = match &query {
+            Query::Addresses { family, .. } => Families::new(
+                *family,
+                timing.empty_confirmations,
+                timing.empty_grace,
+                families::RECHECK,
+            ),
+            Query::Srv { family, .. } => Families::new(*family, 1, Duration::ZERO, 0),
+        };
+        tasks.push(handle.spawn(refresh::run(
+            service.clone(),
+            query,
+            dns.clone(),
+            Schedule::new(timing.clone()),
+            families,
+            jitter,
+            discovered.clone(),
+        )));
+        let gated = (health.check != HealthCheck::Off).then(|| {
+            let gate = Arc::new(Gated {
+                serving: watch::Sender::new(Arc::default()),
+                report: Mutex::default(),
+            });
+            let refresh = discovered.clone();
+            let span = tracing::info_span!("health", service = %service);
+            tasks.push(
+                handle.spawn(
+                    health::run(
+                        service.to_string(),
+                        gate_input,
+                        health.clone(),
+                        template.clone(),
+                        gate.clone(),
+                        move || refresh.refresh_now.notify_one(),
+                    )
+                    .instrument(span),
+                ),
+            );
+            gate
+        });
+        Pipeline {
+            service,
+            discovered,
+            gated,
+            template,
+            channel: OnceLock::new(),
+            balanced: OnceLock::new(),
+        }
+    }
+}
+
+/// A running pipeline: what discovery found, what the gate lets through, and the channels.
+pub(crate) struct Pipeline {
+    pub(crate) service: HeadlessService,
+    /// The refresh task's output: what DNS lists.
+    pub(crate) discovered: Arc<Discovered>,
+    /// The health gate's output, when health checks are on.
+    pub(crate) gated: Option<Arc<Gated>>,
+    /// How this service's pods are dialed.
+    template: Arc<EndpointTemplate>,
+    channel: OnceLock<Channel>,
+    balanced: OnceLock<LoadBalancedChannel>,
+}
+
+impl Pipeline {
+    /// The set the balancers hold: the health gate's output, or DNS's when it is off.
+    pub(crate) fn serving(&self) -> watch::Receiver<Endpoints> {
+        match &self.gated {
+            Some(gate) => gate.serving.subscribe(),
+            None => self.discovered.endpoints.subscribe(),
+        }
+    }
+
+    /// The `balance_channel` of this service, made and fed on first use.
+    pub(crate) fn channel(
+        &self,
+        handle: &Handle,
+        capacity: usize,
+        tasks: &Mutex<Vec<JoinHandle<()>>>,
+    ) -> Channel {
+        self.channel
+            .get_or_init(|| {
+                // tonic spawns the balancer on the current runtime: enter ours, so that this
+                // works from any thread.
+                let _guard = handle.enter();
+                let (channel, tx) = Channel::balance_channel(capacity);
+                let task = handle.spawn(channel::feed(self.serving(), tx, self.template.clone()));
+                tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                channel
+            })
+            .clone()
+    }
+
+    /// The load-aware channel of this service, made on first use.
+    pub(crate) fn load_balanced(
+        &self,
+        handle: &Handle,
+        config: &BalanceConfig,
+        tasks: &Mutex<Vec<JoinHandle<()>>>,
+    ) -> LoadBalancedChannel {
+        self.balanced
+            .get_or_init(|| {
+                let (channel, task) = LoadBalancedChannel::spawn(
+                    handle,
+                    self.serving(),
+                    self.template.clone(),
+                    config.clone(),
+                );
+                tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                channel
+            })
+            .clone()
+    }
+}
+
+/// Why the TLS settings cannot work for `service`: tonic's error ("transport error") and
+/// every cause under it.
+fn tls_reason(service: &HeadlessService, e: &tonic::transport::Error) -> String {
+    let mut reason = format!("cannot dial the pods of {service}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    reason
+}
