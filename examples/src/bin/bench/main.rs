@@ -105,6 +105,13 @@ enum Role {
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
     Scale(roles::ScaleClient),
+    /// The spread of every goal's figure over several full runs written with `--write`:
+    /// `bench noise run1.md run2.md run3.md`.
+    Noise {
+        /// Reports written by earlier runs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Callers, the refresh interval both discovering systems get, and waits.
@@ -129,6 +136,16 @@ async fn main() -> anyhow::Result<()> {
             interval,
         }) => roles::client(system, dns, service, pods, interval).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
+        Some(Role::Noise { files }) => {
+            let reports = files
+                .iter()
+                .map(|f| {
+                    std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print!("{}", report::noise(&reports)?);
+            Ok(())
+        }
         None => harness(args).await,
     }
 }

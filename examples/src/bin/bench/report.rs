@@ -556,6 +556,49 @@ impl Report {
     }
 }
 
+/// The spread of every goal over several runs' reports: the first number each run measured,
+/// its smallest and largest, and how many runs held.
+pub fn noise(reports: &[String]) -> anyhow::Result<String> {
+    // goal → (values, runs that held)
+    let mut goals: Vec<(String, Vec<f64>, usize)> = Vec::new();
+    for report in reports {
+        let table = report
+            .split("### Goals")
+            .nth(1)
+            .context("a report with a Goals table")?;
+        for line in table.lines().skip_while(|l| !l.starts_with("|---")).skip(1) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let [goal, measured, holds] = cells[..] else {
+                break;
+            };
+            let goal = goal.trim_start_matches("| ").to_owned();
+            let value: f64 = measured
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .find(|w| !w.is_empty())
+                .and_then(|w| w.parse().ok())
+                .with_context(|| format!("a figure in {measured:?}"))?;
+            let held = usize::from(holds.starts_with("yes"));
+            match goals.iter_mut().find(|(g, _, _)| *g == goal) {
+                Some((_, values, n)) => {
+                    values.push(value);
+                    *n += held;
+                }
+                None => goals.push((goal, vec![value], held)),
+            }
+        }
+    }
+    let mut out = format!(
+        "### Noise: every goal over {} runs\n\n| goal | smallest | largest | runs that held |\n|---|---|---|---|\n",
+        reports.len()
+    );
+    for (goal, values, held) in &goals {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(out, "| {goal} | {lo} | {hi} | {held} of {} |", values.len());
+    }
+    Ok(out)
+}
+
 const BEGIN: &str = "<!-- bench:begin (written by the bench program) -->";
 const END: &str = "<!-- bench:end -->";
 
@@ -666,6 +709,29 @@ mod tests {
         let a = [run(100), run(400), run(300)];
         let b = [run(200), run(200), run(300)];
         assert_eq!(paired_ratio(&a, &b), 1.0);
+    }
+
+    #[test]
+    fn noise_takes_each_goals_first_figure_over_runs() {
+        let run = |a: &str, b: &str, held: &str| {
+            format!(
+                "- Date: x\n\n### Goals\n\n| goal | measured | holds |\n|---|---|---|\n| ratio goal | {a} | {held} |\n| latency goal | {b} | yes |\n\n### All pods fast\n"
+            )
+        };
+        let table = noise(&[
+            run("1.029×", "451 ms vs 543 ms", "yes"),
+            run("0.954×", "724 ms vs 390 ms", "**no**"),
+        ])
+        .unwrap();
+        assert!(
+            table.contains("| ratio goal | 0.954 | 1.029 | 1 of 2 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| latency goal | 451 | 724 | 2 of 2 |"),
+            "{table}"
+        );
+        assert!(noise(&["no goals here".to_owned()]).is_err());
     }
 
     #[test]
