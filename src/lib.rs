@@ -183,6 +183,9 @@ pub use crate::key::ServiceKey;
 pub use crate::load_balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
 pub use crate::refresh::Status;
 pub use crate::registry::Registry;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use crate::resolve::fuzz_screen;
 pub use crate::resolve::{DnsTransport, IpFamily};
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
 pub use crate::watch::{Update, Watch};

@@ -721,6 +721,48 @@ fn screen_addresses(
     Ok(Screened { found: ips, ttl })
 }
 
+/// For the fuzzing harness (`fuzz/`, built with `--cfg fuzzing`) only: screens the answer
+/// section of a raw DNS message as the resolver screens an answer about the message's first
+/// question (or a Service name), for A, AAAA and SRV, and panics only where the screening
+/// broke its own promises: every address kept is owned by the chain and usable.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_screen(message: &[u8]) {
+    use std::str::FromStr;
+    let Ok(message) = hickory_resolver::proto::op::Message::from_vec(message) else {
+        return;
+    };
+    let domain = Name::from_str("cluster.local.").expect("a valid name");
+    let asked = message
+        .queries
+        .first()
+        .map(|q| q.name().clone())
+        .unwrap_or_else(|| Name::from_str("user-svc.default.svc.cluster.local.").expect("valid"));
+    let answers = &message.answers;
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        let mut skipped = Vec::new();
+        if let Ok(Screened { found, .. }) =
+            screen_addresses(&asked, &domain, rtype, answers, &mut skipped)
+        {
+            for ip in found {
+                assert!(unusable(ip).is_none(), "kept an unusable address {ip}");
+                assert_eq!(
+                    ip.is_ipv4(),
+                    rtype == RecordType::A,
+                    "kept {ip} for {rtype}"
+                );
+            }
+        }
+        warn_skipped(&asked, &skipped);
+    }
+    let mut skipped = Vec::new();
+    if let Ok(Screened { found, .. }) = screen_srv(&asked, &domain, answers, &mut skipped) {
+        for (target, port) in found {
+            assert!(port != 0 && !target.is_root() && domain.zone_of(target));
+        }
+    }
+}
+
 /// The EDNS payload size hickory advertises: a larger answer is truncated over UDP and
 /// retried over TCP.
 const UDP_PAYLOAD: usize = 1232;
