@@ -91,22 +91,8 @@ fn push(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    fn template() -> EndpointTemplate {
-        EndpointTemplate {
-            server_name: None,
-            #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-            tls: None,
-            connect_timeout: Some(Duration::from_secs(1)),
-            tcp_keepalive: None,
-            http2_keepalive: None,
-            request_timeout: None,
-            customize: None,
-        }
-    }
+    use crate::endpoint::plain_template as template;
 
     fn set(addrs: &[&str]) -> BTreeSet<SocketAddr> {
         addrs.iter().map(|a| a.parse().unwrap()).collect()

@@ -122,26 +122,28 @@ impl EndpointTemplate {
     }
 }
 
+/// A plain-text template with a 1 s connect timeout and nothing else, for unit tests.
+#[cfg(test)]
+pub(crate) fn plain_template() -> EndpointTemplate {
+    EndpointTemplate {
+        server_name: None,
+        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+        tls: None,
+        connect_timeout: Some(Duration::from_secs(1)),
+        tcp_keepalive: None,
+        http2_keepalive: None,
+        request_timeout: None,
+        customize: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn template() -> EndpointTemplate {
-        EndpointTemplate {
-            server_name: None,
-            #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-            tls: None,
-            connect_timeout: Some(Duration::from_secs(1)),
-            tcp_keepalive: None,
-            http2_keepalive: None,
-            request_timeout: None,
-            customize: None,
-        }
-    }
-
     #[test]
     fn ipv6_endpoints_are_bracketed() {
-        let ep = template()
+        let ep = plain_template()
             .endpoint("[fd00::1]:8080".parse().unwrap())
             .unwrap();
         assert_eq!(ep.uri().to_string(), "http://[fd00::1]:8080/");
