@@ -247,9 +247,7 @@ async fn out_of_both_kinds(
     count: usize,
 ) -> bool {
     eventually(SLACK, || async {
-        let health = registry.health(fx_service).unwrap();
-        let held = health.iter().any(|h| h.addr == addr && h.serving);
-        !held && balanced.endpoints() == count
+        !held(registry, fx_service, addr) && balanced.endpoints() == count
     })
     .await
 }
@@ -386,16 +384,7 @@ async fn a_killed_pod_is_out_of_the_plain_kind_before_its_next_probe() {
     let (ok0, failed0) = (load.ok(), load.failed());
     let killed = Instant::now();
     victim.kill().await;
-    let out = eventually(SLACK, || async {
-        registry
-            .health(&service)
-            .unwrap()
-            .iter()
-            .filter(|h| h.serving)
-            .count()
-            == 2
-    })
-    .await;
+    let out = eventually(SLACK, || async { serving(&registry, &service) == 2 }).await;
     let took = killed.elapsed();
     assert!(out);
     // A window of 5 s from the kill.

@@ -100,22 +100,13 @@ impl Caller for k8s_headless_svc::LoadBalancedChannel {
 
 /// How many endpoints of `service` the balancer holds now (health-gated).
 pub fn serving(registry: &Registry, service: &HeadlessService) -> usize {
-    registry
-        .health(service)
-        .unwrap()
-        .iter()
-        .filter(|h| h.serving)
-        .count()
+    registry.serving(service).unwrap().len()
 }
 
 /// Whether the balancers hold `addr` now: the health gate's serving set, which both kinds
 /// follow (DNS alone changes before the gate and the balancers apply it).
 pub fn held(registry: &Registry, service: &HeadlessService, addr: std::net::SocketAddr) -> bool {
-    registry
-        .health(service)
-        .unwrap()
-        .iter()
-        .any(|h| h.addr == addr && h.serving)
+    registry.serving(service).unwrap().contains(&addr)
 }
 
 /// Waits until DNS lists `count` endpoints of `service`.

@@ -97,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
     // channel follows), not merely once DNS no longer lists it.
     let dropped = eventually(Duration::from_secs(10), || async {
         !registry
-            .health(&service)
-            .is_ok_and(|h| h.iter().any(|e| e.addr == leaving.addr() && e.serving))
+            .serving(&service)
+            .is_ok_and(|held| held.contains(&leaving.addr()))
     })
     .await;
     let scale_down = t.elapsed();
