@@ -37,7 +37,7 @@ async fn shares(load: &Load, pods: &[Pod], window: Duration) -> Vec<u64> {
         .collect()
 }
 
-/// The share of calls a pod +20 ms gets from 16 callers over three pods, measured as `measure`
+/// The share of calls a pod +50 ms gets from 4 callers over three pods, measured as `measure`
 /// says; then it turns fast again and must win its share back.
 async fn slow_pod_share(net: u8, measure: LoadMeasure) -> f64 {
     let fx = Fixture::start(net, 3).await;
@@ -48,14 +48,14 @@ async fn slow_pod_share(net: u8, measure: LoadMeasure) -> f64 {
         .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
-    fx.pods[0].stats().set_delay(Duration::from_millis(20));
-    let load = Load::start(&channel, 16, Duration::from_secs(30));
+    fx.pods[0].stats().set_delay(Duration::from_millis(50));
+    let load = Load::start(&channel, 4, Duration::from_secs(30));
     // Let the estimates learn, then measure.
     let _ = shares(&load, &fx.pods, Duration::from_secs(1)).await;
     let calls = shares(&load, &fx.pods, Duration::from_secs(2)).await;
     let total: u64 = calls.iter().sum();
     let slow_share = calls[0] as f64 / total as f64;
-    eprintln!("slow pod (+20 ms), {measure:?}: {calls:?}, share {slow_share:.4}");
+    eprintln!("slow pod (+50 ms), {measure:?}: {calls:?}, share {slow_share:.4}");
     assert!(total > 100, "{calls:?}");
 
     // Fast again: it wins its share back as the peak decays.
