@@ -1,9 +1,6 @@
-//! Pieces shared by the example programs: logging, duration flags, shutdown signals, and the
-//! benchmark clients' line protocol ([`load`]).
+//! Pieces shared by the example programs: logging, duration flags and shutdown signals.
 
 use std::time::Duration;
-
-pub mod load;
 
 /// Logs to stderr; `RUST_LOG` overrides `default`.
 pub fn init_tracing(default: &str) {

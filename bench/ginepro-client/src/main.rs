@@ -1,5 +1,5 @@
 //! `ginepro-client`: a ginepro 0.9.3 `LoadBalancedChannel` to the benchmark's pods, driven by
-//! the harness over the line protocol in `examples/src/load.rs` (compiled here as is).
+//! the harness over the line protocol of `bench/protocol` (the crate `bench-protocol`).
 //!
 //! ginepro resolves with hickory from the system's resolv.conf, which cannot name the
 //! harness's DNS server on its ephemeral port. `Lookup` below is ginepro's own `DnsResolver`
@@ -15,9 +15,6 @@ use hickory_resolver::{
     config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
 };
-
-#[path = "../../../examples/src/load.rs"]
-mod load;
 
 mod pb {
     tonic::include_proto!("user");
@@ -58,7 +55,7 @@ impl LookupService for Lookup {
 #[derive(Clone)]
 struct Caller(pb::user_client::UserClient<LoadBalancedChannel>);
 
-impl load::Call for Caller {
+impl bench_protocol::Call for Caller {
     fn call(&self) -> impl Future<Output = Result<String, String>> + Send {
         let mut client = self.0.clone();
         async move {
@@ -98,6 +95,6 @@ async fn main() -> anyhow::Result<()> {
         .channel()
         .await
         .with_context(|| format!("ginepro channel to {}:{}", args.host, args.port))?;
-    load::serve(Caller(pb::user_client::UserClient::new(channel))).await?;
+    bench_protocol::serve(Caller(pb::user_client::UserClient::new(channel))).await?;
     Ok(())
 }

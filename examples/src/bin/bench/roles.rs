@@ -6,7 +6,6 @@ use std::{
 };
 
 use anyhow::Context;
-use examples::load;
 use k8s_headless_svc::{DnsTransport, HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
 use testkit::{Pod, pb};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -77,7 +76,7 @@ enum Caller {
     LoadAware(pb::user_client::UserClient<LoadBalancedChannel>),
 }
 
-impl load::Call for Caller {
+impl bench_protocol::Call for Caller {
     fn call(&self) -> impl Future<Output = Result<String, String>> + Send {
         let this = self.clone();
         async move {
@@ -141,7 +140,7 @@ pub async fn client(
         }
         System::Ginepro => anyhow::bail!("ginepro runs from its own crate"),
     };
-    load::serve(caller).await?;
+    bench_protocol::serve(caller).await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! The client side of the benchmark's line protocol. Every client process speaks it: this
-//! crate's `bench client` and the ginepro client (`bench/ginepro-client`, a crate of its own on
-//! tonic 0.13, which compiles this same file), so that every system is driven alike.
+//! The client side of the benchmark's line protocol. Every client process speaks it: the
+//! harness's own `bench client` and the ginepro client (`bench/ginepro-client`, a crate and
+//! workspace of its own on tonic 0.13), both depending on this crate, so that every system is
+//! driven alike.
 //!
 //! The harness writes one command a line on stdin; the client answers on stdout:
 //! - `run CALLERS MILLIS`: `CALLERS` loops call back to back for `MILLIS`; answers
