@@ -7,7 +7,7 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
-//! `cargo run --release -p examples --bin bench` (under 10 minutes; writes BENCHMARKS.md);
+//! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
 //! `--quick` is a smoke run of the harness, with no meaningful figures.
 
 mod proc;
@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Length of one throughput run.
-    #[arg(long, default_value = "1s", value_parser = examples::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     run: Duration,
     /// Trials of the discovery reaction.
     #[arg(long, default_value_t = 15)]
@@ -99,7 +99,7 @@ enum Role {
         service: HeadlessService,
         #[arg(long, value_delimiter = ',')]
         pods: Vec<SocketAddr>,
-        #[arg(long, value_parser = examples::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         interval: Duration,
     },
     /// The discovery-at-scale client (used by the harness).
@@ -124,7 +124,7 @@ const ANSWER: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    examples::init_tracing("error");
+    init_tracing("error");
     let mut args = Args::parse();
     match args.role.take() {
         Some(Role::Pod { port, pods }) => roles::pod(port, pods).await,
@@ -150,11 +150,28 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Parses `500ms`, `1s`, `2m`, … for clap.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
 /// The workspace root, where `Cargo.lock`, `bench/` and `BENCHMARKS.md` are.
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("examples/ sits in the workspace")
+        .and_then(Path::parent)
+        .expect("bench/harness/ sits in the workspace")
         .to_owned()
 }
 
@@ -416,7 +433,7 @@ fn args_line() -> String {
     } else {
         "--release "
     };
-    let mut line = format!("cargo run {profile}-p examples --bin bench");
+    let mut line = format!("cargo run {profile}-p bench");
     if !rest.is_empty() {
         line.push_str(" -- ");
         line.push_str(&rest.join(" "));

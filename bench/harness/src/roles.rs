@@ -155,7 +155,7 @@ pub struct ScaleClient {
     services: usize,
     #[arg(long)]
     port: u16,
-    #[arg(long, value_parser = examples::parse_duration)]
+    #[arg(long, value_parser = crate::parse_duration)]
     interval: Duration,
     #[arg(long)]
     expect: usize,
