@@ -214,6 +214,11 @@ impl Builder {
     /// Spread each delay uniformly over `delay × (1 ± fraction)` so that clients started
     /// together do not query in lockstep. `0.0` turns it off. Default: `0.1`. Valid: at least
     /// `0.0` and below `1.0` (at `1.0` a delay could be zero).
+    ///
+    /// A jittered delay of 64 ms or more is then lengthened by less than a 32nd so that it ends
+    /// on a grid every refresh task of the process shares (a power-of-two step of at most
+    /// 128 ms): the refreshes of many Services that fall due close together wake the runtime
+    /// once.
     pub fn jitter(self, fraction: f64) -> Self {
         Self {
             jitter: fraction,

@@ -1,7 +1,7 @@
 //! The per-service background task: resolve, feed the schedule, publish, sleep, repeat.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Instant, SystemTime},
 };
 
@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::{
     families::{Families, Switch},
     resolve::{Dns, Query, Resolution},
-    schedule::{Event, Schedule, jittered, outcome},
+    schedule::{Event, Schedule, jittered, on_grid, outcome},
     service::HeadlessService,
     snapshot::{Endpoints, diff},
 };
@@ -121,6 +121,7 @@ pub(crate) async fn run(
             }
             record(&shared, &step.event, &schedule);
             let delay = jittered(step.delay, jitter, fastrand::f64());
+            let delay = on_grid(grid_origin().elapsed(), delay);
             tracing::trace!(?delay, "next resolution");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -130,6 +131,12 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// The origin of the grid every refresh deadline of the process ends on ([`on_grid`]).
+fn grid_origin() -> tokio::time::Instant {
+    static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(tokio::time::Instant::now)
 }
 
 /// Logs an answer's meaning and updates the status.

@@ -305,6 +305,34 @@ pub(crate) fn jittered(delay: Duration, fraction: f64, unit: f64) -> Duration {
     Duration::try_from_secs_f64(delay.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
 }
 
+/// The coarsest step of the refresh grid ([`on_grid`]).
+pub(crate) const GRID_MAX: Duration = Duration::from_millis(128);
+
+/// Lengthens `delay` so that it ends on a grid shared by every refresh task of the process,
+/// whose origin lies `since_origin` in the past: refreshes falling due close together then wake
+/// the runtime once, not each on its own timer.
+///
+/// The grid's step is the largest power of two milliseconds not above `delay / 32` nor
+/// [`GRID_MAX`], so a delay grows by under a 32nd (less than a third of the default ±10 %
+/// jitter, which stays); a delay under 64 ms is left as it is. It never panics.
+pub(crate) fn on_grid(since_origin: Duration, delay: Duration) -> Duration {
+    let wanted = (delay / 32).min(GRID_MAX).as_millis();
+    if wanted < 2 {
+        return delay;
+    }
+    // The largest power of two not above `wanted`, in nanoseconds.
+    let step = (1u128 << (127 - wanted.leading_zeros())) * 1_000_000;
+    let Some(end) = since_origin.checked_add(delay) else {
+        return delay;
+    };
+    let end = end.as_nanos();
+    let rounded = end.div_ceil(step) * step;
+    let Ok(extra) = u64::try_from(rounded - end) else {
+        return delay;
+    };
+    delay.saturating_add(Duration::from_nanos(extra))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,5 +612,36 @@ mod tests {
         assert!(jittered(10 * S, 0.2, 0.999_999) < 12 * S);
         assert_eq!(jittered(10 * S, 0.0, 0.9), 10 * S);
         assert_eq!(jittered(10 * S, 5.0, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn refreshes_due_close_together_end_on_one_grid_point() {
+        let ms = Duration::from_millis;
+        // 5 s ± 10 % gives a 128 ms step: deadlines within one step end together, and no
+        // delay grows by a step or more.
+        let origin_ago = ms(1_000_003);
+        let ends: Vec<Duration> = [4_500, 4_501, 4_540, 4_600, 5_500]
+            .into_iter()
+            .map(|d| origin_ago + on_grid(origin_ago, ms(d)))
+            .collect();
+        for end in &ends {
+            assert_eq!(end.as_nanos() % ms(128).as_nanos(), 0, "{end:?}");
+        }
+        assert_eq!(ends[0], ends[1]);
+        assert_eq!(ends[1], ends[2]);
+        for d in [4_500, 4_501, 4_600, 5_000, 5_500] {
+            let grown = on_grid(origin_ago, ms(d)) - ms(d);
+            assert!(grown < GRID_MAX, "{d} ms grew by {grown:?}");
+        }
+        // A step is a power of two milliseconds not above delay / 32.
+        let end = origin_ago + on_grid(origin_ago, ms(1_000));
+        assert_eq!(end.as_nanos() % ms(16).as_nanos(), 0);
+        assert!(on_grid(origin_ago, ms(1_000)) - ms(1_000) < ms(16));
+        // Short delays (backoff, tests' intervals) are left alone; nothing panics.
+        assert_eq!(on_grid(origin_ago, ms(63)), ms(63));
+        assert_eq!(on_grid(Duration::ZERO, ms(64)), ms(64));
+        assert_eq!(on_grid(origin_ago, Duration::MAX), Duration::MAX);
+        assert_eq!(on_grid(Duration::MAX, ms(5_000)), ms(5_000));
+        assert_eq!(on_grid(Duration::MAX - ms(1), ms(5_000)), ms(5_000));
     }
 }
