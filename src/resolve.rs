@@ -4,9 +4,9 @@
 //! # An answer is input from the network
 //! Every record is screened before its address can reach a balancer. What does not pass is
 //! skipped and logged (one `warn` per answer, naming what was left out), never a panic:
-//! - **Records owned by another name.** hickory hands over the answer section as the server
-//!   sent it when it has no CNAME to follow. Only the records owned by the name asked count,
-//!   or, when that name is a CNAME, those owned by the end of its chain.
+//! - **Records owned by another name.** The answer section arrives as the server sent it. Only
+//!   the records owned by the name asked count, or, when that name is a CNAME, those owned by
+//!   the end of its chain.
 //! - **Addresses nobody can call** (see [`unusable`]): unspecified (`0.0.0.0/8`, `::`),
 //!   multicast, broadcast, link-local (`169.254.0.0/16`, `fe80::/10`) and IPv4 written as
 //!   IPv6 (`::ffff:a.b.c.d`, `::a.b.c.d`). Loopback is kept.
@@ -28,16 +28,20 @@ use std::{
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
 use hickory_resolver::{
-    Resolver, TokioResolver,
-    config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
-    lookup::Lookup,
-    net::{DnsError, NetError, NoRecords, runtime::TokioRuntimeProvider},
+    NameServerPool, PoolContext, TlsConfig,
+    config::{ConnectionConfig, NameServerConfig, ResolverOpts},
+    net::{
+        DnsError, NetError, NoRecords,
+        runtime::TokioRuntimeProvider,
+        xfer::{DnsHandle, FirstAnswer, RetryDnsHandle},
+    },
     proto::{
-        op::ResponseCode,
+        op::{DnsRequestOptions, DnsResponse, Query as HickoryQuery, ResponseCode},
         rr::{Name, RData, Record, RecordType},
     },
 };
@@ -152,12 +156,25 @@ impl Query {
     }
 }
 
-/// A DNS resolver with no cache, bounded per-query time and no search list.
-#[derive(Clone, Debug)]
+/// A DNS client with no cache, bounded per-query time and no search list: hickory's
+/// name-server pool (UDP with TCP on truncation, or TCP alone; retries; several nameservers)
+/// asked directly, without the resolver's cache, CNAME and hosts-file layers, none of which
+/// this crate uses. The screening below follows CNAMEs within an answer, as a cluster's DNS
+/// sends them.
+#[derive(Clone)]
 pub(crate) struct Dns {
-    resolver: TokioResolver,
-    /// An outer bound on one lookup, in case the resolver's own timers overrun.
+    pool: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
+    options: DnsRequestOptions,
+    /// An outer bound on one lookup, in case the pool's own timers overrun.
     deadline: Duration,
+}
+
+impl fmt::Debug for Dns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dns")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The DNS knobs a [`Builder`](crate::Builder) passes down.
@@ -171,15 +188,6 @@ pub(crate) struct DnsConfig {
 
 impl Dns {
     pub(crate) fn new(config: &DnsConfig) -> Result<Self, Error> {
-        let tune = |o: &mut ResolverOpts| {
-            o.timeout = config.timeout;
-            o.attempts = config.attempts.saturating_sub(1);
-            // Never serve a stale pod set from a cache.
-            o.cache_size = 0;
-            o.use_hosts_file = ResolveHosts::Never;
-            o.edns0 = true;
-            o.preserve_intermediates = true;
-        };
         let connections = |port: u16| {
             let mut tcp = ConnectionConfig::tcp();
             tcp.port = port;
@@ -192,33 +200,18 @@ impl Dns {
                 DnsTransport::Tcp => vec![tcp],
             }
         };
-        let build = |servers: Vec<NameServerConfig>| {
-            let mut opts = ResolverOpts::default();
-            tune(&mut opts);
-            Resolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-            .with_options(opts)
-            .build()
-        };
-        let resolver = if !config.nameservers.is_empty() {
+        let (servers, mut opts) = if !config.nameservers.is_empty() {
             let servers = config
                 .nameservers
                 .iter()
                 .map(|sa| NameServerConfig::new(sa.ip(), true, connections(sa.port())))
                 .collect();
-            build(servers)
-        } else if config.transport == DnsTransport::Udp {
-            let mut builder =
-                TokioResolver::builder_tokio().map_err(|e| Error::SystemConfig(Box::new(e)))?;
-            tune(builder.options_mut());
-            builder.build()
+            (servers, ResolverOpts::default())
         } else {
-            // The system's nameservers, each asked over TCP only.
-            let (system, _) = hickory_resolver::system_conf::read_system_conf()
+            // The system's nameservers (what a pod's resolver asks), on their ports.
+            let (system, opts) = hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| Error::SystemConfig(Box::new(e)))?;
-            let servers = system
+            let servers: Vec<NameServerConfig> = system
                 .name_servers()
                 .iter()
                 .map(|ns| {
@@ -226,13 +219,36 @@ impl Dns {
                     NameServerConfig::new(ns.ip, ns.trust_negative_responses, connections(port))
                 })
                 .collect();
-            build(servers)
-        }
-        .map_err(|e| Error::SystemConfig(Box::new(e)))?;
+            if servers.is_empty() {
+                return Err(Error::SystemConfig(
+                    "the system's resolver configuration names no nameserver".into(),
+                ));
+            }
+            (servers, opts)
+        };
+        opts.timeout = config.timeout;
+        opts.attempts = config.attempts.saturating_sub(1);
+        opts.edns0 = true;
+        opts.case_randomization = false;
+        let mut options = DnsRequestOptions::default();
+        options.use_edns = true;
+        options.edns_payload_len = opts.edns_payload_len;
+        options.recursion_desired = opts.recursion_desired;
+        let tls = TlsConfig::new().map_err(|e| Error::SystemConfig(Box::new(e)))?;
+        let attempts = opts.attempts;
+        let pool = NameServerPool::from_config(
+            servers,
+            Arc::new(PoolContext::new(opts, tls)),
+            TokioRuntimeProvider::default(),
+        );
         // Every try may take the timeout, and a truncated answer retried over TCP shares it.
         let tries = u32::try_from(config.attempts.max(1)).unwrap_or(u32::MAX);
         let deadline = config.timeout.saturating_mul(tries.saturating_add(1));
-        Ok(Self { resolver, deadline })
+        Ok(Self {
+            pool: RetryDnsHandle::new(pool, attempts),
+            options,
+            deadline,
+        })
     }
 
     /// Runs one resolution. An address query asks the families of `ask` (see
@@ -269,8 +285,9 @@ impl Dns {
         Resolution { answers, over_tcp }
     }
 
-    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Lookup, NetError> {
-        let lookup = self.resolver.lookup(name.clone(), rtype);
+    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<DnsResponse, NetError> {
+        let query = HickoryQuery::query(name.clone(), rtype);
+        let lookup = self.pool.lookup(query, self.options).first_answer();
         match tokio::time::timeout(self.deadline, lookup).await {
             Ok(result) => result,
             Err(_) => Err(NetError::Timeout),
@@ -289,7 +306,7 @@ impl Dns {
             Err(e) => return classify(&e),
         };
         let mut skipped = Vec::new();
-        let screened = screen_addresses(asked, domain, rtype, lookup.answers(), &mut skipped);
+        let screened = screen_addresses(asked, domain, rtype, &lookup.answers, &mut skipped);
         warn_skipped(asked, &skipped);
         match screened {
             Ok(Screened { found: ips, ttl }) => records_or_nodata(
@@ -317,7 +334,7 @@ impl Dns {
             Err(e) => return vec![(Question::Srv, classify(&e))],
         };
         let mut skipped = Vec::new();
-        let screened = screen_srv(asked, domain, lookup.answers(), &mut skipped);
+        let screened = screen_srv(asked, domain, &lookup.answers, &mut skipped);
         let Screened { found: wanted, ttl } = match screened {
             Ok(screened) => screened,
             Err(refused) => {
@@ -327,7 +344,7 @@ impl Dns {
             }
         };
         let mut ips: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
-        for r in lookup.additionals() {
+        for r in &lookup.additionals {
             let Some(ip) = r.data.ip_addr() else { continue };
             let Some((target, _)) = wanted.iter().find(|(t, _)| **t == r.name) else {
                 continue;
