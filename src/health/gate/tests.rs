@@ -1,0 +1,238 @@
+use std::time::Duration;
+
+use super::*;
+use crate::health::HealthCheck;
+
+const S: Duration = Duration::from_secs(1);
+
+fn config() -> HealthSettings {
+    HealthSettings {
+        check: HealthCheck::Tcp,
+        interval: S,
+        timeout: S / 2,
+        unhealthy_after: 2,
+        healthy_after: 2,
+        max_ejection: 0.5,
+        ejected_backoff_max: 8 * S,
+    }
+}
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 80))
+}
+
+fn set(ids: &[u8]) -> BTreeSet<SocketAddr> {
+    ids.iter().map(|i| addr(*i)).collect()
+}
+
+/// A gate over `ids`, and each endpoint's generation.
+fn gate(ids: &[u8]) -> (Gate, BTreeMap<u8, u64>) {
+    let mut g = Gate::new(config());
+    let (added, _) = g.set_dns(&set(ids));
+    let generations = added
+        .into_iter()
+        .map(|(a, generation)| {
+            (
+                ids[ids.iter().position(|i| addr(*i) == a).unwrap()],
+                generation,
+            )
+        })
+        .collect();
+    (g, generations)
+}
+
+fn timeout() -> Observation {
+    Observation::down(false, "no answer")
+}
+
+fn refused() -> Observation {
+    Observation::down(true, "connect: refused")
+}
+
+fn polled_ok() -> Observation {
+    Observation::up(false)
+}
+
+fn see(
+    g: &mut Gate,
+    gens: &BTreeMap<u8, u64>,
+    i: u8,
+    o: Observation,
+    t: Instant,
+) -> Option<Transition> {
+    g.observe(addr(i), gens[&i], o, t)
+}
+
+#[test]
+fn new_endpoints_go_in_on_their_first_success_only() {
+    let (mut g, gens) = gate(&[1, 2]);
+    let t0 = Instant::now();
+    assert!(g.serving().is_empty(), "nothing before an observation");
+    assert_eq!(
+        see(&mut g, &gens, 1, polled_ok(), t0),
+        Some(Transition::Admitted)
+    );
+    assert_eq!(see(&mut g, &gens, 2, timeout(), t0), None);
+    assert_eq!(g.serving(), set(&[1]));
+    // A never-healthy endpoint goes in on its first success too.
+    assert_eq!(
+        see(&mut g, &gens, 2, polled_ok(), t0),
+        Some(Transition::Admitted)
+    );
+    assert_eq!(g.serving(), set(&[1, 2]));
+}
+
+#[test]
+fn ambiguous_failures_eject_after_k_and_polled_successes_readmit_after_m() {
+    let (mut g, gens) = gate(&[1, 2, 3]);
+    let t0 = Instant::now();
+    for a in [1, 2, 3] {
+        see(&mut g, &gens, a, polled_ok(), t0);
+    }
+    assert_eq!(see(&mut g, &gens, 1, timeout(), t0 + S), None);
+    assert_eq!(g.serving(), set(&[1, 2, 3]), "one timeout is not k");
+    assert_eq!(
+        see(&mut g, &gens, 1, timeout(), t0 + 2 * S),
+        Some(Transition::Ejected)
+    );
+    assert_eq!(g.serving(), set(&[2, 3]));
+    assert_eq!(see(&mut g, &gens, 1, polled_ok(), t0 + 3 * S), None);
+    assert_eq!(g.serving(), set(&[2, 3]), "one polled success is not m");
+    assert_eq!(
+        see(&mut g, &gens, 1, polled_ok(), t0 + 4 * S),
+        Some(Transition::Readmitted)
+    );
+    assert_eq!(g.serving(), set(&[1, 2, 3]));
+}
+
+#[test]
+fn definitive_signals_act_at_once() {
+    let (mut g, gens) = gate(&[1, 2, 3]);
+    let t0 = Instant::now();
+    for a in [1, 2, 3] {
+        see(&mut g, &gens, a, Observation::up(true), t0);
+    }
+    // A pushed NOT_SERVING, and a refused connection: out on the first.
+    let not_serving = Observation::down(true, "health: NOT_SERVING");
+    assert_eq!(
+        see(&mut g, &gens, 1, not_serving, t0),
+        Some(Transition::Ejected)
+    );
+    assert_eq!(g.serving(), set(&[2, 3]));
+    // A pushed SERVING: back at once.
+    assert_eq!(
+        see(&mut g, &gens, 1, Observation::up(true), t0),
+        Some(Transition::Readmitted)
+    );
+    assert_eq!(
+        see(&mut g, &gens, 2, refused(), t0),
+        Some(Transition::Ejected)
+    );
+    assert_eq!(g.serving(), set(&[1, 3]));
+}
+
+#[test]
+fn the_cap_keeps_the_most_recently_ejected_in_and_does_not_rotate() {
+    let (mut g, gens) = gate(&[1, 2, 3, 4]);
+    let t0 = Instant::now();
+    for a in 1..=4 {
+        see(&mut g, &gens, a, polled_ok(), t0);
+    }
+    // 1 is ejected first, then 2, then 3: the cap is ⌊0.5 × 4⌋ = 2.
+    for (a, t) in [(1, 1), (2, 2), (3, 3)] {
+        see(&mut g, &gens, a, refused(), t0 + t * S);
+    }
+    assert_eq!(g.serving(), set(&[3, 4]), "3 was ejected last: it stays in");
+    // Re-probes keep failing, in any order: the same pods stay in.
+    for round in 4..10u32 {
+        for a in [3, 1, 2] {
+            see(&mut g, &gens, a, refused(), t0 + round * S);
+            assert_eq!(g.serving(), set(&[3, 4]), "round {round}, after {a}");
+        }
+    }
+}
+
+#[test]
+fn the_cap_never_puts_back_a_pod_that_never_passed_a_probe() {
+    let (mut g, gens) = gate(&[1, 2, 3, 4]);
+    let t0 = Instant::now();
+    see(&mut g, &gens, 1, polled_ok(), t0);
+    for a in [2, 3, 4] {
+        see(&mut g, &gens, a, refused(), t0);
+    }
+    // Three out of four is above the cap, but none of them was ever healthy.
+    assert_eq!(g.serving(), set(&[1]));
+}
+
+#[test]
+fn at_start_panic_mode_waits_for_every_first_result() {
+    let (mut g, gens) = gate(&[1, 2, 3]);
+    let t0 = Instant::now();
+    // A refused probe returns before the others' first answers.
+    see(&mut g, &gens, 1, refused(), t0);
+    assert!(
+        g.serving().is_empty(),
+        "the dead pod alone must not be published"
+    );
+    see(&mut g, &gens, 2, polled_ok(), t0);
+    assert_eq!(g.serving(), set(&[2]));
+    see(&mut g, &gens, 3, polled_ok(), t0);
+    assert_eq!(g.serving(), set(&[2, 3]));
+}
+
+#[test]
+fn panic_mode_keeps_everything_when_all_fail() {
+    let (mut g, gens) = gate(&[1, 2, 3]);
+    let t0 = Instant::now();
+    for a in 1..=3 {
+        see(&mut g, &gens, a, polled_ok(), t0);
+        see(&mut g, &gens, a, refused(), t0 + S);
+    }
+    assert_eq!(g.serving(), set(&[1, 2, 3]));
+    // A single endpoint is never ejected either.
+    let (mut g, gens) = gate(&[1]);
+    see(&mut g, &gens, 1, polled_ok(), t0);
+    see(&mut g, &gens, 1, refused(), t0);
+    assert_eq!(g.serving(), set(&[1]));
+}
+
+#[test]
+fn an_observation_for_an_earlier_entry_of_the_same_address_is_ignored() {
+    let (mut g, gens) = gate(&[1, 2]);
+    let t0 = Instant::now();
+    see(&mut g, &gens, 1, polled_ok(), t0);
+    see(&mut g, &gens, 2, polled_ok(), t0);
+    // 1 leaves DNS and comes back: a new entry, a new generation.
+    g.set_dns(&set(&[2]));
+    let (added, _) = g.set_dns(&set(&[1, 2]));
+    let new = added[0].1;
+    assert_ne!(new, gens[&1]);
+    // The old watcher's late result does not count for the new entry.
+    assert_eq!(
+        g.observe(addr(1), gens[&1], Observation::up(true), t0),
+        None
+    );
+    assert_eq!(g.serving(), set(&[2]));
+    assert_eq!(
+        g.observe(addr(1), new, Observation::up(true), t0),
+        Some(Transition::Admitted)
+    );
+    assert_eq!(g.serving(), set(&[1, 2]));
+}
+
+#[test]
+fn dns_removal_forgets_health() {
+    let (mut g, gens) = gate(&[1, 2]);
+    let t0 = Instant::now();
+    see(&mut g, &gens, 1, polled_ok(), t0);
+    see(&mut g, &gens, 2, polled_ok(), t0);
+    let (_, removed) = g.set_dns(&set(&[2]));
+    assert_eq!(removed, vec![addr(1)]);
+    assert_eq!(g.serving(), set(&[2]));
+    assert_eq!(
+        see(&mut g, &gens, 1, polled_ok(), t0),
+        None,
+        "a late result for a gone endpoint"
+    );
+    assert_eq!(g.report(&g.serving()).len(), 1);
+}

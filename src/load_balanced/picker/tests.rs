@@ -1,0 +1,220 @@
+use super::*;
+
+fn c(cost: f64, last_pick: u64) -> Candidate {
+    Candidate {
+        admits: true,
+        trial_due: false,
+        cost,
+        in_flight: 0,
+        last_pick,
+    }
+}
+
+#[test]
+fn with_calls_in_flight_the_cheaper_pod_always_wins() {
+    let busy = |cost, in_flight, last_pick| Candidate {
+        in_flight,
+        ..c(cost, last_pick)
+    };
+    assert!(!prefer_first(busy(1.2, 1, 1), busy(1.0, 1, 5)));
+    assert!(!prefer_first(busy(1.2, 0, 1), busy(1.0, 2, 5)));
+    assert!(!prefer_first(busy(1.0, 3, 5), busy(1.0, 3, 1)));
+    assert!(prefer_first(busy(1.0, 3, 1), busy(1.0, 3, 5)));
+}
+
+#[test]
+fn the_cheaper_pod_wins_unless_it_is_a_near_tie() {
+    // (first, second, first wins)
+    let cases = [
+        (c(1.0, 5), c(3.0, 1), true),
+        (c(3.0, 1), c(1.0, 5), false),
+        (c(1.0, 5), c(1.2, 1), false),
+        (c(1.2, 1), c(1.0, 5), true),
+        (c(1.0, 5), c(1.9, 1), false),
+        (c(1.0, 5), c(2.1, 1), true),
+        (c(1.0, 1), c(1.0, 1), true),
+        (c(0.0, 1), c(0.0, 2), true),
+        (c(40.0, 1), c(1.0, 9), false),
+    ];
+    for (i, (a, b, want)) in cases.into_iter().enumerate() {
+        assert_eq!(prefer_first(a, b), want, "case {i}: {a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn a_pod_that_admits_beats_one_that_does_not_and_a_due_trial_goes_first() {
+    let resting = Candidate {
+        admits: false,
+        ..c(0.1, 0)
+    };
+    assert!(!prefer_first(resting, c(100.0, 9)));
+    let due = Candidate {
+        trial_due: true,
+        ..c(100.0, 9)
+    };
+    assert!(prefer_first(due, c(0.1, 0)));
+}
+
+fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
+    let picker = Arc::new(Picker::new(Settings {
+        measure: LoadMeasure::default(),
+        accrual: Accrual {
+            failures: 1,
+            rest: crate::backoff::Backoff {
+                base: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            },
+        },
+        max_ejection,
+    }));
+    let now = Instant::now();
+    let snapshot: Vec<_> = (0..pods)
+        .map(|i| {
+            let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], 1));
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy();
+            Arc::new(Pod::new(addr, channel, Estimate::new(1e6, now)))
+        })
+        .collect();
+    picker.replace(snapshot.into());
+    picker
+}
+
+/// Fails one call on the pod at `index` (calls until one lands there).
+fn fail_on(picker: &Arc<Picker>, index: usize) {
+    let target = picker.snapshot()[index].addr;
+    for _ in 0..10_000 {
+        let pick = picker.pick().expect("a pod");
+        if pick.addr() == target {
+            pick.finish(Outcome::Failure);
+            return;
+        }
+    }
+    panic!("never picked {target}");
+}
+
+fn resting(picker: &Picker) -> Vec<bool> {
+    let pods = picker.snapshot();
+    pods.iter()
+        .map(|p| p.resting.load(Ordering::SeqCst))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
+    let picker = picker(4, 0.5);
+    for i in 0..4 {
+        fail_on(&picker, i);
+    }
+    // Half of 4 may rest.
+    assert_eq!(
+        resting(&picker).iter().filter(|r| **r).count(),
+        2,
+        "{:?}",
+        resting(&picker)
+    );
+    // A resting pod leaves and a new one comes: 4 held, 1 resting, so one more may rest.
+    let mut pods: Vec<_> = picker.snapshot().to_vec();
+    let gone = pods
+        .iter()
+        .position(|p| p.resting.load(Ordering::SeqCst))
+        .unwrap();
+    pods.remove(gone);
+    let addr = SocketAddr::from(([127, 0, 0, 9], 1));
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.9:1").connect_lazy();
+    pods.push(Arc::new(Pod::new(
+        addr,
+        channel,
+        Estimate::new(1e6, Instant::now()),
+    )));
+    picker.replace(pods.into());
+    assert_eq!(resting(&picker).iter().filter(|r| **r).count(), 1);
+    for i in 0..4 {
+        if !resting(&picker)[i] {
+            fail_on(&picker, i);
+        }
+    }
+    assert_eq!(
+        resting(&picker).iter().filter(|r| **r).count(),
+        2,
+        "{:?}",
+        resting(&picker)
+    );
+}
+
+#[tokio::test]
+async fn when_every_held_pod_rests_calls_still_go_to_them() {
+    let picker = picker(2, 0.5);
+    fail_on(&picker, 0);
+    assert_eq!(resting(&picker), [true, false]);
+    // The healthy pod leaves (health gate, scale-down): only the resting one is held.
+    let only = vec![picker.snapshot()[0].clone()];
+    picker.replace(only.into());
+    let pick = picker
+        .pick()
+        .expect("panic mode: the resting pod takes calls");
+    assert_eq!(pick.admission(), Admission::Panic);
+    // A success closes its breaker.
+    pick.finish(Outcome::Success);
+    assert_eq!(resting(&picker), [false]);
+}
+
+#[tokio::test]
+async fn a_dropped_call_gives_back_its_place_in_flight() {
+    let picker = picker(1, 0.5);
+    let pick = picker.pick().unwrap();
+    assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 1);
+    drop(pick);
+    assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 0);
+    assert!(picker.snapshot()[0].state().breaker.admits(Instant::now()));
+}
+
+#[tokio::test]
+async fn one_caller_spreads_evenly_over_equal_pods() {
+    let picker = picker(3, 0.5);
+    let mut counts = [0usize; 3];
+    for _ in 0..300 {
+        let pick = picker.pick().unwrap();
+        let i = picker
+            .snapshot()
+            .iter()
+            .position(|p| p.addr == pick.addr())
+            .unwrap();
+        counts[i] += 1;
+        pick.finish(Outcome::Success);
+    }
+    for n in counts {
+        assert!((90..=110).contains(&n), "{counts:?}");
+    }
+}
+
+fn response(status: u16, grpc: Option<&str>) -> Result<http::Response<()>, ()> {
+    let mut r = http::Response::builder().status(status);
+    if let Some(code) = grpc {
+        r = r.header("grpc-status", code);
+    }
+    Ok(r.body(()).unwrap())
+}
+
+#[test]
+fn which_answers_count_as_failures() {
+    let cases = [
+        (response(200, None), Outcome::Success),
+        (response(200, Some("0")), Outcome::Success),
+        (response(200, Some("5")), Outcome::Success), // NOT_FOUND
+        (response(200, Some("4")), Outcome::Success), // DEADLINE_EXCEEDED
+        (response(200, Some("2")), Outcome::Failure), // UNKNOWN
+        (response(200, Some("13")), Outcome::Failure), // INTERNAL
+        (response(200, Some("14")), Outcome::Failure), // UNAVAILABLE
+        (response(200, Some("15")), Outcome::Failure), // DATA_LOSS
+        (response(200, Some("garbage")), Outcome::Success),
+        (response(503, None), Outcome::Failure),
+        (response(502, Some("0")), Outcome::Failure),
+        (response(404, None), Outcome::Success),
+        (Err(()), Outcome::Failure),
+    ];
+    for (i, (result, want)) in cases.into_iter().enumerate() {
+        assert_eq!(outcome(&result), want, "case {i}: {result:?}");
+    }
+}
