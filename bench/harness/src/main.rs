@@ -55,6 +55,13 @@ struct Args {
     /// Discovery at scale over TCP only (`DnsTransport::Tcp`), instead of UDP.
     #[arg(long)]
     dns_tcp: bool,
+    /// Our two kinds with HTTP/2 keepalive off on pod connections (`http2_keepalive(None)`):
+    /// what the default keepalive costs.
+    #[arg(long)]
+    no_keepalive: bool,
+    /// Our two kinds with health checks off (`HealthCheck::Off`): what the gate costs.
+    #[arg(long)]
+    no_health: bool,
     /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
     /// for a full run, nowhere for `--quick`.
     #[arg(long)]
@@ -101,6 +108,8 @@ enum Role {
         pods: Vec<SocketAddr>,
         #[arg(long, value_parser = parse_duration)]
         interval: Duration,
+        #[command(flatten)]
+        tuning: roles::Tuning,
     },
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
@@ -134,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
             service,
             pods,
             interval,
-        }) => roles::client(system, dns, service, pods, interval).await,
+            tuning,
+        }) => roles::client(system, dns, service, pods, interval, tuning).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
         Some(Role::Noise { files }) => {
             let reports = files
@@ -222,6 +232,7 @@ fn ip(net: u8, host: u8) -> IpAddr {
 
 async fn harness(args: Args) -> anyhow::Result<()> {
     let quick = args.quick;
+    let (no_keepalive, no_health) = (args.no_keepalive, args.no_health);
     let (rounds, run, trials) = if quick {
         (1, Duration::from_millis(300), 1)
     } else {
@@ -287,6 +298,14 @@ async fn harness(args: Args) -> anyhow::Result<()> {
                 format!("--pods={pods}"),
                 format!("--interval={}ms", INTERVAL.as_millis()),
             ];
+            let tuning = [
+                no_keepalive.then_some("--no-keepalive"),
+                no_health.then_some("--no-health"),
+            ];
+            let args: Vec<String> = args
+                .into_iter()
+                .chain(tuning.into_iter().flatten().map(str::to_owned))
+                .collect();
             Proc::spawn(system.label(), &me, &args)?
         };
         clients.push((system, proc));

@@ -92,6 +92,18 @@ impl bench_protocol::Call for Caller {
     }
 }
 
+/// Settings of our two kinds that an investigating run turns off (`bench --no-keepalive`,
+/// `--no-health`); the defaults otherwise.
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct Tuning {
+    /// `http2_keepalive(None)` on pod connections.
+    #[arg(long)]
+    no_keepalive: bool,
+    /// `HealthCheck::Off`.
+    #[arg(long)]
+    no_health: bool,
+}
+
 /// `bench client`: one system, driven over the line protocol.
 pub async fn client(
     system: System,
@@ -99,15 +111,22 @@ pub async fn client(
     service: HeadlessService,
     pods: Vec<SocketAddr>,
     interval: Duration,
+    tuning: Tuning,
 ) -> anyhow::Result<()> {
     let endpoint = |addr: &SocketAddr| Endpoint::from_shared(format!("http://{addr}"));
     // Only our kinds discover; the others get no registry, so no DNS traffic of their own.
     let registry = || {
-        Registry::builder()
+        let mut builder = Registry::builder()
             .service(service.clone())
             .nameservers([dns])
-            .refresh_interval(interval)
-            .build()
+            .refresh_interval(interval);
+        if tuning.no_keepalive {
+            builder = builder.http2_keepalive(None);
+        }
+        if tuning.no_health {
+            builder = builder.health_check(HealthCheck::Off);
+        }
+        builder.build()
     };
     let (caller, _registry) = match system {
         System::Single => {
