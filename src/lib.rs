@@ -4,9 +4,10 @@
 //! ```text
 //!                    one pipeline per Service (pipeline.rs), each stage a task of its own
 //! DNS name ──► refresh (refresh.rs) ──► discovered set ──► health gate (health/) ──► serving set
-//!   resolve.rs: ask, screen answers       (snapshot.rs)      a Watch stream per pod      │
-//!   families.rs: which families to ask                       gate.rs: who is in          │
-//!   schedule.rs: when to ask again                                                       │
+//!   resolve.rs: ask (hickory's pool)      (snapshot.rs)      a Watch stream per pod      │
+//!   resolve/screen.rs: screen answers                        gate.rs: who is in          │
+//!   families.rs: which families to ask                                                   │
+//!   schedule.rs: when to ask again, on a grid shared by every Service                    │
 //!                  ┌───────────────────────────────────────────────────────────────────┤
 //!                  ▼                                                                     ▼
 //!   channel(): tonic balance_channel, fed diffs (channel.rs)      load_balanced(): each call
@@ -55,11 +56,11 @@
 //! # How it works
 //! For each service a background task resolves
 //! `<name>.<namespace>.svc.<cluster-domain>.` (fully qualified, so a pod's `ndots:5` search
-//! list adds no queries), A and AAAA separately, with hickory-resolver and no cache. Each
-//! answer goes through a pure schedule that decides what to publish and when to ask again.
-//! The published set is a versioned snapshot; the channel's feeder diffs it against what
-//! tonic's balancer holds and sends only `Change::Insert` / `Change::Remove`. Resolution never
-//! runs on the request path.
+//! list adds no queries), A and AAAA separately, through hickory's name-server pool with no
+//! cache. Each answer goes through a pure schedule that decides what to publish and when to
+//! ask again. The published set is a versioned snapshot; the channel's feeder diffs it
+//! against what tonic's balancer holds and sends only `Change::Insert` / `Change::Remove`.
+//! Resolution never runs on the request path.
 //!
 //! # Configuration and defaults
 //! | option | default |

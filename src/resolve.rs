@@ -15,7 +15,7 @@ use hickory_resolver::{
     NameServerPool, PoolContext, TlsConfig,
     config::{ConnectionConfig, NameServerConfig, ResolverOpts},
     net::{
-        DnsError, NetError, NoRecords,
+        DnsError, NetError,
         runtime::TokioRuntimeProvider,
         xfer::{DnsHandle, FirstAnswer, RetryDnsHandle},
     },
@@ -475,14 +475,13 @@ fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
 
 /// Sorts a resolver error into authoritative-empty or transient.
 fn classify(err: &NetError) -> Answer {
+    if err.is_nx_domain() {
+        return Answer::Empty(Negative::NxDomain);
+    }
+    if err.is_no_records_found() {
+        return Answer::Empty(Negative::NoData);
+    }
     let kind = match err {
-        NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. })) => {
-            return Answer::Empty(if *response_code == ResponseCode::NXDomain {
-                Negative::NxDomain
-            } else {
-                Negative::NoData
-            });
-        }
         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => FailureKind::ServFail,
         NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => FailureKind::Refused,
         NetError::Timeout => FailureKind::Timeout,
