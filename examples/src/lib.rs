@@ -2,16 +2,7 @@
 
 use std::time::Duration;
 
-/// Logs to stderr; `RUST_LOG` overrides `default`.
-pub fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
+pub use testkit::init_tracing;
 
 /// Ends the program as clap ends it on a bad flag (the message, a hint at `--help`, status 2)
 /// when `err` says that an input was refused: an option outside its range (named as its flag,

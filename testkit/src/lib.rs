@@ -4,7 +4,8 @@
 //! - [`dnsmasq::Dnsmasq`]: Debian's dnsmasq as an external DNS server, when it is installed;
 //! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
 //!   own so it can be killed abruptly;
-//! - [`eventually`]: wait for a condition with a deadline.
+//! - [`eventually`]: wait for a condition with a deadline;
+//! - [`init_tracing`]: the programs' logging to stderr.
 
 #![warn(missing_docs, rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -37,4 +38,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Logs to stderr, for the example programs and the benchmark harness; `RUST_LOG` overrides
+/// `default`.
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -133,7 +133,7 @@ const ANSWER: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing("error");
+    testkit::init_tracing("error");
     let mut args = Args::parse();
     match args.role.take() {
         Some(Role::Pod { port, pods }) => roles::pod(port, pods).await,
@@ -158,17 +158,6 @@ async fn main() -> anyhow::Result<()> {
         }
         None => harness(args).await,
     }
-}
-
-/// Logs to stderr; `RUST_LOG` overrides `default`.
-fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Parses `500ms`, `1s`, `2m`, … for clap.
