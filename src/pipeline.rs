@@ -27,7 +27,7 @@ use crate::{
     health::{self, Gated, HealthCheck, HealthSettings},
     load_balanced::{BalanceConfig, LoadBalancedChannel},
     refresh::{self, Discovered},
-    resolve::{Dns, IpFamily, Query},
+    resolve::{Dns, IpFamily, Query, QueryKind},
     schedule::{Schedule, Timing},
     service::{ClusterDomain, HeadlessService, Port},
     snapshot::Endpoints,
@@ -50,18 +50,15 @@ impl Plan {
         template: &EndpointTemplate,
     ) -> Result<Plan, Error> {
         let query = match service.port() {
-            Port::Number(port) => Query::Addresses {
-                fqdn: service.fqdn(domain),
-                port: port.get(),
-                family,
-            },
-            Port::Named(_) => Query::Srv {
-                name: service
+            Port::Number(port) => Query::addresses(&service.fqdn(domain), port.get(), family),
+            Port::Named(_) => Query::srv(
+                &service
                     .srv_name(domain)
                     .expect("a named port has an SRV name"),
                 family,
-            },
-        };
+            ),
+        }
+        .map_err(|reason| Error::config("cluster_domain", reason))?;
         let template = Arc::new(EndpointTemplate {
             server_name: Some(service.fqdn(domain).trim_end_matches('.').to_owned()),
             ..template.clone()
@@ -96,14 +93,14 @@ impl Plan {
         let discovered = Arc::new(Discovered::new());
         // Subscribed before discovery starts, so the gate sees its first set.
         let gate_input = discovered.endpoints.subscribe();
-        let families = match &query {
-            Query::Addresses { family, .. } => Families::new(
-                *family,
+        let families = match query.kind() {
+            QueryKind::Addresses { family, .. } => Families::new(
+                family,
                 timing.empty_confirmations,
                 timing.empty_grace,
                 families::RECHECK,
             ),
-            Query::Srv { family, .. } => Families::new(*family, 1, Duration::ZERO, 0),
+            QueryKind::Srv { family } => Families::new(family, 1, Duration::ZERO, 0),
         };
         tasks.push(handle.spawn(refresh::run(
             service.clone(),

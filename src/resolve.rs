@@ -102,42 +102,53 @@ pub(crate) struct Resolution {
     pub(crate) over_tcp: bool,
 }
 
-/// What to ask, built once per service.
+/// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
+/// and what to ask of it.
 #[derive(Clone, Debug)]
-pub(crate) enum Query {
+pub(crate) struct Query {
+    asked: Name,
+    domain: Name,
+    kind: QueryKind,
+}
+
+/// Which records a [`Query`] asks for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum QueryKind {
     /// A and/or AAAA of the Service's FQDN, each address with the pod port.
-    Addresses {
-        fqdn: String,
-        port: u16,
-        family: IpFamily,
-    },
+    Addresses { port: u16, family: IpFamily },
     /// The SRV record of a named port; targets resolved to addresses.
-    Srv { name: String, family: IpFamily },
+    Srv { family: IpFamily },
 }
 
 impl Query {
-    /// The name asked and the cluster domain it lies in. The registry builds the names as
-    /// `<name>.<namespace>.svc.<domain>.` and `_<port>._tcp.<name>.<namespace>.svc.<domain>.`
-    /// from validated labels without dots, so the domain is what follows the first three or
-    /// five labels.
-    fn names(&self) -> Result<(Name, Name), Failure> {
-        let (name, prefix) = match self {
-            Query::Addresses { fqdn, .. } => (fqdn, 3),
-            Query::Srv { name, .. } => (name, 5),
-        };
-        let asked = Name::from_str(name).map_err(|e| Failure {
-            kind: FailureKind::Other,
-            message: format!("invalid name {name}: {e}"),
-        })?;
+    /// The A/AAAA query of `<name>.<namespace>.svc.<domain>.`.
+    pub(crate) fn addresses(fqdn: &str, port: u16, family: IpFamily) -> Result<Self, String> {
+        Self::parse(fqdn, 3, QueryKind::Addresses { port, family })
+    }
+
+    /// The SRV query of `_<port>._tcp.<name>.<namespace>.svc.<domain>.`.
+    pub(crate) fn srv(name: &str, family: IpFamily) -> Result<Self, String> {
+        Self::parse(name, 5, QueryKind::Srv { family })
+    }
+
+    pub(crate) fn kind(&self) -> QueryKind {
+        self.kind
+    }
+
+    /// The registry builds the names from validated labels without dots, so the cluster
+    /// domain is what follows the first `prefix` labels.
+    fn parse(name: &str, prefix: usize, kind: QueryKind) -> Result<Self, String> {
+        let asked = Name::from_str(name).map_err(|e| format!("invalid name {name}: {e}"))?;
         let labels = usize::from(asked.num_labels());
         if labels <= prefix {
-            return Err(Failure {
-                kind: FailureKind::Other,
-                message: format!("{name} has no cluster domain"),
-            });
+            return Err(format!("{name} has no cluster domain"));
         }
         let domain = asked.trim_to(labels - prefix);
-        Ok((asked, domain))
+        Ok(Self {
+            asked,
+            domain,
+            kind,
+        })
     }
 }
 
@@ -239,32 +250,18 @@ impl Dns {
     /// Runs one resolution. An address query asks the families of `ask` (see
     /// [`crate::families`]); an SRV query its own.
     pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
-        let (asked, domain) = match query.names() {
-            Ok(names) => names,
-            Err(failure) => {
-                let part = match query {
-                    Query::Addresses { .. } => Question::V4,
-                    Query::Srv { .. } => Question::Srv,
-                };
-                return Resolution {
-                    answers: vec![(part, Answer::Failed(failure))],
-                    over_tcp: false,
-                };
-            }
-        };
-        let answers = match query {
-            Query::Addresses { port, .. } => {
-                ask.each_part(|part| self.addresses(&asked, &domain, part, *port))
+        let (asked, domain) = (&query.asked, &query.domain);
+        let answers = match query.kind {
+            QueryKind::Addresses { port, .. } => {
+                ask.each_part(|part| self.addresses(asked, domain, part, port))
                     .await
             }
-            Query::Srv { family, .. } => self.srv(&asked, &domain, *family).await,
-        };
-        let name = match query {
-            Query::Addresses { fqdn, .. } => fqdn,
-            Query::Srv { name, .. } => name,
+            QueryKind::Srv { family } => self.srv(asked, domain, family).await,
         };
         let over_tcp = answers.iter().any(|(part, answer)| match answer {
-            Answer::Records { addrs, .. } => wire_size(*part, name, addrs.len()) > UDP_PAYLOAD,
+            Answer::Records { addrs, .. } => {
+                wire_size(*part, asked.len(), addrs.len()) > UDP_PAYLOAD
+            }
             _ => false,
         });
         Resolution { answers, over_tcp }
@@ -450,15 +447,16 @@ const MAX_TARGET_LOOKUPS: usize = 16;
 const UDP_PAYLOAD: usize = 1232;
 
 /// An estimate of an answer's size on the wire (hickory does not say which transport
-/// answered): header, question, OPT record, and each record with a compressed owner name.
-fn wire_size(part: Question, name: &str, records: usize) -> usize {
+/// answered): header, question, OPT record, and each record with a compressed owner name;
+/// `name_len` is the name asked as text, its final dot included.
+fn wire_size(part: Question, name_len: usize, records: usize) -> usize {
     let per_record = match part {
         Question::V4 => 2 + 10 + 4,
         Question::V6 => 2 + 10 + 16,
         // SRV rdata plus a target about as long as the name, and the target's A record.
-        Question::Srv => (2 + 10 + 6 + name.len()) + (2 + 10 + 4),
+        Question::Srv => (2 + 10 + 6 + name_len) + (2 + 10 + 4),
     };
-    12 + name.len() + 2 + 4 + 11 + records * per_record
+    12 + name_len + 2 + 4 + 11 + records * per_record
 }
 
 fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
