@@ -28,6 +28,20 @@ async fn settle(registry: &Registry, svc: &HeadlessService, more: u64) {
     );
 }
 
+/// DNS lists exactly `want` for `svc`, and 20 calls through its `channel()` all succeed
+/// without one reaching `decoy`.
+async fn only_these_get_calls(
+    registry: &Registry,
+    svc: &HeadlessService,
+    want: &[SocketAddr],
+    decoy: &Pod,
+) {
+    assert_eq!(registry.endpoints(svc).unwrap(), want);
+    let (hits, errors) = spread(&registry.channel(svc).unwrap(), 20, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
+}
+
 fn sorted(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
     addrs
         .into_iter()
@@ -53,10 +67,7 @@ async fn records_owned_by_another_name_are_ignored() {
     );
     let registry = fx.registry();
     settle(&registry, &fx.service, 3).await;
-    assert_eq!(registry.endpoints(&fx.service).unwrap(), vec![pod]);
-    let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 20, 4).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
+    only_these_get_calls(&registry, &fx.service, &[pod], &decoy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +99,7 @@ async fn cname_inside_the_cluster_is_followed_and_only_its_end_counts() {
     raw.extend(ips.iter().map(|ip| RawRecord::addr(alias, *ip, 5)));
     fx.dns.set_raw_answer(&fx.fqdn, &raw);
     settle(&registry, &fx.service, 3).await;
-    assert_eq!(registry.endpoints(&fx.service).unwrap(), want);
-    let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 20, 4).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
+    only_these_get_calls(&registry, &fx.service, &want, &decoy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,10 +133,7 @@ async fn addresses_nobody_can_call_are_dropped() {
     let registry = fx.registry();
     settle(&registry, &fx.service, 3).await;
     // Loopback is kept: the pod itself is on 127.0.122.2.
-    assert_eq!(registry.endpoints(&fx.service).unwrap(), vec![pod]);
-    let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 20, 4).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
+    only_these_get_calls(&registry, &fx.service, &[pod], &decoy).await;
 
     // Nothing but junk: an answer with nothing usable is an empty answer, so the pod drains
     // only after the empty answer is confirmed, like an NXDOMAIN.
@@ -646,11 +651,7 @@ fn raw(records: &[Gen]) -> Vec<RawRecord> {
 #[test]
 fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime_builder().build().unwrap();
     let dns = rt.block_on(DnsServer::start()).unwrap();
     let svc = HeadlessService::new(PROP_NS, "user-svc", 8080).unwrap();
     let asked = Owner::Asked.name();

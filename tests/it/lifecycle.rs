@@ -85,11 +85,7 @@ async fn invalid_input_gets_typed_errors() {
 
 #[test]
 fn dropping_the_registry_ends_every_task_it_started() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime_builder().build().unwrap();
     runtime.block_on(async {
         let fx = Fixture::start(40, 2).await;
         let metrics = tokio::runtime::Handle::current().metrics();
@@ -169,11 +165,7 @@ async fn shutdown_waits_for_tasks() {
 /// task that outlives the error, with or without TLS.
 #[test]
 fn a_failed_build_leaves_no_task_behind() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime_builder().build().unwrap();
     runtime.block_on(async {
         init_tracing();
         let dns = DnsServer::start().await.unwrap();

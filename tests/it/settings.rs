@@ -63,12 +63,7 @@ fn panics_on(thread: &str) -> usize {
 
 /// A runtime whose worker threads are all named `name`.
 fn named_runtime(name: &str) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
+    runtime_builder().thread_name(name).build().unwrap()
 }
 
 // === ranges ===

@@ -295,3 +295,11 @@ pub fn record_updates(
     });
     updates
 }
+
+/// A multi-thread runtime with two workers, for a test that must own its runtime (to count its
+/// tasks, name its threads or drive proptest); `.build()` it, after any setting of its own.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    builder
+}
