@@ -6,7 +6,7 @@
 //! |---|---|
 //! | no user pod discovered within the timeout | 503 Service Unavailable |
 //! | `UNAVAILABLE` from the call (no pod reachable, connection refused or reset) | 503 |
-//! | `DEADLINE_EXCEEDED` from the call, or no reply within the timeout | 504 Gateway Timeout |
+//! | `DEADLINE_EXCEEDED` from the call, no reply within the timeout, or any error once it passed (a pod enforcing `grpc-timeout` answers `CANCELLED`) | 504 Gateway Timeout |
 //! | any other gRPC error | 502 Bad Gateway |
 //!
 //! The `grpc-message` of a failed call is text a pod controls: it reaches the response body
@@ -190,7 +190,7 @@ async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
     match tokio::time::timeout(left, app.client.call(request)).await {
         Ok(Ok(reply)) => (StatusCode::OK, format!("{}\n", reply.into_inner().msg)),
         Ok(Err(status)) => {
-            let code = gateway_status(&status);
+            let code = gateway_status(&status, started.elapsed() >= app.timeout);
             let message = escaped(status.message(), MAX_MESSAGE);
             tracing::warn!(grpc = ?status.code(), %code, "/index: user service: {message}");
             (
@@ -209,9 +209,11 @@ async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
 }
 
 /// The HTTP status a gateway answers for a failed gRPC call: the upstream timed out (504), was
-/// not there to answer (503), or answered with an error (502).
-fn gateway_status(status: &tonic::Status) -> StatusCode {
-    if deadline_passed(status) {
+/// not there to answer (503), or answered with an error (502). `late` says the call ended at or
+/// after its deadline: a pod that enforces the `grpc-timeout` this side sent answers `CANCELLED`
+/// ("Timeout expired") as it passes, which may arrive before this side's own timer fires.
+fn gateway_status(status: &tonic::Status, late: bool) -> StatusCode {
+    if late || deadline_passed(status) {
         return StatusCode::GATEWAY_TIMEOUT;
     }
     match status.code() {
@@ -271,12 +273,15 @@ mod tests {
         ];
         for (code, want) in cases {
             let status = tonic::Status::new(code, "from the pod");
-            assert_eq!(gateway_status(&status).as_u16(), want, "{code:?}");
+            assert_eq!(gateway_status(&status, false).as_u16(), want, "{code:?}");
         }
         // The call's own deadline, as tonic reports it: CANCELLED, caused by TimeoutExpired.
         let status = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
         assert_eq!(status.code(), Cancelled);
-        assert_eq!(gateway_status(&status).as_u16(), 504);
+        assert_eq!(gateway_status(&status, false).as_u16(), 504);
+        // The same deadline enforced by the pod, whose CANCELLED came back first.
+        let status = tonic::Status::cancelled("Timeout expired");
+        assert_eq!(gateway_status(&status, true).as_u16(), 504);
     }
 
     #[test]
