@@ -14,11 +14,7 @@ use std::{
 use hickory_resolver::{
     NameServerPool, PoolContext, TlsConfig,
     config::{ConnectionConfig, NameServerConfig, ResolverOpts},
-    net::{
-        DnsError, NetError,
-        runtime::TokioRuntimeProvider,
-        xfer::{DnsHandle, FirstAnswer, RetryDnsHandle},
-    },
+    net::{DnsError, NetError, runtime::TokioRuntimeProvider, xfer::RetryDnsHandle},
     proto::{
         op::{DnsRequestOptions, DnsResponse, Query as HickoryQuery, ResponseCode},
         rr::{Name, RecordType},
@@ -27,6 +23,7 @@ use hickory_resolver::{
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+mod client;
 mod screen;
 
 #[cfg(fuzzing)]
@@ -152,15 +149,13 @@ impl Query {
     }
 }
 
-/// A DNS client with no cache, bounded per-query time and no search list: hickory's
-/// name-server pool (UDP with TCP on truncation, or TCP alone; retries; several nameservers)
-/// asked directly, without the resolver's cache, CNAME and hosts-file layers, none of which
-/// this crate uses. The screening below follows CNAMEs within an answer, as a cluster's DNS
+/// A DNS client with no cache, bounded per-query time and no search list: hickory's UDP client
+/// and its name-server pool for TCP (see [`client`]), without the resolver's cache, CNAME and
+/// hosts-file layers, none of which this crate uses. The screening below follows CNAMEs within an answer, as a cluster's DNS
 /// sends them.
 #[derive(Clone)]
 pub(crate) struct Dns {
-    pool: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
-    options: DnsRequestOptions,
+    client: Arc<client::Client>,
     /// An outer bound on one lookup, in case the pool's own timers overrun.
     deadline: Duration,
 }
@@ -184,35 +179,18 @@ pub(crate) struct DnsConfig {
 
 impl Dns {
     pub(crate) fn new(config: &DnsConfig) -> Result<Self, Error> {
-        let connections = |port: u16| {
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = port;
-            match config.transport {
-                DnsTransport::Udp => {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = port;
-                    vec![udp, tcp]
-                }
-                DnsTransport::Tcp => vec![tcp],
-            }
-        };
         let (servers, mut opts) = if !config.nameservers.is_empty() {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|sa| NameServerConfig::new(sa.ip(), true, connections(sa.port())))
-                .collect();
-            (servers, ResolverOpts::default())
+            (config.nameservers.clone(), ResolverOpts::default())
         } else {
-            // The system's nameservers (what a pod's resolver asks), on their ports.
+            // The cluster's resolver, as the pod's /etc/resolv.conf names it.
             let (system, opts) = hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| Error::SystemConfig(Box::new(e)))?;
-            let servers: Vec<NameServerConfig> = system
+            let servers: Vec<SocketAddr> = system
                 .name_servers()
                 .iter()
                 .map(|ns| {
                     let port = ns.connections.first().map_or(53, |c| c.port);
-                    NameServerConfig::new(ns.ip, ns.trust_negative_responses, connections(port))
+                    SocketAddr::new(ns.ip, port)
                 })
                 .collect();
             if servers.is_empty() {
@@ -232,17 +210,35 @@ impl Dns {
         options.recursion_desired = opts.recursion_desired;
         let tls = TlsConfig::new().map_err(|e| Error::SystemConfig(Box::new(e)))?;
         let attempts = opts.attempts;
-        let pool = NameServerPool::from_config(
-            servers,
+        let tcp_configs: Vec<NameServerConfig> = servers
+            .iter()
+            .map(|sa| {
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = sa.port();
+                NameServerConfig::new(sa.ip(), true, vec![tcp])
+            })
+            .collect();
+        let tcp = NameServerPool::from_config(
+            tcp_configs,
             Arc::new(PoolContext::new(opts, tls)),
             TokioRuntimeProvider::default(),
         );
+        let udp: &[SocketAddr] = match config.transport {
+            DnsTransport::Udp => &servers,
+            DnsTransport::Tcp => &[],
+        };
         // Every try may take the timeout, and a truncated answer retried over TCP shares it.
-        let tries = u32::try_from(config.attempts.max(1)).unwrap_or(u32::MAX);
+        let tries = config.attempts.max(1).saturating_mul(servers.len());
+        let tries = u32::try_from(tries).unwrap_or(u32::MAX);
         let deadline = config.timeout.saturating_mul(tries.saturating_add(1));
         Ok(Self {
-            pool: RetryDnsHandle::new(pool, attempts),
-            options,
+            client: Arc::new(client::Client::new(
+                udp,
+                config.timeout,
+                config.attempts,
+                RetryDnsHandle::new(tcp, attempts),
+                options,
+            )),
             deadline,
         })
     }
@@ -269,8 +265,7 @@ impl Dns {
 
     async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<DnsResponse, NetError> {
         let query = HickoryQuery::query(name.clone(), rtype);
-        let lookup = self.pool.lookup(query, self.options).first_answer();
-        match tokio::time::timeout(self.deadline, lookup).await {
+        match tokio::time::timeout(self.deadline, self.client.lookup(query)).await {
             Ok(result) => result,
             Err(_) => Err(NetError::Timeout),
         }

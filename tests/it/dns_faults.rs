@@ -456,3 +456,37 @@ async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
         .await
     );
 }
+
+/// Several nameservers: a silent one and one answering REFUSED are passed over, and the one
+/// that answered is asked first from then on (the others see no more queries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_refusing_nameserver_is_passed_over() {
+    let fx = Fixture::start(29, 2).await;
+    // Bound and never read: queries to it time out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let refusing = DnsServer::start().await.unwrap();
+    refusing.set_fault(Fault::Refused);
+    let registry = builder(&fx.dns)
+        .nameservers([silent.local_addr().unwrap(), refusing.addr(), fx.dns.addr()])
+        .service(fx.service.clone())
+        .build()
+        .unwrap();
+    assert!(discovered(&registry, &fx.service, 2).await);
+    let refused = refusing.queries();
+    assert!(refused >= 1, "the refusing nameserver was never asked");
+    let resolutions = registry.status(&fx.service).unwrap().resolutions;
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&fx.service).unwrap().resolutions >= resolutions + 3
+        })
+        .await
+    );
+    let status = registry.status(&fx.service).unwrap();
+    assert_eq!(status.consecutive_failures, 0, "{status:?}");
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(
+        refusing.queries(),
+        refused,
+        "asked again after another answered"
+    );
+}

@@ -1,0 +1,113 @@
+//! How a query reaches the nameservers: over UDP with hickory's `UdpClientStream`, asked from
+//! the refresh loop itself, and over TCP (when configured, or when a UDP answer comes back
+//! truncated) through hickory's `NameServerPool`.
+//!
+//! UDP skips the pool on purpose. The pool wraps each UDP query in a `DnsExchange`, a background
+//! task fed through a channel, and shares each answer between concurrent identical queries by
+//! cloning it; a refresh loop asks one question at a time and needs neither. With 1,000
+//! Services the pool and its exchange were a fifth of discovery's CPU (BENCHMARKS.md). The UDP
+//! client is the one the pool would call, so a random source port per query, the ID and
+//! question checks, resends and the per-query timeout all stay hickory's. What is ours is the
+//! order of the nameservers: each in turn, from the one that answered last, moving on after a
+//! timeout, an I/O error or an answer of SERVFAIL, REFUSED or another error code; an answer, or
+//! an authoritative NXDOMAIN or no-data, ends the query.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use hickory_resolver::{
+    NameServerPool,
+    net::{
+        DnsError, NetError,
+        runtime::TokioRuntimeProvider,
+        udp::UdpClientStream,
+        xfer::{DnsHandle, DnsRequestSender, FirstAnswer, RetryDnsHandle},
+    },
+    proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query},
+};
+
+/// Asks the nameservers; see the module's docs.
+pub(super) struct Client {
+    /// One UDP client per nameserver, in the configured order; empty for TCP only.
+    udp: Vec<Mutex<UdpClientStream<TokioRuntimeProvider>>>,
+    /// The nameserver to ask first: the last one that answered.
+    preferred: AtomicUsize,
+    /// Rounds over the nameservers.
+    rounds: usize,
+    /// Every nameserver over TCP.
+    tcp: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
+    options: DnsRequestOptions,
+}
+
+impl Client {
+    /// `udp`: the nameservers to ask over UDP, empty for TCP only; `tcp`: the pool for TCP;
+    /// `rounds`: how many times each nameserver is tried before a query fails.
+    pub(super) fn new(
+        udp: &[SocketAddr],
+        timeout: std::time::Duration,
+        rounds: usize,
+        tcp: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
+        options: DnsRequestOptions,
+    ) -> Self {
+        let udp = udp
+            .iter()
+            .map(|addr| {
+                Mutex::new(
+                    UdpClientStream::builder(*addr, TokioRuntimeProvider::default())
+                        .with_timeout(Some(timeout))
+                        .build(),
+                )
+            })
+            .collect();
+        Self {
+            udp,
+            preferred: AtomicUsize::new(0),
+            rounds: rounds.max(1),
+            tcp,
+            options,
+        }
+    }
+
+    /// The answer to `query`, or why there is none (NXDOMAIN and no-data included, as hickory's
+    /// errors).
+    pub(super) async fn lookup(&self, query: Query) -> Result<DnsResponse, NetError> {
+        if self.udp.is_empty() {
+            return self.over_tcp(query).await;
+        }
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = NetError::NoConnections;
+        for i in (0..self.rounds * self.udp.len()).map(|i| (first + i) % self.udp.len()) {
+            let request = DnsRequest::from_query(query.clone(), self.options);
+            // The lock only builds the query's future, which holds no I/O.
+            let answer = self.udp[i]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .send_message(request);
+            match answer.first_answer().await {
+                Ok(response) if response.truncation => return self.over_tcp(query).await,
+                Ok(response) => match DnsError::from_response(response) {
+                    Ok(response) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Ok(response);
+                    }
+                    Err(e @ DnsError::NoRecordsFound(_)) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                    Err(e) => last = e.into(),
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn over_tcp(&self, query: Query) -> Result<DnsResponse, NetError> {
+        self.tcp.lookup(query, self.options).first_answer().await
+    }
+}
