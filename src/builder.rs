@@ -12,7 +12,7 @@ use crate::{
     error::Error,
     health::{HealthCheck, HealthSettings},
     load_balanced::{BalanceConfig, LoadMeasure},
-    pipeline::Plan,
+    pipeline::{Plan, Started},
     registry::Registry,
     resolve::{Dns, DnsConfig, DnsTransport, IpFamily},
     schedule::Timing,
@@ -144,6 +144,8 @@ impl Builder {
 
     /// Query these nameservers (UDP, with TCP when an answer is truncated) instead of the
     /// system configuration. Default: none, so `/etc/resolv.conf` is read, as in a pod.
+    /// Each query tries them in turn, starting with the one that answered last, and moves on
+    /// after a timeout or an answer of SERVFAIL or REFUSED.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.dns.nameservers = servers.into_iter().collect();
         self
@@ -171,7 +173,8 @@ impl Builder {
         self
     }
 
-    /// How many times a query is sent before the resolution counts as failed. Default: 2,
+    /// How many times a query is sent to each nameserver before the resolution counts as
+    /// failed. Default: 2,
     /// so one resolution takes at most about 2 s against a silent server. Valid: 1 to 10
     /// (glibc caps `resolv.conf`'s `attempts:` at 5).
     pub fn dns_attempts(mut self, attempts: usize) -> Self {
@@ -216,7 +219,7 @@ impl Builder {
     /// `0.0` and below `1.0` (at `1.0` a delay could be zero).
     ///
     /// A jittered delay of 64 ms or more is then lengthened by less than a 32nd so that it ends
-    /// on a grid every refresh task of the process shares (a power-of-two step of at most
+    /// on a grid every refresh loop of the process shares (a power-of-two step of at most
     /// 128 ms): the refreshes of many Services that fall due close together wake the runtime
     /// once.
     pub fn jitter(self, fraction: f64) -> Self {
@@ -418,7 +421,7 @@ impl Builder {
             .into_iter()
             .map(|service| Plan::new(service, &self.cluster_domain, self.family, &self.template))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tasks = Vec::with_capacity(plans.len() * 2);
+        let mut started = Started::default();
         let pipelines = plans
             .into_iter()
             .map(|plan| {
@@ -428,10 +431,15 @@ impl Builder {
                     &self.timing,
                     self.jitter,
                     &self.health,
-                    &mut tasks,
+                    &mut started,
                 )
             })
             .collect();
+        let Started {
+            refreshes,
+            mut tasks,
+        } = started;
+        tasks.push(handle.spawn(crate::refresh::drive(refreshes)));
         Ok(Registry::from_pipelines(
             pipelines,
             handle,

@@ -16,7 +16,7 @@ use crate::{
 
 /// Feeds `tx` until the snapshots or the balancer go away.
 ///
-/// It never blocks discovery: the refresh task only publishes snapshots. When tonic's queue is
+/// It never blocks discovery: the refresh loop only publishes snapshots. When tonic's queue is
 /// full (an idle client drains nothing, grpc-rust #1581), what is not sent stays as the diff
 /// between `held` and the latest snapshot, so the backlog never grows past one set's size and
 /// stale intermediate states are skipped.

@@ -1,7 +1,7 @@
 //! One service's pipeline, from its DNS name to its channels:
 //!
 //! ```text
-//! refresh task ──► discovered set ──► health gate task ──► serving set ──► channel() feeder
+//! refresh loop ──► discovered set ──► health gate task ──► serving set ──► channel() feeder
 //! (resolve, schedule)  (watch)         (watchers, gate)      (watch)     └─► load_balanced()
 //! ```
 //!
@@ -74,8 +74,8 @@ impl Plan {
         })
     }
 
-    /// Starts the refresh task and, with health checks on, the gate task; their handles go
-    /// into `tasks`.
+    /// Starts the pipeline: its refresh loop goes into `started`, for [`refresh::drive`] to
+    /// run, and, with health checks on, the gate task's handle too.
     pub(crate) fn start(
         self,
         handle: &Handle,
@@ -83,7 +83,7 @@ impl Plan {
         timing: &Timing,
         jitter: f64,
         health: &HealthSettings,
-        tasks: &mut Vec<JoinHandle<()>>,
+        started: &mut Started,
     ) -> Pipeline {
         let Plan {
             service,
@@ -102,15 +102,18 @@ impl Plan {
             ),
             QueryKind::Srv { family } => Families::new(family, 1, Duration::ZERO, 0),
         };
-        tasks.push(handle.spawn(refresh::run(
+        started.refreshes.push((
             service.clone(),
-            query,
-            dns.clone(),
-            Schedule::new(timing.clone()),
-            families,
-            jitter,
-            discovered.clone(),
-        )));
+            Box::pin(refresh::run(
+                service.clone(),
+                query,
+                dns.clone(),
+                Schedule::new(timing.clone()),
+                families,
+                jitter,
+                discovered.clone(),
+            )),
+        ));
         let gated = (health.check != HealthCheck::Off).then(|| {
             let gate = Arc::new(Gated {
                 serving: watch::Sender::new(Arc::default()),
@@ -118,7 +121,7 @@ impl Plan {
             });
             let refresh = discovered.clone();
             let span = tracing::info_span!("health", service = %service);
-            tasks.push(
+            started.tasks.push(
                 handle.spawn(
                     health::run(
                         service.to_string(),
@@ -144,10 +147,18 @@ impl Plan {
     }
 }
 
+/// What starting pipelines leaves: their refresh loops, for [`refresh::drive`] to run, and
+/// the handles of the tasks already spawned.
+#[derive(Default)]
+pub(crate) struct Started {
+    pub(crate) refreshes: Vec<(HeadlessService, refresh::Refresh)>,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
 /// A running pipeline: what discovery found, what the gate lets through, and the channels.
 pub(crate) struct Pipeline {
     pub(crate) service: HeadlessService,
-    /// The refresh task's output: what DNS lists.
+    /// The refresh loop's output: what DNS lists.
     pub(crate) discovered: Arc<Discovered>,
     /// The health gate's output, when health checks are on.
     pub(crate) gated: Option<Arc<Gated>>,
