@@ -154,20 +154,17 @@ impl Schedule {
 
     /// Feeds one resolution's answers, one per part queried.
     pub(crate) fn on_answers(&mut self, answers: &[(Question, Answer)], now: Instant) -> Step {
-        let mut found = BTreeSet::new();
         let mut any_records = false;
         let mut ttl: Option<Duration> = None;
         let mut failure = None;
         let mut negative = Negative::NoData;
-        for (part, answer) in answers {
+        for (_, answer) in answers {
             match answer {
-                Answer::Records { addrs, ttl: t } => {
+                Answer::Records { ttl: t, .. } => {
                     any_records = true;
-                    found.extend(addrs.iter().copied());
                     ttl = Some(ttl.map_or(*t, |old| old.min(*t)));
                 }
                 Answer::Failed(f) => {
-                    found.extend(self.current.iter().filter(|a| part.covers(a)).copied());
                     failure.get_or_insert_with(|| f.clone());
                 }
                 Answer::Empty(Negative::NxDomain) => negative = Negative::NxDomain,
@@ -190,7 +187,7 @@ impl Schedule {
             };
             return Step {
                 delay,
-                publish: self.replace(found),
+                publish: self.replace(answers),
                 event,
             };
         }
@@ -226,7 +223,7 @@ impl Schedule {
             self.empty_since = None;
             return Step {
                 delay: self.timing.interval,
-                publish: self.replace(BTreeSet::new()),
+                publish: self.replace(answers),
                 event: Event::Empty(negative),
             };
         }
@@ -240,12 +237,41 @@ impl Schedule {
         }
     }
 
-    fn replace(&mut self, set: BTreeSet<SocketAddr>) -> Option<BTreeSet<SocketAddr>> {
+    /// The set `answers` give (a failed part keeps its last addresses), if it is not the
+    /// current one, which it then becomes.
+    fn replace(&mut self, answers: &[(Question, Answer)]) -> Option<BTreeSet<SocketAddr>> {
+        if self.unchanged(answers) {
+            return None;
+        }
+        let mut set = BTreeSet::new();
+        for (part, answer) in answers {
+            match answer {
+                Answer::Records { addrs, .. } => set.extend(addrs.iter().copied()),
+                Answer::Failed(_) => {
+                    set.extend(self.current.iter().filter(|a| part.covers(a)).copied())
+                }
+                Answer::Empty(_) => {}
+            }
+        }
         if set == self.current {
             return None;
         }
         self.current = set.clone();
         Some(set)
+    }
+
+    /// The usual refresh, told apart without building a set: one part with records, sorted
+    /// as the resolver sends them, the same as the current set; the other parts empty.
+    fn unchanged(&self, answers: &[(Question, Answer)]) -> bool {
+        let mut given = answers
+            .iter()
+            .filter(|(_, a)| !matches!(a, Answer::Empty(_)));
+        match (given.next(), given.next()) {
+            (Some((_, Answer::Records { addrs, .. })), None) => {
+                addrs.len() == self.current.len() && addrs.iter().eq(self.current.iter())
+            }
+            _ => false,
+        }
     }
 
     fn success_delay(&self, ttl: Option<Duration>) -> Duration {
@@ -308,7 +334,7 @@ pub(crate) fn jittered(delay: Duration, fraction: f64, unit: f64) -> Duration {
 /// The coarsest step of the refresh grid ([`on_grid`]).
 pub(crate) const GRID_MAX: Duration = Duration::from_millis(128);
 
-/// Lengthens `delay` so that it ends on a grid shared by every refresh task of the process,
+/// Lengthens `delay` so that it ends on a grid shared by every refresh loop of the process,
 /// whose origin lies `since_origin` in the past: refreshes falling due close together then wake
 /// the runtime once, not each on its own timer.
 ///

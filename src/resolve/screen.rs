@@ -232,7 +232,7 @@ fn owned_records<'r>(
         ttl = ttl.min(rfc2181_ttl(r.ttl));
     }
     let end = chain[chain.len() - 1];
-    let mut owned = Vec::new();
+    let mut owned = Vec::with_capacity(answers.len());
     for (i, r) in answers.iter().enumerate() {
         if followed.contains(&i) {
             continue;
@@ -289,7 +289,7 @@ pub(super) fn screen_addresses(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Screened<IpAddr>, Refused> {
     let Screened { found, mut ttl } = owned_records(asked, domain, rtype, answers, skipped)?;
-    let mut ips = Vec::new();
+    let mut ips = Vec::with_capacity(found.len());
     for r in found {
         let Some(ip) = r.data.ip_addr() else {
             skipped.push(Skipped::OtherType(r.name.clone(), r.record_type()));
