@@ -20,8 +20,9 @@ use crate::{
 /// Discovers a set of headless Services and hands out one balanced [`Channel`] per service.
 ///
 /// Each service has a refresh loop that re-resolves its DNS name and feeds the changes into the
-/// service's channel; one background task drives the loops of every service. Dropping the registry (or [`Registry::shutdown`]) ends every
-/// task it started; channels already handed out keep their last endpoint set.
+/// service's channel; one background task drives the loops of every service. Dropping the
+/// registry (or [`Registry::shutdown`]) ends every task it started; channels already handed
+/// out keep their last endpoint set.
 pub struct Registry {
     specs: Vec<HeadlessService>,
     services: Vec<Pipeline>,

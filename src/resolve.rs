@@ -151,12 +151,12 @@ impl Query {
 
 /// A DNS client with no cache, bounded per-query time and no search list: hickory's UDP client
 /// and its name-server pool for TCP (see [`client`]), without the resolver's cache, CNAME and
-/// hosts-file layers, none of which this crate uses. The screening below follows CNAMEs within an answer, as a cluster's DNS
-/// sends them.
+/// hosts-file layers, none of which this crate uses. The screening below follows CNAMEs within
+/// an answer, as a cluster's DNS sends them.
 #[derive(Clone)]
 pub(crate) struct Dns {
     client: Arc<client::Client>,
-    /// An outer bound on one lookup, in case the pool's own timers overrun.
+    /// An outer bound on one lookup, in case the client's own timers overrun.
     deadline: Duration,
 }
 

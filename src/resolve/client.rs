@@ -91,15 +91,13 @@ impl Client {
             match answer.first_answer().await {
                 Ok(response) if response.truncation => return self.over_tcp(query).await,
                 Ok(response) => match DnsError::from_response(response) {
-                    Ok(response) => {
+                    // SERVFAIL, REFUSED and the other error codes: the next nameserver.
+                    Err(e) if !matches!(e, DnsError::NoRecordsFound(_)) => last = e.into(),
+                    // An answer, NXDOMAIN or no-data: this nameserver answered.
+                    answered => {
                         self.preferred.store(i, Ordering::Relaxed);
-                        return Ok(response);
+                        return answered.map_err(NetError::from);
                     }
-                    Err(e @ DnsError::NoRecordsFound(_)) => {
-                        self.preferred.store(i, Ordering::Relaxed);
-                        return Err(e.into());
-                    }
-                    Err(e) => last = e.into(),
                 },
                 Err(e) => last = e,
             }
