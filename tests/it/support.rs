@@ -174,6 +174,8 @@ pub struct Load {
     pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// When each failed call started, in the order they failed.
+    failed_at: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -185,47 +187,60 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed_at = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let end = tokio::time::Instant::now() + limit;
-        let tasks = (0..callers)
-            .map(|_| {
-                let (channel, ok, failed, errors, stop) = (
-                    channel.clone(),
-                    ok.clone(),
-                    failed.clone(),
-                    errors.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
-                        match tokio::time::timeout(Duration::from_secs(5), call(&channel)).await {
-                            Ok(Ok(_)) => {
-                                ok.fetch_add(1, Ordering::SeqCst);
+        let tasks =
+            (0..callers)
+                .map(|_| {
+                    let (channel, ok, failed, errors, failed_at, stop) = (
+                        channel.clone(),
+                        ok.clone(),
+                        failed.clone(),
+                        errors.clone(),
+                        failed_at.clone(),
+                        stop.clone(),
+                    );
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+                            let started = std::time::Instant::now();
+                            let error =
+                                match tokio::time::timeout(Duration::from_secs(5), call(&channel))
+                                    .await
+                                {
+                                    Ok(Ok(_)) => None,
+                                    Ok(Err(status)) => Some(status.message().to_owned()),
+                                    Err(_) => Some("call timed out after 5 s".to_owned()),
+                                };
+                            match error {
+                                None => {
+                                    ok.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Some(error) => {
+                                    errors.lock().unwrap().push(error);
+                                    failed_at.lock().unwrap().push(started);
+                                    failed.fetch_add(1, Ordering::SeqCst);
+                                }
                             }
-                            Ok(Err(status)) => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                errors.lock().unwrap().push(status.message().to_owned());
-                            }
-                            Err(_) => {
-                                failed.fetch_add(1, Ordering::SeqCst);
-                                errors
-                                    .lock()
-                                    .unwrap()
-                                    .push("call timed out after 5 s".into());
-                            }
+                            tokio::task::yield_now().await;
                         }
-                        tokio::task::yield_now().await;
-                    }
+                    })
                 })
-            })
-            .collect();
+                .collect();
         Load {
             ok,
             failed,
             errors,
+            failed_at,
             stop,
             tasks,
         }
+    }
+
+    /// How many of the failed calls started at or after `instant`.
+    pub fn failed_since(&self, instant: std::time::Instant) -> usize {
+        let failed_at = self.failed_at.lock().unwrap();
+        failed_at.iter().filter(|&&at| at >= instant).count()
     }
 
     pub fn ok(&self) -> u64 {
