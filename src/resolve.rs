@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 mod client;
 mod screen;
+mod udp;
 
 #[cfg(fuzzing)]
 pub use screen::fuzz_screen;
@@ -174,6 +175,8 @@ pub(crate) struct DnsConfig {
     pub(crate) nameservers: Vec<SocketAddr>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: usize,
+    /// UDP queries one socket carries; see [`udp`].
+    pub(crate) queries_per_socket: usize,
     pub(crate) transport: DnsTransport,
 }
 
@@ -236,6 +239,7 @@ impl Dns {
                 udp,
                 config.timeout,
                 config.attempts,
+                config.queries_per_socket,
                 RetryDnsHandle::new(tcp, attempts),
                 options,
             )),

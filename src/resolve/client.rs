@@ -1,23 +1,22 @@
-//! How a query reaches the nameservers: over UDP with hickory's `UdpClientStream`, asked from
+//! How a query reaches the nameservers: over UDP on a socket per nameserver that several
+//! queries share ([`SharedUdp`], replaced after `dns_queries_per_socket` queries), asked from
 //! the refresh loop itself, and over TCP (when configured, or when a UDP answer comes back
 //! truncated) through hickory's `NameServerPool`.
 //!
 //! UDP skips the pool on purpose. The pool wraps each UDP query in a `DnsExchange`, a background
 //! task fed through a channel, and shares each answer between concurrent identical queries by
 //! cloning it; a refresh loop asks one question at a time and needs neither. With 1,000
-//! Services the pool and its exchange were a fifth of discovery's CPU (BENCHMARKS.md). The UDP
-//! client is the one the pool would call, so a random source port per query, the ID and
-//! question checks, resends and the per-query timeout all stay hickory's. What is ours is the
-//! order of the nameservers: each in turn, from the one that answered last, moving on after a
-//! timeout, an I/O error or an answer of SERVFAIL, REFUSED or another error code; an answer, or
-//! an authoritative NXDOMAIN or no-data, ends the query.
+//! Services the pool and its exchange were a fifth of discovery's CPU, and a socket opened and
+//! closed per query another fifth of what was left (BENCHMARKS.md). Messages are hickory's to
+//! encode and decode. What is ours is the socket's reuse (see [`SharedUdp`]) and the order of
+//! the nameservers: each in turn, from the one that answered last, moving on after a timeout,
+//! an I/O error or an answer of SERVFAIL, REFUSED or another error code; an answer, or an
+//! authoritative NXDOMAIN or no-data, ends the query.
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
 };
 
 use hickory_resolver::{
@@ -25,16 +24,19 @@ use hickory_resolver::{
     net::{
         DnsError, NetError,
         runtime::TokioRuntimeProvider,
-        udp::UdpClientStream,
-        xfer::{DnsHandle, DnsRequestSender, FirstAnswer, RetryDnsHandle},
+        xfer::{DnsHandle, FirstAnswer, RetryDnsHandle},
     },
     proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query},
 };
 
+use super::udp::SharedUdp;
+
 /// Asks the nameservers; see the module's docs.
 pub(super) struct Client {
-    /// One UDP client per nameserver, in the configured order; empty for TCP only.
-    udp: Vec<Mutex<UdpClientStream<TokioRuntimeProvider>>>,
+    /// One UDP socket per nameserver, in the configured order; empty for TCP only.
+    udp: Vec<SharedUdp>,
+    /// How long one try waits for its answer.
+    timeout: Duration,
     /// The nameserver to ask first: the last one that answered.
     preferred: AtomicUsize,
     /// Rounds over the nameservers.
@@ -49,23 +51,19 @@ impl Client {
     /// `rounds`: how many times each nameserver is tried before a query fails.
     pub(super) fn new(
         udp: &[SocketAddr],
-        timeout: std::time::Duration,
+        timeout: Duration,
         rounds: usize,
+        queries_per_socket: usize,
         tcp: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
         options: DnsRequestOptions,
     ) -> Self {
         let udp = udp
             .iter()
-            .map(|addr| {
-                Mutex::new(
-                    UdpClientStream::builder(*addr, TokioRuntimeProvider::default())
-                        .with_timeout(Some(timeout))
-                        .build(),
-                )
-            })
+            .map(|addr| SharedUdp::new(*addr, queries_per_socket))
             .collect();
         Self {
             udp,
+            timeout,
             preferred: AtomicUsize::new(0),
             rounds: rounds.max(1),
             tcp,
@@ -83,12 +81,8 @@ impl Client {
         let mut last = NetError::NoConnections;
         for i in (0..self.rounds * self.udp.len()).map(|i| (first + i) % self.udp.len()) {
             let request = DnsRequest::from_query(query.clone(), self.options);
-            // The lock only builds the query's future, which holds no I/O.
-            let answer = self.udp[i]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .send_message(request);
-            match answer.first_answer().await {
+            let answer = tokio::time::timeout(self.timeout, self.udp[i].exchange(request)).await;
+            match answer.unwrap_or(Err(NetError::Timeout)) {
                 Ok(response) if response.truncation => return self.over_tcp(query).await,
                 Ok(response) => match DnsError::from_response(response) {
                     // SERVFAIL, REFUSED and the other error codes: the next nameserver.

@@ -2,7 +2,7 @@
 //! with records the caller changes live and faults injected on demand.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{IpAddr, SocketAddr},
     str::FromStr,
@@ -175,6 +175,14 @@ struct Counts {
     a: AtomicU64,
     aaaa: AtomicU64,
     tcp: AtomicU64,
+    udp: Mutex<UdpSources>,
+}
+
+/// The UDP queries received and the source ports they came from.
+#[derive(Debug, Default)]
+struct UdpSources {
+    queries: u64,
+    ports: HashSet<u16>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -278,6 +286,13 @@ impl DnsServer {
     /// truncated).
     pub fn tcp_queries(&self) -> u64 {
         self.counts.tcp.load(Ordering::SeqCst)
+    }
+
+    /// UDP queries received so far, and how many distinct source ports they came from, both
+    /// counted together.
+    pub fn udp_sources(&self) -> (u64, usize) {
+        let udp = self.counts.udp.lock().unwrap();
+        (udp.queries, udp.ports.len())
     }
 
     /// Injects `fault` into every answer from now on.
@@ -563,6 +578,10 @@ impl RequestHandler for Handler {
         self.queries.fetch_add(1, Ordering::SeqCst);
         if request.protocol() == hickory_server::net::xfer::Protocol::Tcp {
             self.counts.tcp.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let mut udp = self.counts.udp.lock().unwrap();
+            udp.queries += 1;
+            udp.ports.insert(request.src().port());
         }
         match request.request_info().map(|i| i.query.query_type()) {
             Ok(RecordType::A) => self.counts.a.fetch_add(1, Ordering::SeqCst),

@@ -490,3 +490,125 @@ async fn a_silent_or_refusing_nameserver_is_passed_over() {
         "asked again after another answered"
     );
 }
+
+/// UDP queries share a socket for `dns_queries_per_socket` queries, then a new one on a new port
+/// takes over: the server sees one source port per that many queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_socket_carries_the_configured_number_of_queries() {
+    let fx = Fixture::start(31, 1).await;
+    for per_socket in [1usize, 3, 64] {
+        let dns = DnsServer::start().await.unwrap();
+        dns.set_addrs(&fx.fqdn, &[fx.pods[0].addr().ip()]).await;
+        let registry = builder(&dns)
+            .refresh_interval(Duration::from_millis(20))
+            .ip_family(IpFamily::V4)
+            .health_check(HealthCheck::Off)
+            .dns_queries_per_socket(per_socket)
+            .service(fx.service.clone())
+            .build()
+            .unwrap();
+        assert!(eventually(SLACK, || async { dns.udp_sources().0 >= 30 }).await);
+        registry.shutdown().await;
+        let (queries, ports) = dns.udp_sources();
+        let sockets = queries.div_ceil(per_socket as u64) as usize;
+        eprintln!("{per_socket} per socket: {queries} queries from {ports} ports");
+        // Two sockets may draw the same random port, rarely: one port of slack.
+        assert!(
+            ports <= sockets && ports + 1 >= sockets,
+            "{per_socket} per socket: {queries} queries came from {ports} ports, not {sockets}"
+        );
+    }
+}
+
+/// Services whose queries share one socket each get their own answer; answers that come back
+/// after their query gave up are dropped, not handed to another query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_sharing_a_socket_each_get_their_own_answer() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let services: Vec<(HeadlessService, Vec<IpAddr>)> = (0..20u8)
+        .map(|s| {
+            let service = HeadlessService::new("ns32", format!("s{s}"), 8080).unwrap();
+            let ips = (0..=s % 3).map(|p| loopback(32, 10 * s + p + 2)).collect();
+            (service, ips)
+        })
+        .collect();
+    for (service, ips) in &services {
+        dns.set_addrs(&svc_fqdn(service.name(), "ns32"), ips).await;
+    }
+    let registry = builder(&dns)
+        .refresh_interval(Duration::from_millis(50))
+        .ip_family(IpFamily::V4)
+        .health_check(HealthCheck::Off)
+        .services(services.iter().map(|(s, _)| s.clone()))
+        .build()
+        .unwrap();
+    let own = |service: &HeadlessService, ips: &[IpAddr]| {
+        let mut want: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
+        want.sort();
+        let mut have = registry.endpoints(service).unwrap();
+        have.sort();
+        have == want
+    };
+    assert!(
+        eventually(SLACK, || async {
+            services.iter().all(|(service, ips)| own(service, ips))
+        })
+        .await
+    );
+    // The first Service's answers now come back 100 ms after its query gave up (300 ms), on
+    // the socket the others are using.
+    let (late, _) = &services[0];
+    dns.set_name_delay(&svc_fqdn(late.name(), "ns32"), Duration::from_millis(400));
+    let failures = || registry.status(late).unwrap().consecutive_failures;
+    let answered = |s: &HeadlessService| registry.status(s).unwrap().resolutions;
+    let before: Vec<u64> = services.iter().map(|(s, _)| answered(s)).collect();
+    assert!(eventually(SLACK, || async { failures() >= 3 }).await);
+    for ((service, ips), before) in services.iter().zip(before).skip(1) {
+        assert!(
+            own(service, ips),
+            "{}: {:?}",
+            service.name(),
+            registry.endpoints(service)
+        );
+        let status = registry.status(service).unwrap();
+        assert!(
+            status.resolutions > before + 5,
+            "{}: {status:?}",
+            service.name()
+        );
+        assert_eq!(
+            status.consecutive_failures,
+            0,
+            "{}: {status:?}",
+            service.name()
+        );
+    }
+    // The late Service keeps what it had.
+    assert!(own(late, &services[0].1));
+}
+
+/// A nameserver with nothing listening answers with an ICMP error, which the connected socket
+/// reports: the next nameserver is asked at once, not after the query's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nameserver_with_nothing_listening_is_passed_over_at_once() {
+    let fx = Fixture::start(33, 2).await;
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let registry = builder(&fx.dns)
+        .dns_timeout(Duration::from_secs(60))
+        .health_check(HealthCheck::Off)
+        .nameservers([closed, fx.dns.addr()])
+        .service(fx.service.clone())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        discovered(&registry, &fx.service, 2).await,
+        "waited for the silent nameserver's timeout: {:?}",
+        registry.status(&fx.service)
+    );
+    eprintln!("discovered past a closed port in {:?}", started.elapsed());
+}
