@@ -56,8 +56,9 @@
 //! # How it works
 //! For each service a refresh loop resolves
 //! `<name>.<namespace>.svc.<cluster-domain>.` (fully qualified, so a pod's `ndots:5` search
-//! list adds no queries), A and AAAA separately, with hickory's UDP client (its name-server
-//! pool for TCP) and no cache; one background task drives every service's loop. Each answer
+//! list adds no queries), A and AAAA separately, over UDP on a socket per nameserver that
+//! several queries share (hickory's messages; its name-server pool for TCP) and no cache; one
+//! background task drives every service's loop. Each answer
 //! goes through a pure schedule that decides what to publish and when to ask again. The published set is a versioned snapshot; the channel's feeder diffs it
 //! against what tonic's balancer holds and sends only `Change::Insert` / `Change::Remove`.
 //! Resolution never runs on the request path.
