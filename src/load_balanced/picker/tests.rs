@@ -26,12 +26,12 @@ fn with_calls_in_flight_the_cheaper_pod_always_wins() {
 fn the_cheaper_pod_wins_unless_it_is_a_near_tie() {
     // (first, second, first wins)
     let cases = [
-        (c(1.0, 5), c(3.0, 1), true),
-        (c(3.0, 1), c(1.0, 5), false),
+        (c(1.0, 5), c(4.0, 1), true),
+        (c(4.0, 1), c(1.0, 5), false),
         (c(1.0, 5), c(1.2, 1), false),
         (c(1.2, 1), c(1.0, 5), true),
-        (c(1.0, 5), c(1.9, 1), false),
-        (c(1.0, 5), c(2.1, 1), true),
+        (c(1.0, 5), c(2.9, 1), false),
+        (c(1.0, 5), c(3.1, 1), true),
         (c(1.0, 1), c(1.0, 1), true),
         (c(0.0, 1), c(0.0, 2), true),
         (c(40.0, 1), c(1.0, 9), false),
