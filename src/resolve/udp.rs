@@ -29,6 +29,9 @@ use tokio::{io::Interest, sync::oneshot};
 /// The largest datagram read; EDNS payloads this crate asks for are smaller.
 const RECEIVE_BUFFER: usize = 4096;
 
+/// Datagrams one read takes off the socket before it lets other work run.
+const READS_PER_WAKE: usize = 64;
+
 /// One nameserver's socket, replaced after `limit` queries.
 pub(super) struct SharedUdp {
     server: SocketAddr,
@@ -156,11 +159,13 @@ impl Socket {
         Some((id, rx))
     }
 
-    /// Reads every datagram waiting and hands each to the query with its ID; an answer for no
-    /// query in flight (late, after its query gave up) is dropped.
+    /// Reads the datagrams waiting, [`READS_PER_WAKE`] at most, and hands each to the query with
+    /// its ID; an answer for no query in flight (late, after its query gave up) is dropped.
+    /// The bound keeps a flood of datagrams from holding the task that reads: what is left
+    /// keeps the socket readable for the next turn.
     fn read(&self) -> io::Result<()> {
         let mut buf = [0u8; RECEIVE_BUFFER];
-        loop {
+        for _ in 0..READS_PER_WAKE {
             match self.io.try_recv(&mut buf) {
                 Ok(n) => {
                     let Some(id) = buf[..n]
@@ -177,6 +182,7 @@ impl Socket {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     /// No more queries on this socket.

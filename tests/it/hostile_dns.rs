@@ -686,3 +686,59 @@ fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
         panic!("{e}");
     }
 }
+
+/// A nameserver that sends a burst of stray datagrams (too short to carry an ID, or with IDs no
+/// query has) before every answer, from its own address: each is dropped, and every query
+/// still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_datagrams_before_each_answer_are_dropped() {
+    const STRAYS: u16 = 2_000;
+    let fx = Fixture::start(34, 2).await;
+    // The relay answers from the address the registry asked, after the strays; the real
+    // answer comes from the in-process server behind it.
+    let relay = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let upstream = fx.dns.addr();
+    let task = tokio::spawn({
+        let relay = relay.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((n, client)) = relay.recv_from(&mut buf).await else {
+                    return;
+                };
+                let query = buf[..n].to_vec();
+                let id = u16::from_be_bytes([query[0], query[1]]);
+                for k in 0..STRAYS {
+                    let stray = if k % 2 == 0 {
+                        vec![0x55]
+                    } else {
+                        let mut header = id.wrapping_add(1 + k).to_be_bytes().to_vec();
+                        header.extend_from_slice(&[0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]);
+                        header
+                    };
+                    let _ = relay.send_to(&stray, client).await;
+                }
+                let up = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let _ = up.send_to(&query, upstream).await;
+                let mut answer = [0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(1), up.recv(&mut answer)).await
+                {
+                    let _ = relay.send_to(&answer[..n], client).await;
+                }
+            }
+        }
+    });
+    let registry = builder(&fx.dns)
+        .nameservers([relay.local_addr().unwrap()])
+        .ip_family(IpFamily::V4)
+        .service(fx.service.clone())
+        .build()
+        .unwrap();
+    assert!(discovered(&registry, &fx.service, 2).await);
+    settle(&registry, &fx.service, 3).await;
+    let status = registry.status(&fx.service).unwrap();
+    assert_eq!(status.consecutive_failures, 0, "{status:?}");
+    assert!(status.last_error.is_none(), "{status:?}");
+    task.abort();
+}
