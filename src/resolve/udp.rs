@@ -46,14 +46,22 @@ struct Socket {
 
 #[derive(Default)]
 struct State {
-    /// The queries in flight, by ID.
-    waiting: HashMap<u16, oneshot::Sender<Vec<u8>>>,
+    /// The queries in flight, by ID, each with the number of its registration.
+    waiting: HashMap<u16, (u64, oneshot::Sender<Vec<u8>>)>,
+    /// Registrations so far: tells a query's slot from a later one with the same ID.
+    registered: u64,
     /// Queries sent on this socket so far.
     sent: usize,
     /// No more queries go out on it: `limit` reached, or it failed.
     retired: bool,
-    /// It reported an error: the queries on it ended, and no more may wait on it.
-    failed: bool,
+}
+
+/// A query's place on a socket.
+struct Ticket {
+    id: u16,
+    /// The registration's number, which tells this query from a later one with its ID.
+    registration: u64,
+    answer: oneshot::Receiver<Vec<u8>>,
 }
 
 impl SharedUdp {
@@ -68,14 +76,14 @@ impl SharedUdp {
 
     /// Sends `request` and waits for its answer; the caller bounds the wait.
     pub(super) async fn exchange(&self, mut request: DnsRequest) -> Result<DnsResponse, NetError> {
-        let socket = self.socket()?;
-        let failed = || NetError::from(format!("the UDP socket to {} failed", self.server));
-        let (id, answer) = socket.register(request.id).ok_or_else(failed)?;
+        let (socket, ticket) = self.register(request.id)?;
         let _slot = Slot {
             socket: &socket,
-            id,
+            id: ticket.id,
+            registration: ticket.registration,
         };
-        request.metadata.id = id;
+        let answer = ticket.answer;
+        request.metadata.id = ticket.id;
         let bytes = request.to_vec()?;
         if let Err(e) = socket.io.send(&bytes).await {
             socket.fail();
@@ -88,20 +96,34 @@ impl SharedUdp {
                 answer = &mut answer => match answer {
                     Ok(bytes) => break bytes,
                     // Another query saw this socket fail, and ended every query on it.
-                    Err(_) => return Err(failed()),
+                    Err(_) => {
+                        return Err(NetError::from(format!(
+                            "the UDP socket to {} failed",
+                            self.server
+                        )));
+                    }
                 },
                 // An ICMP error (nothing listens there, say) makes the socket report an error
                 // without making it readable: the next nameserver is asked at once.
                 ready = socket.io.ready(Interest::READABLE | Interest::ERROR) => {
-                    let ready = ready?;
-                    let read = if ready.is_error() {
-                        Err(socket.io.take_error()?.unwrap_or_else(|| io::Error::other("socket error")))
-                    } else {
-                        socket.read()
+                    let read = match ready {
+                        Ok(ready) if ready.is_error() => Err(socket
+                            .io
+                            .take_error()
+                            .and_then(|e| e.ok_or_else(|| io::Error::other("socket error")))
+                            .unwrap_or_else(|e| e)),
+                        Ok(_) => socket.read(),
+                        Err(e) => Err(e),
                     };
-                    if let Err(e) = read {
-                        socket.fail();
-                        return Err(e.into());
+                    match read {
+                        Ok(Read::Drained) => {}
+                        // More waits: let the rest of the task run first, and the caller's
+                        // timeout with it.
+                        Ok(Read::More) => tokio::task::yield_now().await,
+                        Err(e) => {
+                            socket.fail();
+                            return Err(e.into());
+                        }
                     }
                 }
             }
@@ -119,15 +141,18 @@ impl SharedUdp {
         Ok(response)
     }
 
-    /// The socket for the next query, a new one when the last is spent.
-    fn socket(&self) -> Result<Arc<Socket>, NetError> {
+    /// A slot for a query, with `id` unless a query in flight has it (then the next free
+    /// one), on the current socket, or on a new one when that one is spent or failed.
+    fn register(&self, id: u16) -> Result<(Arc<Socket>, Ticket), NetError> {
         let mut current = lock(&self.current);
         if let Some(socket) = current.as_ref() {
             let mut state = lock(&socket.state);
             if !state.retired {
                 state.sent += 1;
                 state.retired = state.sent >= self.limit;
-                return Ok(socket.clone());
+                let ticket = state.register(id);
+                drop(state);
+                return Ok((socket.clone(), ticket));
             }
         }
         let socket = Arc::new(Socket {
@@ -138,32 +163,43 @@ impl SharedUdp {
                 ..State::default()
             }),
         });
+        let ticket = lock(&socket.state).register(id);
         *current = Some(socket.clone());
-        Ok(socket)
+        Ok((socket, ticket))
     }
 }
 
-impl Socket {
-    /// A slot for a query: `id` unless a query in flight has it, then the next free one;
-    /// `None` once the socket failed.
-    fn register(&self, mut id: u16) -> Option<(u16, oneshot::Receiver<Vec<u8>>)> {
-        let mut state = lock(&self.state);
-        if state.failed {
-            return None;
-        }
-        while state.waiting.contains_key(&id) {
+impl State {
+    /// A slot for `id`, or for the next ID no query in flight has.
+    fn register(&mut self, mut id: u16) -> Ticket {
+        while self.waiting.contains_key(&id) {
             id = id.wrapping_add(1);
         }
-        let (tx, rx) = oneshot::channel();
-        state.waiting.insert(id, tx);
-        Some((id, rx))
+        self.registered += 1;
+        let (tx, answer) = oneshot::channel();
+        self.waiting.insert(id, (self.registered, tx));
+        Ticket {
+            id,
+            registration: self.registered,
+            answer,
+        }
     }
+}
 
+/// What one read left on the socket.
+enum Read {
+    /// Nothing: the socket waits for the next datagram.
+    Drained,
+    /// Datagrams past the read's bound.
+    More,
+}
+
+impl Socket {
     /// Reads the datagrams waiting, [`READS_PER_WAKE`] at most, and hands each to the query with
     /// its ID; an answer for no query in flight (late, after its query gave up) is dropped.
     /// The bound keeps a flood of datagrams from holding the task that reads: what is left
     /// keeps the socket readable for the next turn.
-    fn read(&self) -> io::Result<()> {
+    fn read(&self) -> io::Result<Read> {
         let mut buf = [0u8; RECEIVE_BUFFER];
         for _ in 0..READS_PER_WAKE {
             match self.io.try_recv(&mut buf) {
@@ -174,15 +210,15 @@ impl Socket {
                     else {
                         continue;
                     };
-                    if let Some(tx) = lock(&self.state).waiting.remove(&id) {
+                    if let Some((_, tx)) = lock(&self.state).waiting.remove(&id) {
                         let _ = tx.send(buf[..n].to_vec());
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Drained),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(Read::More)
     }
 
     /// No more queries on this socket.
@@ -194,20 +230,27 @@ impl Socket {
     fn fail(&self) {
         let mut state = lock(&self.state);
         state.retired = true;
-        state.failed = true;
         state.waiting.clear();
     }
 }
 
-/// Frees a query's ID when the query ends, answered or not.
+/// Frees a query's ID when the query ends, answered or not, unless a later query holds it.
 struct Slot<'a> {
     socket: &'a Socket,
     id: u16,
+    registration: u64,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        lock(&self.socket.state).waiting.remove(&self.id);
+        let mut state = lock(&self.socket.state);
+        if state
+            .waiting
+            .get(&self.id)
+            .is_some_and(|(registration, _)| *registration == self.registration)
+        {
+            state.waiting.remove(&self.id);
+        }
     }
 }
 
