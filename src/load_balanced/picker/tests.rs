@@ -184,8 +184,12 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
         counts[i] += 1;
         pick.finish(Outcome::Success);
     }
+    // The two pods drawn are random, so even a perfect tie-break is a random process: drawn
+    // 400,000 times, it left a pod outside 90-110 of 300 calls in 0.5 % of the runs and
+    // outside 85-115 in 0.0015 %. The light-traffic goal, 10 points from an equal share, is
+    // 70-130.
     for n in counts {
-        assert!((90..=110).contains(&n), "{counts:?}");
+        assert!((85..=115).contains(&n), "{counts:?}");
     }
 }
 
