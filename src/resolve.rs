@@ -151,9 +151,9 @@ impl Query {
 }
 
 /// A DNS client with no cache, bounded per-query time and no search list: a shared UDP socket
-/// per nameserver and hickory's name-server pool for TCP (see [`client`]), without the resolver's cache, CNAME and
-/// hosts-file layers, none of which this crate uses. The screening below follows CNAMEs within
-/// an answer, as a cluster's DNS sends them.
+/// per nameserver and hickory's name-server pool for TCP (see [`client`]), without the
+/// resolver's cache, CNAME and hosts-file layers, none of which this crate uses. The screening
+/// below follows CNAMEs within an answer, as a cluster's DNS sends them.
 #[derive(Clone)]
 pub(crate) struct Dns {
     client: Arc<client::Client>,

@@ -145,26 +145,27 @@ impl SharedUdp {
     /// one), on the current socket, or on a new one when that one is spent or failed.
     fn register(&self, id: u16) -> Result<(Arc<Socket>, Ticket), NetError> {
         let mut current = lock(&self.current);
-        if let Some(socket) = current.as_ref() {
-            let mut state = lock(&socket.state);
-            if !state.retired {
-                state.sent += 1;
-                state.retired = state.sent >= self.limit;
-                let ticket = state.register(id);
-                drop(state);
-                return Ok((socket.clone(), ticket));
+        let usable = current
+            .as_ref()
+            .filter(|socket| !lock(&socket.state).retired)
+            .cloned();
+        let socket = match usable {
+            Some(socket) => socket,
+            None => {
+                let socket = Arc::new(Socket {
+                    io: bind(self.server)?,
+                    state: Mutex::default(),
+                });
+                *current = Some(socket.clone());
+                socket
             }
-        }
-        let socket = Arc::new(Socket {
-            io: bind(self.server)?,
-            state: Mutex::new(State {
-                sent: 1,
-                retired: self.limit <= 1,
-                ..State::default()
-            }),
-        });
-        let ticket = lock(&socket.state).register(id);
-        *current = Some(socket.clone());
+        };
+        // Still under the lock of `current`: no other query can take the socket's last place.
+        let mut state = lock(&socket.state);
+        state.sent += 1;
+        state.retired = state.sent >= self.limit;
+        let ticket = state.register(id);
+        drop(state);
         Ok((socket, ticket))
     }
 }
