@@ -1,7 +1,6 @@
 //! Screening: every record of an answer is checked before its address can reach a balancer.
 //! What does not pass is skipped and logged (one `warn` per answer, naming what was left out),
 //! never a panic:
-//! skipped and logged (one `warn` per answer, naming what was left out), never a panic:
 //! - **Records owned by another name.** The answer section arrives as the server sent it. Only
 //!   the records owned by the name asked count, or, when that name is a CNAME, those owned by
 //!   the end of its chain.
