@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     families::{Families, Switch},
-    resolve::{Dns, Query, Resolution},
+    resolve::{Dns, Known, Query, Resolution},
     schedule::{Event, Schedule, jittered, on_grid, outcome},
     service::HeadlessService,
     snapshot::{Endpoints, diff},
@@ -109,10 +109,11 @@ pub(crate) async fn run(
     let label = service.to_string();
     async move {
         let mut noted_tcp = false;
+        let known = Known::default();
         loop {
             let started = Instant::now();
             let ask = families.ask();
-            let Resolution { answers, over_tcp } = dns.resolve(&query, ask).await;
+            let Resolution { answers, over_tcp } = dns.resolve(&query, ask, &known).await;
             match families.on_answers(&answers, Instant::now()) {
                 Some(Switch::Skipping(part)) => tracing::info!(
                     family = ?part,

@@ -7,7 +7,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -16,7 +16,7 @@ use hickory_resolver::{
     config::{ConnectionConfig, NameServerConfig, ResolverOpts},
     net::{DnsError, NetError, runtime::TokioRuntimeProvider, xfer::RetryDnsHandle},
     proto::{
-        op::{DnsRequestOptions, DnsResponse, Query as HickoryQuery, ResponseCode},
+        op::{DnsRequestOptions, Query as HickoryQuery, ResponseCode},
         rr::{Name, RecordType},
     },
 };
@@ -24,9 +24,11 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 mod client;
+mod known;
 mod screen;
 mod udp;
 
+use known::{KnownAnswer, Reply};
 #[cfg(fuzzing)]
 pub use screen::fuzz_screen;
 use screen::{Screened, Skipped, screen_addresses, screen_srv, unusable, warn_skipped};
@@ -98,6 +100,24 @@ pub(crate) struct Resolution {
     /// An answer was too large for UDP, so it came over TCP (hickory does not say which
     /// transport answered: this is from the answer's size).
     pub(crate) over_tcp: bool,
+}
+
+/// A Service's last answer of each address family, kept when it was the usual answer of a
+/// headless Service, so that the same records again (in any order) are taken without being
+/// decoded and screened again (see [`known`]).
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    v4: Mutex<Option<Arc<KnownAnswer>>>,
+    v6: Mutex<Option<Arc<KnownAnswer>>>,
+}
+
+impl Known {
+    fn slot(&self, part: Question) -> &Mutex<Option<Arc<KnownAnswer>>> {
+        match part {
+            Question::V6 => &self.v6,
+            _ => &self.v4,
+        }
+    }
 }
 
 /// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
@@ -248,13 +268,19 @@ impl Dns {
     }
 
     /// Runs one resolution. An address query asks the families of `ask` (see
-    /// [`crate::families`]); an SRV query its own.
-    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
+    /// [`crate::families`]); an SRV query its own. `known` keeps the Service's last answers
+    /// from one resolution to the next.
+    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily, known: &Known) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
+        // Over TCP only, no answer is compared with a known one: none is kept.
+        let known = self.client.over_udp().then_some(known);
         let answers = match query.kind {
             QueryKind::Addresses { port, .. } => {
-                ask.each_part(|part| self.addresses(asked, domain, part, port))
-                    .await
+                ask.each_part(|part| {
+                    let slot = known.map(|known| known.slot(part));
+                    self.addresses(asked, domain, part, port, slot)
+                })
+                .await
             }
             QueryKind::Srv { family } => self.srv(asked, domain, family).await,
         };
@@ -267,29 +293,45 @@ impl Dns {
         Resolution { answers, over_tcp }
     }
 
-    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<DnsResponse, NetError> {
+    /// The answer to `rtype` of `name`, or, when `known` matches it, [`Reply::Same`].
+    async fn lookup<'k>(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+        known: Option<&'k KnownAnswer>,
+    ) -> Result<Reply<'k>, NetError> {
         let query = HickoryQuery::query(name.clone(), rtype);
-        match tokio::time::timeout(self.deadline, self.client.lookup(query)).await {
+        match tokio::time::timeout(self.deadline, self.client.lookup(query, known)).await {
             Ok(result) => result,
             Err(_) => Err(NetError::Timeout),
         }
     }
 
     /// The A or AAAA records of `asked`, screened (see the module docs), each address with
-    /// `port`.
-    async fn addresses(&self, asked: &Name, domain: &Name, part: Question, port: u16) -> Answer {
+    /// `port`. `slot` keeps the last answer of this part of the Service, when it was the usual
+    /// one and left nothing out; the same records again come back without being decoded.
+    async fn addresses(
+        &self,
+        asked: &Name,
+        domain: &Name,
+        part: Question,
+        port: u16,
+        slot: Option<&Mutex<Option<Arc<KnownAnswer>>>>,
+    ) -> Answer {
         let rtype = match part {
             Question::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
-        let lookup = match self.lookup(asked, rtype).await {
-            Ok(lookup) => lookup,
+        let known = slot.and_then(|slot| lock(slot).clone());
+        let lookup = match self.lookup(asked, rtype, known.as_deref()).await {
+            Ok(Reply::Same(known)) => return known.answer().clone(),
+            Ok(Reply::New(lookup)) => lookup,
             Err(e) => return classify(&e),
         };
         let mut skipped = Vec::new();
         let screened = screen_addresses(asked, domain, rtype, &lookup.answers, &mut skipped);
         warn_skipped(asked, &skipped);
-        match screened {
+        let answer = match screened {
             Ok(Screened { found: ips, ttl }) => records_or_nodata(
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
@@ -300,7 +342,16 @@ impl Dns {
                 refused.warn(asked, domain);
                 Answer::Empty(Negative::NoData)
             }
+        };
+        if let Some(slot) = slot {
+            // Kept only when screening left nothing out: an answer that warns, warns each time.
+            let keep = skipped.is_empty() && matches!(answer, Answer::Records { .. });
+            let kept = keep
+                .then(|| KnownAnswer::new(lookup.as_buffer(), rtype, answer.clone()))
+                .flatten();
+            *lock(slot) = kept.map(Arc::new);
         }
+        answer
     }
 
     /// SRV of a named port, screened. Targets come from the additional section when it is
@@ -310,8 +361,10 @@ impl Dns {
     /// beside a failed SRV part. The schedule then keeps every address of the last set (it
     /// cannot tell which came from the failed target) and adds the new ones.
     async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Question, Answer)> {
-        let lookup = match self.lookup(asked, RecordType::SRV).await {
-            Ok(lookup) => lookup,
+        let lookup = match self.lookup(asked, RecordType::SRV, None).await {
+            Ok(Reply::New(lookup)) => lookup,
+            // Without a known answer, every answer is new.
+            Ok(Reply::Same(known)) => return vec![(Question::Srv, known.answer().clone())],
             Err(e) => return vec![(Question::Srv, classify(&e))],
         };
         let mut skipped = Vec::new();
@@ -419,7 +472,7 @@ impl Dns {
         domain: &Name,
     ) -> Result<Vec<IpAddr>, Failure> {
         let answers = family
-            .each_part(|part| self.addresses(target, domain, part, 0))
+            .each_part(|part| self.addresses(target, domain, part, 0, None))
             .await;
         let mut ips = Vec::new();
         for (_, answer) in answers {
@@ -468,6 +521,13 @@ fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
         addrs,
         ttl: Duration::from_secs(u64::from(ttl)),
     }
+}
+
+/// The value behind `mutex`, taken as it is when a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sorts a resolver error into authoritative-empty or transient.

@@ -11,7 +11,8 @@
 //! encode and decode. What is ours is the socket's reuse (see [`SharedUdp`]) and the order of
 //! the nameservers: each in turn, from the one that answered last, moving on after a timeout,
 //! an I/O error or an answer of SERVFAIL, REFUSED or another error code; an answer, or an
-//! authoritative NXDOMAIN or no-data, ends the query.
+//! authoritative NXDOMAIN or no-data, ends the query. An answer that is a known one again
+//! is not decoded ([`super::known`]).
 
 use std::{
     net::SocketAddr,
@@ -29,7 +30,10 @@ use hickory_resolver::{
     proto::op::{DnsRequest, DnsRequestOptions, DnsResponse, Query},
 };
 
-use super::udp::SharedUdp;
+use super::{
+    known::{KnownAnswer, Reply},
+    udp::SharedUdp,
+};
 
 /// Asks the nameservers; see the module's docs.
 pub(super) struct Client {
@@ -71,26 +75,42 @@ impl Client {
         }
     }
 
+    /// Whether queries go over UDP first, where an answer can be [`Reply::Same`].
+    pub(super) fn over_udp(&self) -> bool {
+        !self.udp.is_empty()
+    }
+
     /// The answer to `query`, or why there is none (NXDOMAIN and no-data included, as hickory's
-    /// errors).
-    pub(super) async fn lookup(&self, query: Query) -> Result<DnsResponse, NetError> {
+    /// errors). An answer over UDP that `known` matches comes back as [`Reply::Same`].
+    pub(super) async fn lookup<'k>(
+        &self,
+        query: Query,
+        known: Option<&'k KnownAnswer>,
+    ) -> Result<Reply<'k>, NetError> {
         if self.udp.is_empty() {
-            return self.over_tcp(query).await;
+            return self.over_tcp(query).await.map(Reply::New);
         }
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last = NetError::NoConnections;
         for i in (0..self.rounds * self.udp.len()).map(|i| (first + i) % self.udp.len()) {
             let request = DnsRequest::from_query(query.clone(), self.options);
-            let answer = tokio::time::timeout(self.timeout, self.udp[i].exchange(request)).await;
+            let answer = self.udp[i].exchange(request, known);
+            let answer = tokio::time::timeout(self.timeout, answer).await;
             match answer.unwrap_or(Err(NetError::Timeout)) {
-                Ok(response) if response.truncation => return self.over_tcp(query).await,
-                Ok(response) => match DnsError::from_response(response) {
+                Ok(Reply::Same(known)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(Reply::Same(known));
+                }
+                Ok(Reply::New(response)) if response.truncation => {
+                    return self.over_tcp(query).await.map(Reply::New);
+                }
+                Ok(Reply::New(response)) => match DnsError::from_response(response) {
                     // SERVFAIL, REFUSED and the other error codes: the next nameserver.
                     Err(e) if !matches!(e, DnsError::NoRecordsFound(_)) => last = e.into(),
                     // An answer, NXDOMAIN or no-data: this nameserver answered.
                     answered => {
                         self.preferred.store(i, Ordering::Relaxed);
-                        return answered.map_err(NetError::from);
+                        return answered.map(Reply::New).map_err(NetError::from);
                     }
                 },
                 Err(e) => last = e,

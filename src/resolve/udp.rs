@@ -7,7 +7,8 @@
 //! and replaced after `limit` queries, so its source port changes as often as the setting
 //! asks. The kernel drops datagrams from any other address than the nameserver's (the socket
 //! is connected); an answer must carry the ID of a query in flight on that socket and that
-//! query's question. Encoding and decoding stay hickory's.
+//! query's question. Encoding and decoding stay hickory's; an answer that is the known one
+//! again is not decoded (see [`super::known`]).
 //!
 //! No task of its own reads the socket: every query waiting on it waits for its own answer and
 //! for the socket to turn readable, and the one that reads hands each datagram to the query
@@ -17,7 +18,7 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
 use hickory_resolver::{
@@ -25,6 +26,11 @@ use hickory_resolver::{
     proto::op::{DnsRequest, DnsResponse, MessageType},
 };
 use tokio::{io::Interest, sync::oneshot};
+
+use super::{
+    known::{KnownAnswer, Reply},
+    lock,
+};
 
 /// The largest datagram read; EDNS payloads this crate asks for are smaller.
 const RECEIVE_BUFFER: usize = 4096;
@@ -74,8 +80,13 @@ impl SharedUdp {
         }
     }
 
-    /// Sends `request` and waits for its answer; the caller bounds the wait.
-    pub(super) async fn exchange(&self, mut request: DnsRequest) -> Result<DnsResponse, NetError> {
+    /// Sends `request` and waits for its answer; the caller bounds the wait. An answer that
+    /// `known` matches comes back as [`Reply::Same`], undecoded.
+    pub(super) async fn exchange<'k>(
+        &self,
+        mut request: DnsRequest,
+        known: Option<&'k KnownAnswer>,
+    ) -> Result<Reply<'k>, NetError> {
         let (socket, ticket) = self.register(request.id)?;
         let _slot = Slot {
             socket: &socket,
@@ -128,6 +139,11 @@ impl SharedUdp {
                 }
             }
         };
+        // The ID came from this query's slot; the rest, its question included, is the known
+        // answer's, which matched its question when it was decoded.
+        if let Some(known) = known.filter(|known| known.matches(&bytes)) {
+            return Ok(Reply::Same(known));
+        }
         let response = DnsResponse::from_buffer(bytes)?;
         if response.message_type != MessageType::Response || response.queries != request.queries {
             // The right ID from the right address with another question: not to be trusted, and
@@ -138,7 +154,7 @@ impl SharedUdp {
                 self.server
             )));
         }
-        Ok(response)
+        Ok(Reply::New(response))
     }
 
     /// A slot for a query, with `id` unless a query in flight has it (then the next free
@@ -270,10 +286,4 @@ fn bind(server: SocketAddr) -> Result<tokio::net::UdpSocket, NetError> {
     socket.connect(server)?;
     socket.set_nonblocking(true)?;
     Ok(tokio::net::UdpSocket::from_std(socket)?)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

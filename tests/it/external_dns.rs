@@ -126,3 +126,48 @@ async fn external_five_hundred_records() {
         .unwrap();
     assert_eq!(first.added.len(), 500, "the whole set in one refresh");
 }
+
+/// dnsmasq reorders the records of every answer. The same records in a new order change
+/// nothing, and a record replaced by another, their count and everything else the same, is
+/// seen on the next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dnsmasq; run with --ignored (.ci/run does)"]
+async fn external_reordered_records_change_nothing_and_a_replaced_one_is_seen() {
+    let dns = dnsmasq("reorder");
+    let fqdn = svc_fqdn("user-svc", "ns63");
+    let mut hosts: Vec<u8> = (2..22).collect();
+    let ips = |hosts: &[u8]| -> Vec<IpAddr> { hosts.iter().map(|h| loopback(63, *h)).collect() };
+    dns.set(&fqdn, &ips(&hosts)).unwrap();
+    let svc = HeadlessService::new("ns63", "user-svc", 8080).unwrap();
+    let registry = registry(&dns, &svc);
+    assert!(discovered(&registry, &svc, 20).await);
+    let updates = record_updates(&registry, &svc);
+    let from = registry.status(&svc).unwrap().resolutions;
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&svc).unwrap().resolutions >= from + 10
+        })
+        .await
+    );
+    // The first update lists the set as it was; no other came.
+    assert_eq!(updates.lock().unwrap().len(), 1, "{:?}", updates.lock());
+    let (old, new) = (21, 22);
+    hosts.retain(|host| *host != old);
+    hosts.push(new);
+    dns.set(&fqdn, &ips(&hosts)).unwrap();
+    let (old, new) = (
+        SocketAddr::new(loopback(63, old), 8080),
+        SocketAddr::new(loopback(63, new), 8080),
+    );
+    assert!(
+        eventually(SLACK, || async {
+            let endpoints = registry.endpoints(&svc).unwrap();
+            endpoints.len() == 20 && endpoints.contains(&new) && !endpoints.contains(&old)
+        })
+        .await,
+        "{:?}",
+        registry.endpoints(&svc)
+    );
+    let status = registry.status(&svc).unwrap();
+    assert_eq!(status.consecutive_failures, 0, "{status:?}");
+}
