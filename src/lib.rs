@@ -4,8 +4,9 @@
 //! ```text
 //!                    one pipeline per Service (pipeline.rs), each stage a task of its own
 //! DNS name ──► refresh (refresh.rs) ──► discovered set ──► health gate (health/) ──► serving set
-//!   resolve.rs: ask (hickory's pool)      (snapshot.rs)      a Watch stream per pod      │
+//!   resolve.rs: ask (resolve/udp.rs)      (snapshot.rs)      a Watch stream per pod      │
 //!   resolve/screen.rs: screen answers                        gate.rs: who is in          │
+//!   resolve/known.rs: an answer seen before, not decoded                                 │
 //!   families.rs: which families to ask                                                   │
 //!   schedule.rs: when to ask again, on a grid shared by every Service                    │
 //!                  ┌───────────────────────────────────────────────────────────────────┤
