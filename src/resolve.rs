@@ -347,7 +347,7 @@ impl Dns {
             // Kept only when screening left nothing out: an answer that warns, warns each time.
             let keep = skipped.is_empty() && matches!(answer, Answer::Records { .. });
             let kept = keep
-                .then(|| KnownAnswer::new(lookup.as_buffer(), rtype, answer.clone()))
+                .then(|| KnownAnswer::new(lookup.as_buffer(), rtype, &answer))
                 .flatten();
             *lock(slot) = kept.map(Arc::new);
         }

@@ -44,9 +44,9 @@ pub(super) struct KnownAnswer {
     wire: Vec<u8>,
     /// Where the answer section starts, and where it ends.
     answers: Range<usize>,
-    /// How every answer record names its owner: a pointer to the question's name, or that name
-    /// written out.
-    owner: Vec<u8>,
+    /// How long every answer record's owner is: a pointer to the question's name, or that
+    /// name written out (see [`KnownAnswer::owner`]).
+    owner_len: usize,
     /// Every answer record's length.
     record_len: usize,
     /// The answer records after their owner, each as a [`Key`], sorted.
@@ -58,8 +58,8 @@ pub(super) struct KnownAnswer {
 impl KnownAnswer {
     /// Keeps `message`, which gave `answer`, when it is the usual answer of a headless Service
     /// to one question of `rtype` (A or AAAA; see the module's docs); `None` for any other
-    /// message.
-    pub(super) fn new(message: &[u8], rtype: RecordType, answer: Answer) -> Option<Self> {
+    /// message, before anything is copied.
+    pub(super) fn new(message: &[u8], rtype: RecordType, answer: &Answer) -> Option<Self> {
         let rdata_len: u16 = match rtype {
             RecordType::A => 4,
             RecordType::AAAA => 16,
@@ -107,17 +107,22 @@ impl KnownAnswer {
         wire[..2].fill(0);
         Some(Self {
             records: sorted_keys(records, record_len, owner.len()),
-            owner: owner.to_vec(),
+            owner_len: owner.len(),
             wire,
             answers: start..end,
             record_len,
-            answer,
+            answer: answer.clone(),
         })
     }
 
     /// What the answer gave.
     pub(super) fn answer(&self) -> &Answer {
         &self.answer
+    }
+
+    /// Every answer record's owner, as the first record has it.
+    fn owner(&self) -> &[u8] {
+        &self.wire[self.answers.start..][..self.owner_len]
     }
 
     /// Whether `message` is this answer but for its ID and the order of its answer records.
@@ -132,8 +137,8 @@ impl KnownAnswer {
         let records = &message[start..end];
         records
             .chunks_exact(self.record_len)
-            .all(|r| r.starts_with(&self.owner))
-            && sorted_keys(records, self.record_len, self.owner.len()) == self.records
+            .all(|r| r.starts_with(self.owner()))
+            && sorted_keys(records, self.record_len, self.owner_len) == self.records
     }
 }
 
@@ -192,7 +197,7 @@ mod tests {
     }
 
     fn known(message: &[u8], rtype: RecordType) -> Option<KnownAnswer> {
-        KnownAnswer::new(message, rtype, Answer::Empty(Negative::NoData))
+        KnownAnswer::new(message, rtype, &Answer::Empty(Negative::NoData))
     }
 
     fn pods(order: &[u8]) -> Vec<u8> {

@@ -317,7 +317,7 @@ pub fn fuzz_screen(message: &[u8]) {
 
     use crate::schedule::{Answer, Negative};
     for rtype in [RecordType::A, RecordType::AAAA] {
-        let kept = super::known::KnownAnswer::new(message, rtype, Answer::Empty(Negative::NoData));
+        let kept = super::known::KnownAnswer::new(message, rtype, &Answer::Empty(Negative::NoData));
         if let Some(kept) = kept {
             assert!(kept.matches(message), "a kept answer does not match itself");
         }
