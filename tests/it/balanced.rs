@@ -130,7 +130,7 @@ async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
     assert!(
         window_failed <= 6,
         "{window_failed} failed: {:?}",
-        load.errors.lock().unwrap().last()
+        load.errors().last()
     );
     let _ = load.stop().await;
 }

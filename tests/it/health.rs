@@ -106,7 +106,7 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
         load.failed(),
         f,
         "calls failed after the ejection: {:?}",
-        load.errors.lock().unwrap()
+        load.errors()
     );
     eprintln!(
         "crash: ejected {ejected_after:?} after the kill; {failed_during_crash} calls failed before that"

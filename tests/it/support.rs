@@ -171,98 +171,88 @@ pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Calls from `callers` concurrent loops until `stop` is set, each call bounded by 5 s.
 pub struct Load {
-    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// When each failed call started, in the order they failed.
-    failed_at: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    tally: std::sync::Arc<Tally>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the loops of a [`Load`] counted.
+#[derive(Default)]
+struct Tally {
+    ok: std::sync::atomic::AtomicU64,
+    /// Each failed call, in the order they failed: when it started, and why it failed.
+    failures: std::sync::Mutex<Vec<(std::time::Instant, String)>>,
 }
 
 impl Load {
     /// Starts the loops; each stops by itself after `limit` at the latest.
     pub fn start<C: Caller + GrpcClient>(channel: &C, callers: usize, limit: Duration) -> Load {
-        use std::sync::{Arc, atomic::*};
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let failed_at = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let tally = std::sync::Arc::new(Tally::default());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let end = tokio::time::Instant::now() + limit;
-        let tasks =
-            (0..callers)
-                .map(|_| {
-                    let (channel, ok, failed, errors, failed_at, stop) = (
-                        channel.clone(),
-                        ok.clone(),
-                        failed.clone(),
-                        errors.clone(),
-                        failed_at.clone(),
-                        stop.clone(),
-                    );
-                    tokio::spawn(async move {
-                        while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
-                            let started = std::time::Instant::now();
-                            let error =
-                                match tokio::time::timeout(Duration::from_secs(5), call(&channel))
-                                    .await
-                                {
-                                    Ok(Ok(_)) => None,
-                                    Ok(Err(status)) => Some(status.message().to_owned()),
-                                    Err(_) => Some("call timed out after 5 s".to_owned()),
-                                };
-                            match error {
-                                None => {
-                                    ok.fetch_add(1, Ordering::SeqCst);
-                                }
-                                Some(error) => {
-                                    errors.lock().unwrap().push(error);
-                                    failed_at.lock().unwrap().push(started);
-                                    failed.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                })
-                .collect();
-        Load {
-            ok,
-            failed,
-            errors,
-            failed_at,
-            stop,
-            tasks,
+        let tasks = (0..callers)
+            .map(|_| {
+                let caller = Self::caller(channel.clone(), tally.clone(), stop.clone(), end);
+                tokio::spawn(caller)
+            })
+            .collect();
+        Load { tally, stop, tasks }
+    }
+
+    /// One loop: a call after another until `stop` is set or `end` comes.
+    async fn caller<C: Caller + GrpcClient>(
+        channel: C,
+        tally: std::sync::Arc<Tally>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        end: tokio::time::Instant,
+    ) {
+        use std::sync::atomic::Ordering;
+        while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(Duration::from_secs(5), call(&channel)).await {
+                Ok(Ok(_)) => {
+                    tally.ok.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Err(status)) => {
+                    let failure = (started, status.message().to_owned());
+                    tally.failures.lock().unwrap().push(failure);
+                }
+                Err(_) => {
+                    let failure = (started, "call timed out after 5 s".to_owned());
+                    tally.failures.lock().unwrap().push(failure);
+                }
+            }
+            tokio::task::yield_now().await;
         }
     }
 
     /// How many of the failed calls started at or after `instant`.
     pub fn failed_since(&self, instant: std::time::Instant) -> usize {
-        let failed_at = self.failed_at.lock().unwrap();
-        failed_at.iter().filter(|&&at| at >= instant).count()
+        let failures = self.tally.failures.lock().unwrap();
+        failures.iter().filter(|(at, _)| *at >= instant).count()
     }
 
     pub fn ok(&self) -> u64 {
-        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+        self.tally.ok.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn failed(&self) -> u64 {
-        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+        self.tally.failures.lock().unwrap().len() as u64
+    }
+
+    /// Why each failed call failed, in the order they failed.
+    pub fn errors(&self) -> Vec<String> {
+        let failures = self.tally.failures.lock().unwrap();
+        failures.iter().map(|(_, error)| error.clone()).collect()
     }
 
     /// Stops the loops and waits for them.
-    pub async fn stop(self) -> (u64, u64, Vec<String>) {
+    pub async fn stop(mut self) -> (u64, u64, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for t in self.tasks {
+        for t in &mut self.tasks {
             let _ = t.await;
         }
-        let errors = self.errors.lock().unwrap().clone();
-        (
-            self.ok.load(std::sync::atomic::Ordering::SeqCst),
-            self.failed.load(std::sync::atomic::Ordering::SeqCst),
-            errors,
-        )
+        (self.ok(), self.failed(), self.errors())
     }
 }
 
