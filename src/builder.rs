@@ -50,7 +50,6 @@ impl Default for Builder {
                 transport: DnsTransport::Udp,
                 timeout: Duration::from_secs(1),
                 attempts: 2,
-                queries_per_socket: 64,
             },
             family: IpFamily::Both,
             timing: Timing {
@@ -180,23 +179,6 @@ impl Builder {
     /// (glibc caps `resolv.conf`'s `attempts:` at 5).
     pub fn dns_attempts(mut self, attempts: usize) -> Self {
         self.dns.attempts = attempts;
-        self
-    }
-
-    /// How many UDP queries to one nameserver share a socket before it is replaced by one on
-    /// a new random port. Default: 64, which saves five system calls a query (a socket's
-    /// creation, binding, registration and closing) and measured about a fifth of discovery's
-    /// CPU with 1,000 Services (see BENCHMARKS.md). Valid: 1, a socket of its own for every
-    /// query as hickory and glibc do, to 65,535. The queries sharing a socket are told apart
-    /// by their IDs, and an answer must also repeat its query's question; the socket is
-    /// connected, so the kernel drops datagrams from any other address.
-    ///
-    /// ```
-    /// # use k8s_headless_svc::Registry;
-    /// let builder = Registry::builder().dns_queries_per_socket(1); // a new port every query
-    /// ```
-    pub fn dns_queries_per_socket(mut self, queries: usize) -> Self {
-        self.dns.queries_per_socket = queries;
         self
     }
 

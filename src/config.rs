@@ -51,8 +51,6 @@ pub struct Config {
     pub dns_timeout: Option<String>,
     /// Tries per DNS query (1 to 10).
     pub dns_attempts: Option<usize>,
-    /// UDP queries per socket before a new one, on a new port (1 to 65535).
-    pub dns_queries_per_socket: Option<usize>,
     /// `udp` (with TCP when truncated) or `tcp`.
     pub dns_transport: Option<String>,
     /// Connect timeout to a pod (1ms to 1h); `off` turns it off.
@@ -128,9 +126,6 @@ impl Config {
         }
         if let Some(n) = self.dns_attempts {
             b = b.dns_attempts(n);
-        }
-        if let Some(n) = self.dns_queries_per_socket {
-            b = b.dns_queries_per_socket(n);
         }
         if let Some(transport) = &self.dns_transport {
             b = b.dns_transport(match transport.as_str() {

@@ -75,7 +75,6 @@
 //! | [`jitter`](Builder::jitter) | ±10 % |
 //! | [`dns_timeout`](Builder::dns_timeout) × [`dns_attempts`](Builder::dns_attempts) | 1 s × 2 |
 //! | [`dns_transport`](Builder::dns_transport) | UDP, TCP when truncated |
-//! | [`dns_queries_per_socket`](Builder::dns_queries_per_socket) | 64 |
 //! | [`failure_backoff`](Builder::failure_backoff) | 500 ms doubling to 10 s |
 //! | [`empty_confirmation`](Builder::empty_confirmation) | 3 answers and 5 s, re-checked every 1 s |
 //! | [`connect_timeout`](Builder::connect_timeout) | 1 s |

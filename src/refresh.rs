@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     families::{Families, Switch},
-    resolve::{Dns, Known, Query, Resolution},
+    resolve::{Dns, Query, Resolution},
     schedule::{Event, Schedule, jittered, on_grid, outcome},
     service::HeadlessService,
     snapshot::{Endpoints, diff},
@@ -109,11 +109,10 @@ pub(crate) async fn run(
     let label = service.to_string();
     async move {
         let mut noted_tcp = false;
-        let known = Known::default();
         loop {
             let started = Instant::now();
             let ask = families.ask();
-            let Resolution { answers, over_tcp } = dns.resolve(&query, ask, &known).await;
+            let Resolution { answers, truncated } = dns.resolve(&query, ask).await;
             match families.on_answers(&answers, Instant::now()) {
                 Some(Switch::Skipping(part)) => tracing::info!(
                     family = ?part,
@@ -126,7 +125,7 @@ pub(crate) async fn run(
                 }
                 None => {}
             }
-            if over_tcp && !noted_tcp {
+            if truncated && !noted_tcp {
                 noted_tcp = true;
                 tracing::info!(
                     "the answer is too large for UDP and came over TCP; \

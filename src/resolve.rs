@@ -7,7 +7,10 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,7 +19,7 @@ use hickory_resolver::{
     config::{ConnectionConfig, NameServerConfig, ResolverOpts},
     net::{DnsError, NetError, runtime::TokioRuntimeProvider, xfer::RetryDnsHandle},
     proto::{
-        op::{DnsRequestOptions, Query as HickoryQuery, ResponseCode},
+        op::{DnsRequestOptions, DnsResponse, Query as HickoryQuery, ResponseCode},
         rr::{Name, RecordType},
     },
 };
@@ -24,11 +27,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 mod client;
-mod known;
 mod screen;
-mod udp;
 
-use known::{KnownAnswer, Reply};
 #[cfg(fuzzing)]
 pub use screen::fuzz_screen;
 use screen::{Screened, Skipped, screen_addresses, screen_srv, unusable, warn_skipped};
@@ -97,27 +97,8 @@ pub(crate) struct Resolution {
     /// One answer per part queried; the SRV part may come twice: its records, and a failure
     /// of some of its targets.
     pub(crate) answers: Vec<(Question, Answer)>,
-    /// An answer was too large for UDP, so it came over TCP (hickory does not say which
-    /// transport answered: this is from the answer's size).
-    pub(crate) over_tcp: bool,
-}
-
-/// A Service's last answer of each address family, kept when it was the usual answer of a
-/// headless Service, so that the same records again (in any order) are taken without being
-/// decoded and screened again (see [`known`]).
-#[derive(Debug, Default)]
-pub(crate) struct Known {
-    v4: Mutex<Option<Arc<KnownAnswer>>>,
-    v6: Mutex<Option<Arc<KnownAnswer>>>,
-}
-
-impl Known {
-    fn slot(&self, part: Question) -> &Mutex<Option<Arc<KnownAnswer>>> {
-        match part {
-            Question::V6 => &self.v6,
-            _ => &self.v4,
-        }
-    }
+    /// An answer was truncated over UDP and came again over TCP.
+    pub(crate) truncated: bool,
 }
 
 /// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
@@ -170,8 +151,8 @@ impl Query {
     }
 }
 
-/// A DNS client with no cache, bounded per-query time and no search list: a shared UDP socket
-/// per nameserver and hickory's name-server pool for TCP (see [`client`]), without the
+/// A DNS client with no cache, bounded per-query time and no search list: hickory's UDP client
+/// and its name-server pool for TCP (see [`client`]), without the
 /// resolver's cache, CNAME and hosts-file layers, none of which this crate uses. The screening
 /// below follows CNAMEs within an answer, as a cluster's DNS sends them.
 #[derive(Clone)]
@@ -195,8 +176,6 @@ pub(crate) struct DnsConfig {
     pub(crate) nameservers: Vec<SocketAddr>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: usize,
-    /// UDP queries one socket carries; see [`udp`].
-    pub(crate) queries_per_socket: usize,
     pub(crate) transport: DnsTransport,
 }
 
@@ -259,7 +238,6 @@ impl Dns {
                 udp,
                 config.timeout,
                 config.attempts,
-                config.queries_per_socket,
                 RetryDnsHandle::new(tcp, attempts),
                 options,
             )),
@@ -268,70 +246,65 @@ impl Dns {
     }
 
     /// Runs one resolution. An address query asks the families of `ask` (see
-    /// [`crate::families`]); an SRV query its own. `known` keeps the Service's last answers
-    /// from one resolution to the next.
-    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily, known: &Known) -> Resolution {
+    /// [`crate::families`]); an SRV query its own.
+    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
-        // Over TCP only, no answer is compared with a known one: none is kept.
-        let known = self.client.over_udp().then_some(known);
+        let truncated = AtomicBool::new(false);
         let answers = match query.kind {
             QueryKind::Addresses { port, .. } => {
-                ask.each_part(|part| {
-                    let slot = known.map(|known| known.slot(part));
-                    self.addresses(asked, domain, part, port, slot)
-                })
-                .await
+                ask.each_part(|part| self.addresses(asked, domain, part, port, &truncated))
+                    .await
             }
-            QueryKind::Srv { family } => self.srv(asked, domain, family).await,
+            QueryKind::Srv { family } => self.srv(asked, domain, family, &truncated).await,
         };
-        let over_tcp = answers.iter().any(|(part, answer)| match answer {
-            Answer::Records { addrs, .. } => {
-                wire_size(*part, asked.len(), addrs.len()) > UDP_PAYLOAD
-            }
-            _ => false,
-        });
-        Resolution { answers, over_tcp }
+        Resolution {
+            answers,
+            truncated: truncated.into_inner(),
+        }
     }
 
-    /// The answer to `rtype` of `name`, or, when `known` matches it, [`Reply::Same`].
-    async fn lookup<'k>(
+    /// The answer to `rtype` of `name`; `truncated` is set when it was truncated over UDP.
+    async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
-        known: Option<&'k KnownAnswer>,
-    ) -> Result<Reply<'k>, NetError> {
+        truncated: &AtomicBool,
+    ) -> Result<DnsResponse, NetError> {
         let query = HickoryQuery::query(name.clone(), rtype);
-        match tokio::time::timeout(self.deadline, self.client.lookup(query, known)).await {
-            Ok(result) => result,
+        match tokio::time::timeout(self.deadline, self.client.lookup(query)).await {
+            Ok(Ok(answered)) => {
+                if answered.truncated {
+                    truncated.store(true, Ordering::Relaxed);
+                }
+                Ok(answered.response)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(NetError::Timeout),
         }
     }
 
     /// The A or AAAA records of `asked`, screened (see the module docs), each address with
-    /// `port`. `slot` keeps the last answer of this part of the Service, when it was the usual
-    /// one and left nothing out; the same records again come back without being decoded.
+    /// `port`.
     async fn addresses(
         &self,
         asked: &Name,
         domain: &Name,
         part: Question,
         port: u16,
-        slot: Option<&Mutex<Option<Arc<KnownAnswer>>>>,
+        truncated: &AtomicBool,
     ) -> Answer {
         let rtype = match part {
             Question::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
-        let known = slot.and_then(|slot| lock(slot).clone());
-        let lookup = match self.lookup(asked, rtype, known.as_deref()).await {
-            Ok(Reply::Same(known)) => return known.answer().clone(),
-            Ok(Reply::New(lookup)) => lookup,
+        let lookup = match self.lookup(asked, rtype, truncated).await {
+            Ok(lookup) => lookup,
             Err(e) => return classify(&e),
         };
         let mut skipped = Vec::new();
         let screened = screen_addresses(asked, domain, rtype, &lookup.answers, &mut skipped);
         warn_skipped(asked, &skipped);
-        let answer = match screened {
+        match screened {
             Ok(Screened { found: ips, ttl }) => records_or_nodata(
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
@@ -342,16 +315,7 @@ impl Dns {
                 refused.warn(asked, domain);
                 Answer::Empty(Negative::NoData)
             }
-        };
-        if let Some(slot) = slot {
-            // Kept only when screening left nothing out: an answer that warns, warns each time.
-            let keep = skipped.is_empty() && matches!(answer, Answer::Records { .. });
-            let kept = keep
-                .then(|| KnownAnswer::new(lookup.as_buffer(), rtype, &answer))
-                .flatten();
-            *lock(slot) = kept.map(Arc::new);
         }
-        answer
     }
 
     /// SRV of a named port, screened. Targets come from the additional section when it is
@@ -360,11 +324,15 @@ impl Dns {
     /// A target that fails does not spoil the others: their addresses come back as records,
     /// beside a failed SRV part. The schedule then keeps every address of the last set (it
     /// cannot tell which came from the failed target) and adds the new ones.
-    async fn srv(&self, asked: &Name, domain: &Name, family: IpFamily) -> Vec<(Question, Answer)> {
-        let lookup = match self.lookup(asked, RecordType::SRV, None).await {
-            Ok(Reply::New(lookup)) => lookup,
-            // Without a known answer, every answer is new.
-            Ok(Reply::Same(known)) => return vec![(Question::Srv, known.answer().clone())],
+    async fn srv(
+        &self,
+        asked: &Name,
+        domain: &Name,
+        family: IpFamily,
+        truncated: &AtomicBool,
+    ) -> Vec<(Question, Answer)> {
+        let lookup = match self.lookup(asked, RecordType::SRV, truncated).await {
+            Ok(lookup) => lookup,
             Err(e) => return vec![(Question::Srv, classify(&e))],
         };
         let mut skipped = Vec::new();
@@ -471,8 +439,10 @@ impl Dns {
         family: IpFamily,
         domain: &Name,
     ) -> Result<Vec<IpAddr>, Failure> {
+        // A target's answers are small; whether one came over TCP is not reported.
+        let truncated = AtomicBool::new(false);
         let answers = family
-            .each_part(|part| self.addresses(target, domain, part, 0, None))
+            .each_part(|part| self.addresses(target, domain, part, 0, &truncated))
             .await;
         let mut ips = Vec::new();
         for (_, answer) in answers {
@@ -494,23 +464,6 @@ impl Dns {
 /// SRV targets resolved at the same time, at most.
 const MAX_TARGET_LOOKUPS: usize = 16;
 
-/// The EDNS payload size hickory advertises: a larger answer is truncated over UDP and
-/// retried over TCP.
-const UDP_PAYLOAD: usize = 1232;
-
-/// An estimate of an answer's size on the wire (hickory does not say which transport
-/// answered): header, question, OPT record, and each record with a compressed owner name;
-/// `name_len` is the name asked as text, its final dot included.
-fn wire_size(part: Question, name_len: usize, records: usize) -> usize {
-    let per_record = match part {
-        Question::V4 => 2 + 10 + 4,
-        Question::V6 => 2 + 10 + 16,
-        // SRV rdata plus a target about as long as the name, and the target's A record.
-        Question::Srv => (2 + 10 + 6 + name_len) + (2 + 10 + 4),
-    };
-    12 + name_len + 2 + 4 + 11 + records * per_record
-}
-
 fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
     if addrs.is_empty() {
         return Answer::Empty(Negative::NoData);
@@ -521,13 +474,6 @@ fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
         addrs,
         ttl: Duration::from_secs(u64::from(ttl)),
     }
-}
-
-/// The value behind `mutex`, taken as it is when a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sorts a resolver error into authoritative-empty or transient.

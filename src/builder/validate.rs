@@ -56,13 +56,6 @@ impl Builder {
         )?;
         count_in("dns_attempts", "", self.dns.attempts, 1, MAX_DNS_ATTEMPTS)?;
         count_in(
-            "dns_queries_per_socket",
-            "",
-            self.dns.queries_per_socket,
-            1,
-            MAX_QUERIES_PER_SOCKET,
-        )?;
-        count_in(
             "empty_confirmation",
             "count ",
             t.empty_confirmations,
@@ -218,9 +211,6 @@ const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most tries per DNS query. One resolution may take `timeout × (attempts + 1)`, so the
 /// worst case stays at 11 minutes; glibc caps `resolv.conf`'s `attempts:` at 5.
 const MAX_DNS_ATTEMPTS: usize = 10;
-
-/// The most UDP queries one socket carries: as many as there are query IDs.
-const MAX_QUERIES_PER_SOCKET: usize = u16::MAX as usize;
 
 /// The most empty answers in a row that confirm a Service is empty.
 const MAX_CONFIRMATIONS: u32 = 100;

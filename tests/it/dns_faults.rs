@@ -491,39 +491,35 @@ async fn a_silent_or_refusing_nameserver_is_passed_over() {
     );
 }
 
-/// UDP queries share a socket for `dns_queries_per_socket` queries, then a new one on a new port
-/// takes over: the server sees one source port per that many queries.
+/// Every UDP query goes out on a fresh socket with a random source port (RFC 5452): the server
+/// sees about as many source ports as queries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_udp_socket_carries_the_configured_number_of_queries() {
+async fn every_udp_query_comes_from_a_fresh_port() {
     let fx = Fixture::start(31, 1).await;
-    for per_socket in [1usize, 3, 64] {
-        let dns = DnsServer::start().await.unwrap();
-        dns.set_addrs(&fx.fqdn, &[fx.pods[0].addr().ip()]).await;
-        let registry = builder(&dns)
-            .refresh_interval(Duration::from_millis(20))
-            .ip_family(IpFamily::V4)
-            .health_check(HealthCheck::Off)
-            .dns_queries_per_socket(per_socket)
-            .service(fx.service.clone())
-            .build()
-            .unwrap();
-        assert!(eventually(SLACK, || async { dns.udp_sources().0 >= 30 }).await);
-        registry.shutdown().await;
-        let (queries, ports) = dns.udp_sources();
-        let sockets = queries.div_ceil(per_socket as u64) as usize;
-        eprintln!("{per_socket} per socket: {queries} queries from {ports} ports");
-        // Two sockets may draw the same random port, rarely: one port of slack.
-        assert!(
-            ports <= sockets && ports + 1 >= sockets,
-            "{per_socket} per socket: {queries} queries came from {ports} ports, not {sockets}"
-        );
-    }
+    let dns = DnsServer::start().await.unwrap();
+    dns.set_addrs(&fx.fqdn, &[fx.pods[0].addr().ip()]).await;
+    let registry = builder(&dns)
+        .refresh_interval(Duration::from_millis(20))
+        .ip_family(IpFamily::V4)
+        .health_check(HealthCheck::Off)
+        .service(fx.service.clone())
+        .build()
+        .unwrap();
+    assert!(eventually(SLACK, || async { dns.udp_sources().0 >= 30 }).await);
+    registry.shutdown().await;
+    let (queries, ports) = dns.udp_sources();
+    eprintln!("{queries} queries from {ports} ports");
+    // Two sockets may draw the same random port, rarely: one port of slack.
+    assert!(
+        ports as u64 + 1 >= queries,
+        "{queries} queries came from {ports} ports"
+    );
 }
 
-/// Services whose queries share one socket each get their own answer; answers that come back
-/// after their query gave up are dropped, not handed to another query.
+/// Services whose queries are in flight at once each get their own answer; answers that come
+/// back after their query gave up are dropped, not handed to another query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_sharing_a_socket_each_get_their_own_answer() {
+async fn concurrent_queries_each_get_their_own_answer() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
     let services: Vec<(HeadlessService, Vec<IpAddr>)> = (0..20u8)
@@ -556,8 +552,7 @@ async fn queries_sharing_a_socket_each_get_their_own_answer() {
         })
         .await
     );
-    // The first Service's answers now come back 100 ms after its query gave up (300 ms), on
-    // the socket the others are using.
+    // The first Service's answers now come back 100 ms after its query gave up (300 ms).
     let (late, _) = &services[0];
     dns.set_name_delay(&svc_fqdn(late.name(), "ns32"), Duration::from_millis(400));
     let failures = || registry.status(late).unwrap().consecutive_failures;
@@ -588,27 +583,42 @@ async fn queries_sharing_a_socket_each_get_their_own_answer() {
     assert!(own(late, &services[0].1));
 }
 
-/// A nameserver with nothing listening answers with an ICMP error, which the connected socket
-/// reports: the next nameserver is asked at once, not after the query's timeout.
+/// A nameserver with nothing listening costs one query its timeout; the next is asked then,
+/// and asked first from then on, so later refreshes do not wait again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nameserver_with_nothing_listening_is_passed_over_at_once() {
+async fn a_nameserver_with_nothing_listening_is_passed_over() {
     let fx = Fixture::start(33, 2).await;
     let closed = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
+    let timeout = Duration::from_millis(300);
     let registry = builder(&fx.dns)
-        .dns_timeout(Duration::from_secs(60))
+        .dns_timeout(timeout)
+        .refresh_interval(Duration::from_millis(100))
         .health_check(HealthCheck::Off)
         .nameservers([closed, fx.dns.addr()])
         .service(fx.service.clone())
         .build()
         .unwrap();
-    let started = Instant::now();
     assert!(
         discovered(&registry, &fx.service, 2).await,
-        "waited for the silent nameserver's timeout: {:?}",
+        "never discovered past the closed port: {:?}",
         registry.status(&fx.service)
     );
-    eprintln!("discovered past a closed port in {:?}", started.elapsed());
+    let resolutions = || registry.status(&fx.service).unwrap().resolutions;
+    let before = resolutions();
+    let started = Instant::now();
+    assert!(eventually(SLACK, || async { resolutions() >= before + 10 }).await);
+    let each = started.elapsed() / 10;
+    eprintln!("a refresh every {each:?} once past the closed port");
+    // Had the closed nameserver been asked first again, each refresh would take its timeout.
+    assert!(
+        each < timeout,
+        "refreshes took {each:?} each: the closed nameserver is still asked first"
+    );
+    assert_eq!(
+        registry.status(&fx.service).unwrap().consecutive_failures,
+        0
+    );
 }

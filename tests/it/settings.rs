@@ -126,18 +126,6 @@ fn out_of_range() -> Vec<Case> {
             .dns_attempts(u32::MAX as usize)),
         case!("dns_attempts usize::MAX", "dns_attempts", |b| b
             .dns_attempts(usize::MAX)),
-        case!("dns_queries_per_socket 0", "dns_queries_per_socket", |b| b
-            .dns_queries_per_socket(0)),
-        case!(
-            "dns_queries_per_socket 65536",
-            "dns_queries_per_socket",
-            |b| b.dns_queries_per_socket(65_536)
-        ),
-        case!(
-            "dns_queries_per_socket usize::MAX",
-            "dns_queries_per_socket",
-            |b| b.dns_queries_per_socket(usize::MAX)
-        ),
         case!("empty_confirmation count 0", "empty_confirmation", |b| b
             .empty_confirmation(0, SEC, SEC)),
         case!("empty_confirmation count 101", "empty_confirmation", |b| b
@@ -327,7 +315,6 @@ fn the_ends_of_every_range_build_and_run() {
             .failure_backoff(HOUR, HOUR)
             .dns_timeout(MINUTE)
             .dns_attempts(10)
-            .dns_queries_per_socket(65_535)
             .empty_confirmation(100, HOUR, HOUR)
             .connect_timeout(HOUR)
             .tcp_keepalive(2 * HOUR)
@@ -353,7 +340,6 @@ fn the_ends_of_every_range_build_and_run() {
             .failure_backoff(MS, MS)
             .dns_timeout(MS * 300)
             .dns_attempts(1)
-            .dns_queries_per_socket(1)
             .empty_confirmation(1, Duration::ZERO, MS)
             .connect_timeout(SEC)
             .tcp_keepalive(SEC)
@@ -595,7 +581,6 @@ enum Setting {
     FailureBackoff(Duration, Duration),
     DnsTimeout(Duration),
     DnsAttempts(usize),
-    DnsQueriesPerSocket(usize),
     EmptyConfirmation(u32, Duration, Duration),
     ConnectTimeout(Option<Duration>),
     TcpKeepalive(Option<Duration>),
@@ -622,7 +607,6 @@ impl Setting {
             Setting::FailureBackoff(base, max) => b.failure_backoff(base, max),
             Setting::DnsTimeout(d) => b.dns_timeout(d),
             Setting::DnsAttempts(n) => b.dns_attempts(n),
-            Setting::DnsQueriesPerSocket(n) => b.dns_queries_per_socket(n),
             Setting::EmptyConfirmation(n, grace, recheck) => {
                 b.empty_confirmation(n, grace, recheck)
             }
@@ -697,7 +681,6 @@ fn any_setting() -> impl Strategy<Value = Setting> {
         (d(), d()).prop_map(|(a, b)| Setting::FailureBackoff(a, b)),
         d().prop_map(Setting::DnsTimeout),
         count().prop_map(Setting::DnsAttempts),
-        count().prop_map(Setting::DnsQueriesPerSocket),
         (count32(), d(), d()).prop_map(|(n, a, b)| Setting::EmptyConfirmation(n, a, b)),
         prop::option::of(d()).prop_map(Setting::ConnectTimeout),
         prop::option::of(d()).prop_map(Setting::TcpKeepalive),
@@ -762,7 +745,6 @@ fn valid(port: u16) -> impl Strategy<Value = Settings> {
         ordered(ms10, HOUR).prop_map(|(a, b)| Setting::FailureBackoff(a, b)),
         within(ms10, MINUTE).prop_map(Setting::DnsTimeout),
         (1usize..=10).prop_map(Setting::DnsAttempts),
-        (1usize..=65_535).prop_map(Setting::DnsQueriesPerSocket),
         (1u32..=100, within(Duration::ZERO, HOUR), within(ms10, HOUR))
             .prop_map(|(n, a, b)| Setting::EmptyConfirmation(n, a, b)),
         (1usize..=65_536).prop_map(Setting::ChangeQueueCapacity),
@@ -792,12 +774,10 @@ fn valid(port: u16) -> impl Strategy<Value = Settings> {
         within(MS, HOUR).prop_map(Setting::Failfast),
     );
     (discovery, endpoint, health, balance).prop_map(
-        move |((a, b, c, d, e, f, g, h, u), (i, j, k, l), (m, n, o, p, q), (r, s, t))| Settings {
+        move |((a, b, c, d, e, f, g, h), (i, j, k, l), (m, n, o, p, q), (r, s, t))| Settings {
             spec: format!("{KNOWN}:{port}"),
             domain: "cluster.local".into(),
-            settings: vec![
-                a, b, c, d, e, f, g, h, u, i, j, k, l, m, n, o, p, q, r, s, t,
-            ],
+            settings: vec![a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t],
         },
     )
 }
@@ -835,7 +815,6 @@ const OPTIONS: &[&str] = &[
     "failure_backoff",
     "dns_timeout",
     "dns_attempts",
-    "dns_queries_per_socket",
     "empty_confirmation",
     "connect_timeout",
     "tcp_keepalive",
