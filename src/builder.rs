@@ -8,14 +8,17 @@ use tokio::runtime::Handle;
 use tonic::transport::Endpoint;
 
 use crate::{
+    discovery::{
+        DnsTransport, IpFamily,
+        resolve::{Dns, DnsConfig},
+        schedule::Timing,
+    },
     endpoint::{EndpointTemplate, Http2Keepalive},
     error::Error,
     health::{HealthCheck, HealthSettings},
     load_balanced::{BalanceConfig, LoadMeasure},
     pipeline::{Plan, Started},
     registry::Registry,
-    resolve::{Dns, DnsConfig, DnsTransport, IpFamily},
-    schedule::Timing,
     service::{ClusterDomain, HeadlessService},
 };
 
@@ -439,7 +442,7 @@ impl Builder {
             refreshes,
             mut tasks,
         } = started;
-        tasks.push(handle.spawn(crate::refresh::drive(refreshes)));
+        tasks.push(handle.spawn(crate::discovery::refresh::drive(refreshes)));
         Ok(Registry::from_pipelines(
             pipelines,
             handle,

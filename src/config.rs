@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use crate::{
     builder::Builder,
+    discovery::{DnsTransport, IpFamily},
     error::Error,
     health::HealthCheck,
     registry::Registry,
-    resolve::{DnsTransport, IpFamily},
     service::{ClusterDomain, HeadlessService},
 };
 

@@ -156,22 +156,20 @@
 
 mod backoff;
 mod builder;
-mod channel;
 #[cfg(feature = "serde")]
 mod config;
+mod discover;
+mod discovery;
 mod ejection;
 mod endpoint;
 mod error;
-mod families;
+mod feed;
 mod health;
 mod key;
 mod load_balanced;
 mod metrics;
 mod pipeline;
-mod refresh;
 mod registry;
-mod resolve;
-mod schedule;
 mod service;
 mod snapshot;
 mod watch;
@@ -179,17 +177,18 @@ mod watch;
 pub use crate::builder::Builder;
 #[cfg(feature = "serde")]
 pub use crate::config::{Config, HealthConfig};
+pub use crate::discover::Discovery;
+pub use crate::discovery::Status;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use crate::discovery::fuzz_screen;
+pub use crate::discovery::{DnsTransport, IpFamily};
 pub use crate::endpoint::Http2Keepalive;
 pub use crate::error::{BoxError, Error, Field, Reason};
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::key::ServiceKey;
-pub use crate::load_balanced::{Discovery, LoadBalancedChannel, LoadMeasure};
-pub use crate::refresh::Status;
+pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure};
 pub use crate::registry::Registry;
-#[cfg(fuzzing)]
-#[doc(hidden)]
-pub use crate::resolve::fuzz_screen;
-pub use crate::resolve::{DnsTransport, IpFamily};
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
 pub use crate::watch::{Update, Watch};
 

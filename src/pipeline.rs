@@ -20,15 +20,18 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::{
-    channel,
+    discovery::{
+        IpFamily,
+        families::{self, Families},
+        refresh::{self, Discovered},
+        resolve::{Dns, Query, QueryKind},
+        schedule::{Schedule, Timing},
+    },
     endpoint::EndpointTemplate,
     error::Error,
-    families::{self, Families},
+    feed,
     health::{self, Gated, HealthCheck, HealthSettings},
     load_balanced::{BalanceConfig, LoadBalancedChannel},
-    refresh::{self, Discovered},
-    resolve::{Dns, IpFamily, Query, QueryKind},
-    schedule::{Schedule, Timing},
     service::{ClusterDomain, HeadlessService, Port},
     snapshot::Endpoints,
 };
@@ -190,7 +193,7 @@ impl Pipeline {
                 // works from any thread.
                 let _guard = handle.enter();
                 let (channel, tx) = Channel::balance_channel(capacity);
-                let task = handle.spawn(channel::feed(self.serving(), tx, self.template.clone()));
+                let task = handle.spawn(feed::feed(self.serving(), tx, self.template.clone()));
                 tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
                 channel
             })

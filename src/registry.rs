@@ -7,12 +7,13 @@ use tonic::transport::Channel;
 
 use crate::{
     builder::Builder,
+    discover::Discovery,
+    discovery::Status,
     error::Error,
     health::EndpointHealth,
     key::ServiceKey,
-    load_balanced::{BalanceConfig, Discovery, LoadBalancedChannel},
+    load_balanced::{BalanceConfig, LoadBalancedChannel},
     pipeline::Pipeline,
-    refresh::Status,
     service::HeadlessService,
     watch::Watch,
 };

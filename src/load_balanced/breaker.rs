@@ -25,6 +25,37 @@ pub(super) enum Outcome {
     Failure,
 }
 
+impl Outcome {
+    /// Whether a response counts as a failure of the pod: a transport error, an HTTP 5xx (from a
+    /// proxy in front of the pod, say), or a trailers-only gRPC answer whose status says the pod
+    /// could not serve: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or `DATA_LOSS`. Other gRPC codes
+    /// (`NOT_FOUND`, `INVALID_ARGUMENT`, `DEADLINE_EXCEEDED`, …) are the application's answers and
+    /// count as successes. A status sent in trailers after a body is not seen here.
+    pub(super) fn of<B, E>(result: &Result<http::Response<B>, E>) -> Self {
+        let Ok(response) = result else {
+            return Outcome::Failure;
+        };
+        if response.status().is_server_error() {
+            return Outcome::Failure;
+        }
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<i32>().ok())
+            .map(tonic::Code::from);
+        match code {
+            Some(
+                tonic::Code::Unavailable
+                | tonic::Code::Internal
+                | tonic::Code::Unknown
+                | tonic::Code::DataLoss,
+            ) => Outcome::Failure,
+            _ => Outcome::Success,
+        }
+    }
+}
+
 /// Why a call was let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Admission {
@@ -378,5 +409,35 @@ mod tests {
             Some(Transition::Opened(1))
         );
         assert!(!b.admits(now + Duration::from_secs(86_400)));
+    }
+
+    fn response(status: u16, grpc: Option<&str>) -> Result<http::Response<()>, ()> {
+        let mut r = http::Response::builder().status(status);
+        if let Some(code) = grpc {
+            r = r.header("grpc-status", code);
+        }
+        Ok(r.body(()).unwrap())
+    }
+
+    #[test]
+    fn which_answers_count_as_failures() {
+        let cases = [
+            (response(200, None), Outcome::Success),
+            (response(200, Some("0")), Outcome::Success),
+            (response(200, Some("5")), Outcome::Success), // NOT_FOUND
+            (response(200, Some("4")), Outcome::Success), // DEADLINE_EXCEEDED
+            (response(200, Some("2")), Outcome::Failure), // UNKNOWN
+            (response(200, Some("13")), Outcome::Failure), // INTERNAL
+            (response(200, Some("14")), Outcome::Failure), // UNAVAILABLE
+            (response(200, Some("15")), Outcome::Failure), // DATA_LOSS
+            (response(200, Some("garbage")), Outcome::Success),
+            (response(503, None), Outcome::Failure),
+            (response(502, Some("0")), Outcome::Failure),
+            (response(404, None), Outcome::Success),
+            (Err(()), Outcome::Failure),
+        ];
+        for (i, (result, want)) in cases.into_iter().enumerate() {
+            assert_eq!(Outcome::of(&result), want, "case {i}: {result:?}");
+        }
     }
 }

@@ -18,8 +18,9 @@ use tower::Service;
 use super::{
     BalanceConfig,
     breaker::Accrual,
+    breaker::Outcome,
     estimate::Estimate,
-    picker::{Pick, Picker, Pod, Settings, outcome},
+    picker::{Pick, Picker, Pod, Settings},
 };
 use crate::{
     backoff::Backoff,
@@ -136,7 +137,7 @@ impl Service<http::Request<Body>> for LoadBalancedChannel {
                 Ok(()) => channel.call(request).await,
                 Err(e) => Err(e),
             };
-            pick.finish(outcome(&result));
+            pick.finish(Outcome::of(&result));
             result.map_err(Into::into)
         })
     }

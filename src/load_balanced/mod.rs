@@ -12,20 +12,16 @@
 //! - [`picker`]: the snapshot, the choice between two pods, the guard.
 //! - [`estimate`]: a pod's latency estimate (Peak-EWMA), a plain value.
 //! - [`breaker`]: a pod's failure accrual, a plain value.
-//! - [`channel`]: [`LoadBalancedChannel`] and the task that follows discovery.
-//! - [`discovery`]: the same serving set as a tower `Discover` stream, for a balancer of
-//!   one's own.
+//! - [`channel`]: [`LoadBalancedChannel`] and the task that follows the serving set.
 
 use std::time::Duration;
 
 mod breaker;
 mod channel;
-mod discovery;
 mod estimate;
 mod picker;
 
 pub use channel::LoadBalancedChannel;
-pub use discovery::Discovery;
 
 /// How the load-aware channel measures each pod's load.
 #[derive(Clone, Copy, Debug, PartialEq)]

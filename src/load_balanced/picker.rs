@@ -375,34 +375,5 @@ impl Drop for Pick {
     }
 }
 
-/// Whether a response counts as a failure of the pod: a transport error, an HTTP 5xx (from a
-/// proxy in front of the pod, say), or a trailers-only gRPC answer whose status says the pod
-/// could not serve: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or `DATA_LOSS`. Other gRPC codes
-/// (`NOT_FOUND`, `INVALID_ARGUMENT`, `DEADLINE_EXCEEDED`, …) are the application's answers and
-/// count as successes. A status sent in trailers after a body is not seen here.
-pub(super) fn outcome<B, E>(result: &Result<http::Response<B>, E>) -> Outcome {
-    let Ok(response) = result else {
-        return Outcome::Failure;
-    };
-    if response.status().is_server_error() {
-        return Outcome::Failure;
-    }
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i32>().ok())
-        .map(tonic::Code::from);
-    match code {
-        Some(
-            tonic::Code::Unavailable
-            | tonic::Code::Internal
-            | tonic::Code::Unknown
-            | tonic::Code::DataLoss,
-        ) => Outcome::Failure,
-        _ => Outcome::Success,
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -192,33 +192,3 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
         assert!((85..=115).contains(&n), "{counts:?}");
     }
 }
-
-fn response(status: u16, grpc: Option<&str>) -> Result<http::Response<()>, ()> {
-    let mut r = http::Response::builder().status(status);
-    if let Some(code) = grpc {
-        r = r.header("grpc-status", code);
-    }
-    Ok(r.body(()).unwrap())
-}
-
-#[test]
-fn which_answers_count_as_failures() {
-    let cases = [
-        (response(200, None), Outcome::Success),
-        (response(200, Some("0")), Outcome::Success),
-        (response(200, Some("5")), Outcome::Success), // NOT_FOUND
-        (response(200, Some("4")), Outcome::Success), // DEADLINE_EXCEEDED
-        (response(200, Some("2")), Outcome::Failure), // UNKNOWN
-        (response(200, Some("13")), Outcome::Failure), // INTERNAL
-        (response(200, Some("14")), Outcome::Failure), // UNAVAILABLE
-        (response(200, Some("15")), Outcome::Failure), // DATA_LOSS
-        (response(200, Some("garbage")), Outcome::Success),
-        (response(503, None), Outcome::Failure),
-        (response(502, Some("0")), Outcome::Failure),
-        (response(404, None), Outcome::Success),
-        (Err(()), Outcome::Failure),
-    ];
-    for (i, (result, want)) in cases.into_iter().enumerate() {
-        assert_eq!(outcome(&result), want, "case {i}: {result:?}");
-    }
-}

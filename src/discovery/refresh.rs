@@ -15,10 +15,12 @@ use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::{
+use super::{
     families::{Families, Switch},
     resolve::{Dns, Query, Resolution},
-    schedule::{Event, Schedule, jittered, on_grid, outcome},
+    schedule::{Event, Schedule, jittered, on_grid, resolution_label},
+};
+use crate::{
     service::HeadlessService,
     snapshot::{Endpoints, diff},
 };
@@ -114,14 +116,14 @@ pub(crate) async fn run(
             let ask = families.ask();
             let Resolution { answers, truncated } = dns.resolve(&query, ask).await;
             match families.on_answers(&answers, Instant::now()) {
-                Some(Switch::Skipping(part)) => tracing::info!(
-                    family = ?part,
+                Some(Switch::Skipping(question)) => tracing::info!(
+                    family = ?question,
                     "this family's answers have been empty while the other's had records: \
                      asking it only every {}th refresh from now on",
-                    crate::families::RECHECK
+                    super::families::RECHECK
                 ),
-                Some(Switch::Asking(part)) => {
-                    tracing::info!(family = ?part, "asking this family on every refresh again")
+                Some(Switch::Asking(question)) => {
+                    tracing::info!(family = ?question, "asking this family on every refresh again")
                 }
                 None => {}
             }
@@ -132,7 +134,7 @@ pub(crate) async fn run(
                      cluster DNS must allow TCP/53 from this client"
                 );
             }
-            crate::metrics::resolution(&label, outcome(&answers), started.elapsed());
+            crate::metrics::resolution(&label, resolution_label(&answers), started.elapsed());
             let step = schedule.on_answers(&answers, Instant::now());
             tracing::trace!(elapsed = ?started.elapsed(), ?answers, "resolved");
             if let Some(new) = step.publish {

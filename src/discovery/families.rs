@@ -10,10 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{
-    resolve::IpFamily,
-    schedule::{Answer, Negative, Question},
-};
+use super::answer::{Answer, IpFamily, Negative, Question};
 
 /// How often a skipped family is asked anyway: every 12th refresh, a minute at the default
 /// 5 s interval.
@@ -93,20 +90,21 @@ impl Families {
         let Some(families) = &mut self.both else {
             return None;
         };
-        let answer = |part: Question| answers.iter().find(|(p, _)| *p == part).map(|(_, a)| a);
+        let answer =
+            |question: Question| answers.iter().find(|(p, _)| *p == question).map(|(_, a)| a);
         let has_records = |a: Option<&Answer>| matches!(a, Some(Answer::Records { .. }));
         let mut switch = None;
-        for (i, (part, other)) in [(Question::V4, Question::V6), (Question::V6, Question::V4)]
+        for (i, (question, other)) in [(Question::V4, Question::V6), (Question::V6, Question::V4)]
             .into_iter()
             .enumerate()
         {
             let family = &mut families[i];
-            match answer(part) {
+            match answer(question) {
                 // Not asked this time.
                 None => {}
                 Some(Answer::Records { .. }) => {
                     if family.skipped {
-                        switch = Some(Switch::Asking(part));
+                        switch = Some(Switch::Asking(question));
                     }
                     *family = Family::default();
                 }
@@ -119,7 +117,7 @@ impl Families {
                     {
                         family.skipped = true;
                         family.unasked = 0;
-                        switch = Some(Switch::Skipping(part));
+                        switch = Some(Switch::Skipping(question));
                     }
                 }
                 // NXDOMAIN, a failure, or both empty: no evidence either way.
@@ -133,10 +131,10 @@ impl Families {
         // Nothing had records while a family was skipped: the pods may have moved to it.
         // Ask both again at once, before the empty answers can drain the Service.
         if !answers.iter().any(|(_, a)| has_records(Some(a))) {
-            for (family, part) in families.iter_mut().zip([Question::V4, Question::V6]) {
+            for (family, question) in families.iter_mut().zip([Question::V4, Question::V6]) {
                 if family.skipped {
                     *family = Family::default();
-                    switch = Some(Switch::Asking(part));
+                    switch = Some(Switch::Asking(question));
                 }
             }
         }
@@ -178,12 +176,13 @@ mod tests {
         for _ in 0..n {
             let ask = f.ask();
             asked.push(ask);
-            let parts: &[Question] = match ask {
+            let questions: &[Question] = match ask {
                 IpFamily::Both => &[Question::V4, Question::V6],
                 IpFamily::V4 => &[Question::V4],
                 IpFamily::V6 => &[Question::V6],
             };
-            let answers: Vec<(Question, Answer)> = parts.iter().map(|p| (*p, answer(*p))).collect();
+            let answers: Vec<(Question, Answer)> =
+                questions.iter().map(|q| (*q, answer(*q))).collect();
             switches.extend(f.on_answers(&answers, *t));
             *t += S;
         }
@@ -268,8 +267,8 @@ mod tests {
         // A failing AAAA query is no evidence: the streak starts again after it.
         let mut f = Families::new(IpFamily::Both, 3, 5 * S, 12);
         let mut t = Instant::now();
-        let failed = Answer::Failed(crate::schedule::Failure {
-            kind: crate::schedule::FailureKind::Timeout,
+        let failed = Answer::Failed(crate::discovery::answer::Failure {
+            kind: crate::discovery::answer::FailureKind::Timeout,
             message: "timeout".into(),
         });
         let mut switches = Vec::new();

@@ -3,29 +3,29 @@
 use std::{
     collections::VecDeque,
     fmt,
-    future::Future,
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
 };
 
 use tokio::sync::watch;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, wrappers::WatchStream};
 use tower::discover::Change;
 
 use crate::snapshot::{Edit, Endpoints, Held};
 
 /// A stream of [`tower::discover::Change`]s for one service, built from the registry's
-/// snapshots; tower's blanket impl makes it a [`tower::discover::Discover`].
+/// snapshots of the serving set; tower's blanket impl makes it a
+/// [`tower::discover::Discover`].
 ///
 /// Each new endpoint becomes a service through the function given to
 /// [`Registry::discover`](crate::Registry::discover). When the registry shuts down, the
 /// stream stays pending, so a balancer keeps its last set.
 pub struct Discovery<F, S> {
-    sets: watch::Receiver<Endpoints>,
-    /// Wakes the task when the set changes; rebuilt after every read.
-    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    started: bool,
+    /// The same stream of snapshots a [`Watch`](crate::Watch) reads.
+    sets: WatchStream<Endpoints>,
+    /// The registry is gone: nothing more will come.
+    closed: bool,
     held: Held,
     queue: VecDeque<Change<SocketAddr, S>>,
     make: F,
@@ -45,9 +45,8 @@ where
 {
     pub(crate) fn new(sets: watch::Receiver<Endpoints>, make: F) -> Self {
         Self {
-            sets,
-            wait: None,
-            started: false,
+            sets: WatchStream::new(sets),
+            closed: false,
             held: Held::default(),
             queue: VecDeque::new(),
             make,
@@ -69,37 +68,21 @@ where
             if let Some(change) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            // After the registry is gone `has_changed` errs; a set published before that and
-            // not read yet still counts, once.
-            let changed = !this.started
-                || match this.sets.has_changed() {
-                    Ok(changed) => changed,
-                    Err(_) => this.sets.borrow().has_changed(),
-                };
-            if changed {
-                this.started = true;
-                this.wait = None;
-                let set = this.sets.borrow_and_update().clone();
-                for edit in this.held.follow(&set).edits() {
-                    this.queue.push_back(match edit {
-                        Edit::Remove(addr) => Change::Remove(addr),
-                        Edit::Insert(addr) => Change::Insert(addr, (this.make)(addr)),
-                    });
-                }
-                continue;
+            if this.closed {
+                // Never ends, like tonic's balancer: the last set stays.
+                return Poll::Pending;
             }
-            let wait = this.wait.get_or_insert_with(|| {
-                let mut sets = this.sets.clone();
-                Box::pin(async move {
-                    // When the registry is gone this never completes: the last set stays,
-                    // like tonic's balancer.
-                    if sets.changed().await.is_err() {
-                        std::future::pending::<()>().await;
+            // A set published before the registry went away and not read yet still comes.
+            match Pin::new(&mut this.sets).poll_next(cx) {
+                Poll::Ready(Some(set)) => {
+                    for edit in this.held.follow(&set).edits() {
+                        this.queue.push_back(match edit {
+                            Edit::Remove(addr) => Change::Remove(addr),
+                            Edit::Insert(addr) => Change::Insert(addr, (this.make)(addr)),
+                        });
                     }
-                })
-            });
-            match wait.as_mut().poll(cx) {
-                Poll::Ready(()) => this.wait = None,
+                }
+                Poll::Ready(None) => this.closed = true,
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -33,49 +33,8 @@ mod screen;
 pub use screen::fuzz_screen;
 use screen::{Screened, Skipped, screen_addresses, screen_srv, unusable, warn_skipped};
 
-use crate::{
-    error::Error,
-    schedule::{Answer, Failure, FailureKind, Negative, Question},
-};
-
-/// Which address families to discover.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IpFamily {
-    /// A and AAAA, queried separately; a dual-stack Service gives both (the default).
-    #[default]
-    Both,
-    /// A records only.
-    V4,
-    /// AAAA records only.
-    V6,
-}
-
-impl IpFamily {
-    /// Runs `lookup` for each part the family asks for, both at once for [`IpFamily::Both`].
-    async fn each_part<F, Fut, T>(self, lookup: F) -> Vec<(Question, T)>
-    where
-        F: Fn(Question) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        match self {
-            IpFamily::Both => {
-                let (v4, v6) = tokio::join!(lookup(Question::V4), lookup(Question::V6));
-                vec![(Question::V4, v4), (Question::V6, v6)]
-            }
-            IpFamily::V4 => vec![(Question::V4, lookup(Question::V4).await)],
-            IpFamily::V6 => vec![(Question::V6, lookup(Question::V6).await)],
-        }
-    }
-
-    fn admits(self, ip: IpAddr) -> bool {
-        match self {
-            IpFamily::Both => true,
-            IpFamily::V4 => ip.is_ipv4(),
-            IpFamily::V6 => ip.is_ipv6(),
-        }
-    }
-}
+use super::answer::{Answer, Failure, FailureKind, IpFamily, Negative, Question};
+use crate::error::Error;
 
 /// How DNS queries travel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,7 +53,7 @@ pub enum DnsTransport {
 /// What one resolution found.
 #[derive(Debug)]
 pub(crate) struct Resolution {
-    /// One answer per part queried; the SRV part may come twice: its records, and a failure
+    /// One answer per question queried; the SRV question may come twice: its records, and a failure
     /// of some of its targets.
     pub(crate) answers: Vec<(Question, Answer)>,
     /// An answer was truncated over UDP and came again over TCP.
@@ -246,14 +205,16 @@ impl Dns {
     }
 
     /// Runs one resolution. An address query asks the families of `ask` (see
-    /// [`crate::families`]); an SRV query its own.
+    /// [`super::families`]); an SRV query its own.
     pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
         let truncated = AtomicBool::new(false);
         let answers = match query.kind {
             QueryKind::Addresses { port, .. } => {
-                ask.each_part(|part| self.addresses(asked, domain, part, port, &truncated))
-                    .await
+                ask.each_question(|question| {
+                    self.addresses(asked, domain, question, port, &truncated)
+                })
+                .await
             }
             QueryKind::Srv { family } => self.srv(asked, domain, family, &truncated).await,
         };
@@ -289,11 +250,11 @@ impl Dns {
         &self,
         asked: &Name,
         domain: &Name,
-        part: Question,
+        question: Question,
         port: u16,
         truncated: &AtomicBool,
     ) -> Answer {
-        let rtype = match part {
+        let rtype = match question {
             Question::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
@@ -322,7 +283,7 @@ impl Dns {
     /// there, and are resolved otherwise (hickory may not return it), concurrently.
     ///
     /// A target that fails does not spoil the others: their addresses come back as records,
-    /// beside a failed SRV part. The schedule then keeps every address of the last set (it
+    /// beside a failed SRV question. The schedule then keeps every address of the last set (it
     /// cannot tell which came from the failed target) and adds the new ones.
     async fn srv(
         &self,
@@ -442,7 +403,7 @@ impl Dns {
         // A target's answers are small; whether one came over TCP is not reported.
         let truncated = AtomicBool::new(false);
         let answers = family
-            .each_part(|part| self.addresses(target, domain, part, 0, &truncated))
+            .each_question(|question| self.addresses(target, domain, question, 0, &truncated))
             .await;
         let mut ips = Vec::new();
         for (_, answer) in answers {

@@ -3,6 +3,7 @@
 //! No runtime, no sockets: every rule of when to re-resolve, when to back off and when an empty
 //! answer may drain a Service lives here and is tested with plain values.
 
+use super::answer::{Answer, Failure, FailureKind, Negative, Question};
 use crate::backoff::Backoff;
 
 use std::{
@@ -24,77 +25,6 @@ pub(crate) struct Timing {
     pub(crate) empty_recheck: Duration,
 }
 
-/// One part of a resolution: the A query, the AAAA query or the SRV query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Question {
-    V4,
-    V6,
-    Srv,
-}
-
-impl Question {
-    /// Whether `addr` was found by this part, so that a failed part keeps what it found before.
-    fn covers(self, addr: &SocketAddr) -> bool {
-        match self {
-            Question::V4 => addr.is_ipv4(),
-            Question::V6 => addr.is_ipv6(),
-            Question::Srv => true,
-        }
-    }
-}
-
-/// What one query answered.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Answer {
-    /// At least one record; `ttl` is the smallest TTL among them.
-    Records {
-        addrs: Vec<SocketAddr>,
-        ttl: Duration,
-    },
-    /// An authoritative empty answer.
-    Empty(Negative),
-    /// No usable answer: the name may still exist.
-    Failed(Failure),
-}
-
-/// An authoritative "nothing here".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Negative {
-    /// NXDOMAIN: the name does not exist (Kubernetes: a headless Service with no ready pods).
-    NxDomain,
-    /// NOERROR with no records of the type asked (e.g. AAAA in an IPv4-only cluster).
-    NoData,
-}
-
-/// A transient failure, classified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub(crate) kind: FailureKind,
-    pub(crate) message: String,
-}
-
-/// The classes of transient failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FailureKind {
-    Timeout,
-    ServFail,
-    Refused,
-    Io,
-    Other,
-}
-
-impl FailureKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Timeout => "timeout",
-            FailureKind::ServFail => "servfail",
-            FailureKind::Refused => "refused",
-            FailureKind::Io => "io",
-            FailureKind::Other => "other",
-        }
-    }
-}
-
 /// What the refresh loop should do after an answer.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Step {
@@ -111,7 +41,7 @@ pub(crate) struct Step {
 pub(crate) enum Event {
     /// Records came back (perhaps the same as before).
     Resolved,
-    /// Some records came back, but another part failed: its last addresses are kept.
+    /// Some records came back, but another question failed: its last addresses are kept.
     Partial(Failure),
     /// Nothing usable came back; the last set is kept.
     Failed(Failure),
@@ -152,7 +82,7 @@ impl Schedule {
         self.empty_streak
     }
 
-    /// Feeds one resolution's answers, one per part queried.
+    /// Feeds one resolution's answers, one per question asked.
     pub(crate) fn on_answers(&mut self, answers: &[(Question, Answer)], now: Instant) -> Step {
         let mut any_records = false;
         let mut ttl: Option<Duration> = None;
@@ -203,7 +133,7 @@ impl Schedule {
             };
         }
 
-        // Every part answered authoritatively empty.
+        // Every question answered authoritatively empty.
         self.failures = 0;
         if self.current.is_empty() {
             self.empty_streak = 0;
@@ -237,18 +167,18 @@ impl Schedule {
         }
     }
 
-    /// The set `answers` give (a failed part keeps its last addresses), if it is not the
+    /// The set `answers` give (a failed question keeps its last addresses), if it is not the
     /// current one, which it then becomes.
     fn replace(&mut self, answers: &[(Question, Answer)]) -> Option<BTreeSet<SocketAddr>> {
         if self.unchanged(answers) {
             return None;
         }
         let mut set = BTreeSet::new();
-        for (part, answer) in answers {
+        for (question, answer) in answers {
             match answer {
                 Answer::Records { addrs, .. } => set.extend(addrs.iter().copied()),
                 Answer::Failed(_) => {
-                    set.extend(self.current.iter().filter(|a| part.covers(a)).copied())
+                    set.extend(self.current.iter().filter(|a| question.covers(a)).copied())
                 }
                 Answer::Empty(_) => {}
             }
@@ -260,8 +190,8 @@ impl Schedule {
         Some(set)
     }
 
-    /// The usual refresh, told apart without building a set: one part with records, sorted
-    /// as the resolver sends them, the same as the current set; the other parts empty.
+    /// The usual refresh, told apart without building a set: one question with records, sorted
+    /// as the resolver sends them, the same as the current set; the other questions empty.
     fn unchanged(&self, answers: &[(Question, Answer)]) -> bool {
         let mut given = answers
             .iter()
@@ -294,7 +224,7 @@ impl Schedule {
 
 /// The outcome label of one resolution, for metrics: `ok` when records came back and nothing
 /// failed; else the first failure's class; else `nxdomain` or `nodata`.
-pub(crate) fn outcome(answers: &[(Question, Answer)]) -> &'static str {
+pub(crate) fn resolution_label(answers: &[(Question, Answer)]) -> &'static str {
     if let Some(failure) = answers.iter().find_map(|(_, a)| match a {
         Answer::Failed(f) => Some(f),
         _ => None,

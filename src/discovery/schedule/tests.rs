@@ -74,7 +74,7 @@ fn follows_ttl_within_floor_and_ceiling() {
             .delay,
         30 * S
     );
-    // The smallest TTL of the parts wins.
+    // The smallest TTL of the questions wins.
     let answers = [
         (Question::V4, records(&["10.0.0.1:80"], 20)),
         (Question::V6, records(&["[fd00::1]:80"], 7)),
@@ -217,16 +217,22 @@ fn nodata_everywhere_is_empty_too() {
 
 #[test]
 fn outcome_labels() {
-    assert_eq!(outcome(&v4(records(&["10.0.0.1:80"], 5))), "ok");
-    assert_eq!(outcome(&nx()), "nxdomain");
-    assert_eq!(outcome(&v4(Answer::Empty(Negative::NoData))), "nodata");
-    assert_eq!(outcome(&v4(failed(FailureKind::ServFail))), "servfail");
-    assert_eq!(outcome(&v4(failed(FailureKind::Io))), "other");
+    assert_eq!(resolution_label(&v4(records(&["10.0.0.1:80"], 5))), "ok");
+    assert_eq!(resolution_label(&nx()), "nxdomain");
+    assert_eq!(
+        resolution_label(&v4(Answer::Empty(Negative::NoData))),
+        "nodata"
+    );
+    assert_eq!(
+        resolution_label(&v4(failed(FailureKind::ServFail))),
+        "servfail"
+    );
+    assert_eq!(resolution_label(&v4(failed(FailureKind::Io))), "other");
     let partial = [
         (Question::V4, records(&["10.0.0.1:80"], 5)),
         (Question::V6, failed(FailureKind::Timeout)),
     ];
-    assert_eq!(outcome(&partial), "timeout");
+    assert_eq!(resolution_label(&partial), "timeout");
 }
 
 #[test]
