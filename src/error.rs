@@ -1,9 +1,9 @@
-//! The crate's one public error type.
+//! The crate's one public error type, [`Error`], and the parts an [`Error::InvalidSpec`]
+//! names: the [`Field`] that was wrong and the [`Reason`] it was refused.
 
 use std::fmt;
 
-/// A boxed error from a dependency, carried as a [`std::error::Error::source`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use tower::BoxError;
 
 /// Everything that can go wrong when building or querying a [`Registry`](crate::Registry).
 ///

@@ -18,7 +18,7 @@
 //!
 //! [`Builder`] (builder.rs) checks every setting, plans every pipeline and starts them;
 //! [`Registry`] (registry.rs) hands out the channels and shows each stage: [`Registry::status`]
-//! and [`Registry::endpoints`] what DNS lists, [`Registry::health`] and [`Registry::serving`]
+//! and [`Registry::listed`] what DNS lists, [`Registry::health`] and [`Registry::serving`]
 //! what the gate lets through.
 //!
 //! # Why
@@ -34,7 +34,7 @@
 //! use k8s_headless_svc::{HeadlessService, Registry};
 //!
 //! # async fn run() -> Result<(), k8s_headless_svc::Error> {
-//! let user = HeadlessService::new("default", "user-svc", 8080)?; // namespace, Service, pod port
+//! let user = HeadlessService::new("user-svc.default", 8080)?; // SERVICE.NAMESPACE, pod port
 //! let registry = Registry::builder()
 //!     .service(user.clone())
 //!     .refresh_interval(Duration::from_secs(5))
@@ -111,7 +111,7 @@
 //!   and rests after 5 failures in a row; one real call tests it after the rest.
 //! - **One service failing** affects no other.
 //! - **No endpoints**: calls on [`Registry::channel`] wait in tonic's buffer until one appears,
-//!   so bound them ([`Registry::ready`], deadlines); calls on [`Registry::load_balanced`] fail
+//!   so bound them ([`Registry::wait_for_serving`], deadlines); calls on [`Registry::load_balanced`] fail
 //!   with `UNAVAILABLE` after the failfast time.
 //! - **Shutdown**: dropping the [`Registry`] ends its tasks; channels already handed out keep
 //!   their last endpoint set.
@@ -162,7 +162,7 @@ mod discover;
 mod discovery;
 mod ejection;
 mod endpoint;
-mod error;
+pub mod error;
 mod feed;
 mod health;
 mod key;
@@ -178,13 +178,13 @@ pub use crate::builder::Builder;
 #[cfg(feature = "serde")]
 pub use crate::config::{Config, HealthConfig};
 pub use crate::discover::Discovery;
-pub use crate::discovery::Status;
+pub use crate::discovery::DiscoveryStatus;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub use crate::discovery::fuzz_screen;
 pub use crate::discovery::{DnsTransport, IpFamily};
 pub use crate::endpoint::Http2Keepalive;
-pub use crate::error::{BoxError, Error, Field, Reason};
+pub use crate::error::Error;
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::key::ServiceKey;
 pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure};

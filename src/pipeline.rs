@@ -1,7 +1,7 @@
 //! One service's pipeline, from its DNS name to its channels:
 //!
 //! ```text
-//! refresh loop ──► discovered set ──► health gate task ──► serving set ──► channel() feeder
+//! refresh loop ──► listed set ──► health gate task ──► serving set ──► channel() feeder
 //! (resolve, schedule)  (watch)         (watchers, gate)      (watch)     └─► load_balanced()
 //! ```
 //!
@@ -23,7 +23,7 @@ use crate::{
     discovery::{
         IpFamily,
         families::{self, Families},
-        refresh::{self, Discovered},
+        refresh::{self, Listed},
         resolve::{Dns, Query, QueryKind},
         schedule::{Schedule, Timing},
     },
@@ -93,9 +93,9 @@ impl Plan {
             query,
             template,
         } = self;
-        let discovered = Arc::new(Discovered::new());
+        let listed = Arc::new(Listed::new());
         // Subscribed before discovery starts, so the gate sees its first set.
-        let gate_input = discovered.endpoints.subscribe();
+        let gate_input = listed.endpoints.subscribe();
         let families = match query.kind() {
             QueryKind::Addresses { family, .. } => Families::new(
                 family,
@@ -114,7 +114,7 @@ impl Plan {
                 Schedule::new(timing.clone()),
                 families,
                 jitter,
-                discovered.clone(),
+                listed.clone(),
             )),
         ));
         let gated = (health.check != HealthCheck::Off).then(|| {
@@ -122,7 +122,7 @@ impl Plan {
                 serving: watch::Sender::new(Arc::default()),
                 report: Mutex::default(),
             });
-            let refresh = discovered.clone();
+            let refresh = listed.clone();
             let span = tracing::info_span!("health", service = %service);
             started.tasks.push(
                 handle.spawn(
@@ -141,7 +141,7 @@ impl Plan {
         });
         Pipeline {
             service,
-            discovered,
+            listed,
             gated,
             template,
             channel: OnceLock::new(),
@@ -162,7 +162,7 @@ pub(crate) struct Started {
 pub(crate) struct Pipeline {
     pub(crate) service: HeadlessService,
     /// The refresh loop's output: what DNS lists.
-    pub(crate) discovered: Arc<Discovered>,
+    pub(crate) listed: Arc<Listed>,
     /// The health gate's output, when health checks are on.
     pub(crate) gated: Option<Arc<Gated>>,
     /// How this service's pods are dialed.
@@ -176,7 +176,7 @@ impl Pipeline {
     pub(crate) fn serving(&self) -> watch::Receiver<Endpoints> {
         match &self.gated {
             Some(gate) => gate.serving.subscribe(),
-            None => self.discovered.endpoints.subscribe(),
+            None => self.listed.endpoints.subscribe(),
         }
     }
 

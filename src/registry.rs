@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use crate::{
     builder::Builder,
     discover::Discovery,
-    discovery::Status,
+    discovery::DiscoveryStatus,
     error::Error,
     health::EndpointHealth,
     key::ServiceKey,
@@ -65,8 +65,8 @@ impl Registry {
     /// # use k8s_headless_svc::{HeadlessService, Registry};
     /// # async fn f() -> Result<(), k8s_headless_svc::Error> {
     /// let registry = Registry::new([
-    ///     HeadlessService::new("default", "user-svc", 8080)?,
-    ///     HeadlessService::new("billing", "ledger", 9090)?,
+    ///     HeadlessService::new("user-svc.default", 8080)?,
+    ///     HeadlessService::new("ledger.billing", 9090)?,
     /// ])?;
     /// # Ok(()) }
     /// ```
@@ -139,11 +139,15 @@ impl Registry {
     /// ```no_run
     /// # use std::time::Duration;
     /// # async fn f(registry: k8s_headless_svc::Registry) -> Result<(), k8s_headless_svc::Error> {
-    /// registry.ready("user-svc.default", Duration::from_secs(1)).await?; // Error::NoEndpoints
+    /// registry.wait_for_serving("user-svc.default", Duration::from_secs(1)).await?; // Error::NoEndpoints
     /// let channel = registry.channel("user-svc.default")?;
     /// # Ok(()) }
     /// ```
-    pub async fn ready<K: ServiceKey>(&self, service: K, timeout: Duration) -> Result<(), Error> {
+    pub async fn wait_for_serving<K: ServiceKey>(
+        &self,
+        service: K,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let pipeline = self.pipeline(service)?;
         let mut snapshots = pipeline.serving();
         match tokio::time::timeout(timeout, snapshots.wait_for(|set| !set.is_empty())).await {
@@ -163,14 +167,14 @@ impl Registry {
 
     /// The endpoints DNS lists for a service now, in address order, before the health gate.
     /// No call is needed. [`Registry::serving`] gives the ones the balancers hold.
-    pub fn endpoints<K: ServiceKey>(&self, service: K) -> Result<Vec<SocketAddr>, Error> {
+    pub fn listed<K: ServiceKey>(&self, service: K) -> Result<Vec<SocketAddr>, Error> {
         let pipeline = self.pipeline(service)?;
-        let set = pipeline.discovered.endpoints.borrow().clone();
+        let set = pipeline.listed.endpoints.borrow().clone();
         Ok(set.iter().copied().collect())
     }
 
     /// The endpoints the balancers of a service hold now, in address order: what DNS lists
-    /// and the health gate lets through ([`Registry::endpoints`] gives what DNS lists).
+    /// and the health gate lets through ([`Registry::listed`] gives what DNS lists).
     ///
     /// ```no_run
     /// # fn f(registry: k8s_headless_svc::Registry) -> Result<(), k8s_headless_svc::Error> {
@@ -193,7 +197,7 @@ impl Registry {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             None => pipeline
-                .discovered
+                .listed
                 .endpoints
                 .borrow()
                 .iter()
@@ -203,8 +207,8 @@ impl Registry {
     }
 
     /// The discovery state of a service: failures, last success, last error.
-    pub fn status<K: ServiceKey>(&self, service: K) -> Result<Status, Error> {
-        Ok(self.pipeline(service)?.discovered.status())
+    pub fn status<K: ServiceKey>(&self, service: K) -> Result<DiscoveryStatus, Error> {
+        Ok(self.pipeline(service)?.listed.status())
     }
 
     /// A stream of the changes of what DNS lists for a service, before the health gate. The
@@ -214,7 +218,7 @@ impl Registry {
         let pipeline = self.pipeline(service)?;
         Ok(Watch::new(
             pipeline.service.clone(),
-            pipeline.discovered.endpoints.subscribe(),
+            pipeline.listed.endpoints.subscribe(),
         ))
     }
 

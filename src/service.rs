@@ -17,10 +17,10 @@ use crate::error::{Error, Field, Reason};
 /// use k8s_headless_svc::HeadlessService;
 ///
 /// let svc: HeadlessService = "user-svc.default:8080".parse()?;
-/// assert_eq!(svc, HeadlessService::new("default", "user-svc", 8080)?);
+/// assert_eq!(svc, HeadlessService::new("user-svc.default", 8080)?);
 /// assert_eq!(svc.to_string(), "user-svc.default:8080");
 ///
-/// let err = HeadlessService::new("default", "1user", 8080).unwrap_err();
+/// let err = HeadlessService::new("1user.default", 8080).unwrap_err();
 /// assert!(err.to_string().contains("must start with a lowercase letter"));
 /// # Ok::<(), k8s_headless_svc::Error>(())
 /// ```
@@ -44,42 +44,39 @@ pub enum Port {
 // === impl HeadlessService ===
 
 impl HeadlessService {
-    /// A Service whose pods listen on `port`.
+    /// A Service whose pods listen on `port`. `service` is `SERVICE.NAMESPACE`, in the order
+    /// of its DNS name and of the string form.
     ///
     /// ```
     /// # use k8s_headless_svc::HeadlessService;
-    /// let user = HeadlessService::new("default", "user-svc", 8080)?;
+    /// let user = HeadlessService::new("user-svc.default", 8080)?;
+    /// assert_eq!(user.namespace(), "default");
     /// # Ok::<(), k8s_headless_svc::Error>(())
     /// ```
-    pub fn new(
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-        port: u16,
-    ) -> Result<Self, Error> {
+    pub fn new(service: &str, port: u16) -> Result<Self, Error> {
+        let (name, namespace) = split_name(service)?;
         let port = NonZeroU16::new(port)
             .ok_or_else(|| Error::spec(Field::Port, port.to_string(), Reason::PortOutOfRange))?;
-        Self::with_port(namespace.into(), name.into(), Port::Number(port))
+        Self::with_port(name.into(), namespace.into(), Port::Number(port))
     }
 
-    /// A Service whose port is discovered from the SRV record of its named port.
+    /// A Service whose port is discovered from the SRV record of its named port. `service` is
+    /// `SERVICE.NAMESPACE`, as for [`HeadlessService::new`].
     ///
     /// ```
     /// # use k8s_headless_svc::HeadlessService;
-    /// let user = HeadlessService::named_port("default", "user-svc", "grpc")?;
+    /// let user = HeadlessService::named_port("user-svc.default", "grpc")?;
     /// assert_eq!(user.to_string(), "user-svc.default:grpc");
     /// # Ok::<(), k8s_headless_svc::Error>(())
     /// ```
-    pub fn named_port(
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-        port_name: impl Into<String>,
-    ) -> Result<Self, Error> {
+    pub fn named_port(service: &str, port_name: impl Into<String>) -> Result<Self, Error> {
+        let (name, namespace) = split_name(service)?;
         let port_name = port_name.into();
         validate_port_name(&port_name)?;
-        Self::with_port(namespace.into(), name.into(), Port::Named(port_name))
+        Self::with_port(name.into(), namespace.into(), Port::Named(port_name))
     }
 
-    fn with_port(namespace: String, name: String, port: Port) -> Result<Self, Error> {
+    fn with_port(name: String, namespace: String, port: Port) -> Result<Self, Error> {
         validate_dns1035_label(&name).map_err(|r| Error::spec(Field::Name, &name, r))?;
         validate_dns1123_label(&namespace)
             .map_err(|r| Error::spec(Field::Namespace, &namespace, r))?;
@@ -110,7 +107,7 @@ impl HeadlessService {
     ///
     /// ```
     /// # use k8s_headless_svc::{ClusterDomain, HeadlessService};
-    /// let user = HeadlessService::new("default", "user-svc", 8080)?;
+    /// let user = HeadlessService::new("user-svc.default", 8080)?;
     /// assert_eq!(user.fqdn(&ClusterDomain::default()), "user-svc.default.svc.cluster.local.");
     /// # Ok::<(), k8s_headless_svc::Error>(())
     /// ```
@@ -171,11 +168,19 @@ impl FromStr for HeadlessService {
                 .ok()
                 .and_then(NonZeroU16::new)
                 .ok_or_else(|| Error::spec(Field::Port, port, Reason::PortOutOfRange))?;
-            Self::with_port(namespace.into(), name.into(), Port::Number(number))
+            Self::with_port(name.into(), namespace.into(), Port::Number(number))
         } else {
-            Self::named_port(namespace, name, port)
+            validate_port_name(port)?;
+            Self::with_port(name.into(), namespace.into(), Port::Named(port.into()))
         }
     }
+}
+
+/// Splits `SERVICE.NAMESPACE` into its two labels, without validating them.
+fn split_name(service: &str) -> Result<(&str, &str), Error> {
+    service
+        .split_once('.')
+        .ok_or_else(|| Error::spec(Field::Spec, service, Reason::Format))
 }
 
 /// Splits `SERVICE.NAMESPACE[:PORT]` into its parts, without validating them.

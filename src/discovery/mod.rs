@@ -18,7 +18,7 @@ pub(crate) mod resolve;
 pub(crate) mod schedule;
 
 pub use answer::IpFamily;
-pub use refresh::Status;
+pub use refresh::DiscoveryStatus;
 pub use resolve::DnsTransport;
 #[cfg(fuzzing)]
 pub use resolve::fuzz_screen;

@@ -27,14 +27,14 @@ use crate::{
 
 /// What the refresh loop shares with the registry.
 #[derive(Debug)]
-pub(crate) struct Discovered {
+pub(crate) struct Listed {
     pub(crate) endpoints: watch::Sender<Endpoints>,
-    pub(crate) status: Mutex<Status>,
+    pub(crate) status: Mutex<DiscoveryStatus>,
     /// Wakes the task for an early resolution.
     pub(crate) refresh_now: Notify,
 }
 
-impl Discovered {
+impl Listed {
     pub(crate) fn new() -> Self {
         Self {
             endpoints: watch::Sender::new(Arc::default()),
@@ -43,7 +43,7 @@ impl Discovered {
         }
     }
 
-    pub(crate) fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> DiscoveryStatus {
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -54,7 +54,7 @@ impl Discovered {
 /// The discovery state of one service, as the observation API shows it.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
-pub struct Status {
+pub struct DiscoveryStatus {
     /// Resolutions finished so far.
     pub resolutions: u64,
     /// When a resolution last returned records or a confirmed empty answer.
@@ -105,7 +105,7 @@ pub(crate) async fn run(
     mut schedule: Schedule,
     mut families: Families,
     jitter: f64,
-    shared: Arc<Discovered>,
+    shared: Arc<Listed>,
 ) {
     let span = tracing::info_span!("discovery", service = %service);
     let label = service.to_string();
@@ -177,7 +177,7 @@ fn grid_origin() -> tokio::time::Instant {
 }
 
 /// Logs an answer's meaning and updates the status.
-fn record(shared: &Discovered, event: &Event, schedule: &Schedule) {
+fn record(shared: &Listed, event: &Event, schedule: &Schedule) {
     let now = SystemTime::now();
     let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
     status.resolutions += 1;

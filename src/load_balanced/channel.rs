@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 use tonic::body::Body;
-use tower::Service;
+use tower::{BoxError, Service};
 
 use super::{
     BalanceConfig,
@@ -25,7 +25,6 @@ use super::{
 use crate::{
     backoff::Backoff,
     endpoint::EndpointTemplate,
-    error::BoxError,
     snapshot::{Edit, Endpoints, diff},
 };
 
@@ -51,15 +50,16 @@ pub struct LoadBalancedChannel {
 impl fmt::Debug for LoadBalancedChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadBalancedChannel")
-            .field("endpoints", &self.endpoints())
+            .field("serving", &self.serving_count())
             .field("failfast", &self.failfast)
             .finish()
     }
 }
 
 impl LoadBalancedChannel {
-    /// Endpoints the balancer holds now, whether or not calls are flowing.
-    pub fn endpoints(&self) -> usize {
+    /// How many endpoints of the serving set the channel holds now, whether or not calls are
+    /// flowing ([`Registry::serving`](crate::Registry::serving) lists them).
+    pub fn serving_count(&self) -> usize {
         self.picker.snapshot().len()
     }
 

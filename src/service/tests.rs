@@ -139,18 +139,18 @@ fn parse_table() {
 
 #[test]
 fn constructors_validate_each_field() {
-    let err = HeadlessService::new("default", "user-svc", 0).unwrap_err();
+    let err = HeadlessService::new("user-svc.default", 0).unwrap_err();
     assert_eq!(reason_of(err), (Field::Port, Reason::PortOutOfRange));
-    let err = HeadlessService::new("Default", "user-svc", 80).unwrap_err();
+    let err = HeadlessService::new("user-svc.Default", 80).unwrap_err();
     assert_eq!(
         reason_of(err),
         (Field::Namespace, Reason::InvalidChar { ch: 'D', at: 0 })
     );
-    let err = HeadlessService::named_port("default", "user-svc", "").unwrap_err();
+    let err = HeadlessService::named_port("user-svc.default", "").unwrap_err();
     assert_eq!(reason_of(err), (Field::Port, Reason::Empty));
     // A namespace may start with a digit (DNS-1123); a Service name may not (DNS-1035).
-    assert!(HeadlessService::new("1ns", "svc", 80).is_ok());
-    assert!(HeadlessService::new("ns", "1svc", 80).is_err());
+    assert!(HeadlessService::new("svc.1ns", 80).is_ok());
+    assert!(HeadlessService::new("1svc.ns", 80).is_err());
 }
 
 #[test]
@@ -165,10 +165,10 @@ fn error_names_field_value_and_rule() {
 #[test]
 fn fqdn_and_srv_name() {
     let domain: ClusterDomain = "corp.example.".parse().unwrap();
-    let svc = HeadlessService::new("prod", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.prod", 8080).unwrap();
     assert_eq!(svc.fqdn(&domain), "user-svc.prod.svc.corp.example.");
     assert_eq!(svc.srv_name(&domain), None);
-    let svc = HeadlessService::named_port("prod", "user-svc", "grpc").unwrap();
+    let svc = HeadlessService::named_port("user-svc.prod", "grpc").unwrap();
     assert_eq!(
         svc.srv_name(&domain).as_deref(),
         Some("_grpc._tcp.user-svc.prod.svc.corp.example.")
@@ -274,14 +274,14 @@ fn dns1123() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn display_parse_round_trip(name in dns1035(), ns in dns1123(), port in 1u16..) {
-        let svc = HeadlessService::new(ns, name, port).unwrap();
+        let svc = HeadlessService::new(&format!("{}.{}", name, ns), port).unwrap();
         let back: HeadlessService = svc.to_string().parse().unwrap();
         prop_assert_eq!(back, svc);
     }
 
     #[test]
     fn named_round_trip(name in dns1035(), ns in dns1123(), port in "[a-z]([a-z0-9]|-[a-z0-9]){0,6}") {
-        let svc = HeadlessService::named_port(ns, name, port).unwrap();
+        let svc = HeadlessService::named_port(&format!("{}.{}", name, ns), port).unwrap();
         let back: HeadlessService = svc.to_string().parse().unwrap();
         prop_assert_eq!(back, svc);
     }

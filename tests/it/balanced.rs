@@ -47,7 +47,7 @@ async fn slow_pod_share(net: u8, measure: LoadMeasure) -> f64 {
         .build()
         .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 3 }).await);
     fx.pods[0].stats().set_delay(Duration::from_millis(50));
     let load = Load::start(&channel, 4, Duration::from_secs(30));
     // Let the estimates learn, then measure.
@@ -100,7 +100,7 @@ async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
     // No health checks: the breaker alone must handle it.
     let registry = breaker_only(&fx);
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 3 }).await);
     let load = Load::start(&channel, 8, Duration::from_secs(30));
     assert!(eventually(SLACK, || async { load.ok() > 300 }).await);
     let Fixture {
@@ -156,10 +156,10 @@ async fn discovery_applies_with_no_traffic_at_all() {
     let fx = Fixture::start(83, 3).await;
     let registry = lb_builder(&fx).build().unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 3 }).await);
     let extra = fx.extra_pod(9);
     fx.dns.add_addr(&fx.fqdn, extra.addr().ip()).await;
-    assert!(eventually(SLACK, || async { channel.endpoints() == 4 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 4 }).await);
     let Fixture {
         dns,
         mut pods,
@@ -170,7 +170,7 @@ async fn discovery_applies_with_no_traffic_at_all() {
         dns.remove_addr(&fqdn, pod.addr().ip()).await;
         pod.kill().await;
     }
-    assert!(eventually(SLACK, || async { channel.endpoints() == 2 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 2 }).await);
     // The first call ever reaches a live pod.
     let pod = tokio::time::timeout(SLACK, call(&channel))
         .await
@@ -183,7 +183,7 @@ async fn discovery_applies_with_no_traffic_at_all() {
 async fn no_ready_pod_fails_fast_with_unavailable() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("ns84", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.ns84", 8080).unwrap();
     let registry = builder(&dns)
         .service(svc.clone())
         .failfast(Duration::from_millis(500))
@@ -286,7 +286,7 @@ async fn one_sequential_caller_spreads_evenly_on_the_load_aware_kind() {
     // Every default, as a new user has them.
     let registry = fx.registry();
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 3 }).await);
     spreads_evenly_for_one_sequential_caller(channel, &fx).await;
 }
 
@@ -310,7 +310,7 @@ async fn a_cancelled_trial_call_never_wedges_the_breaker() {
         .build()
         .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 2 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 2 }).await);
     let Fixture {
         dns: _dns,
         mut pods,
@@ -362,7 +362,7 @@ async fn grpc_failures_count_against_the_pod() {
     let fx = Fixture::start(89, 3).await;
     let registry = breaker_only(&fx);
     let channel = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { channel.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { channel.serving_count() == 3 }).await);
     // A pod that answers every call at once with a trailers-only UNAVAILABLE.
     fx.pods[2]
         .stats()

@@ -18,7 +18,7 @@ async fn calls_spread_over_all_pods() {
     let want = addrs(&fx.pods.iter().collect::<Vec<_>>());
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap() == want
+            registry.listed(&fx.service).unwrap() == want
         })
         .await
     );
@@ -124,7 +124,7 @@ async fn dns_server_stopping_changes_nothing_for_callers() {
     );
     let status = registry.status(&service).unwrap();
     assert!(status.last_error.is_some());
-    assert_eq!(registry.endpoints(&service).unwrap().len(), 3);
+    assert_eq!(registry.listed(&service).unwrap().len(), 3);
     let (hits, errors) = spread(&channel, 150, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 3, "{hits:?}");
@@ -139,10 +139,10 @@ async fn services_stay_apart_even_with_one_name_in_two_namespaces() {
     let b = Pod::start_many(15, 2, "b").unwrap();
     let port = a[0].addr().port();
     let b_port = b[0].addr().port();
-    let svc_a = HeadlessService::new("team-a", "user-svc", port).unwrap();
-    let svc_b = HeadlessService::new("team-b", "user-svc", b_port).unwrap();
+    let svc_a = HeadlessService::new("user-svc.team-a", port).unwrap();
+    let svc_b = HeadlessService::new("user-svc.team-b", b_port).unwrap();
     // A third service that does not exist at all: it must not disturb the others.
-    let missing = HeadlessService::new("team-c", "user-svc", port).unwrap();
+    let missing = HeadlessService::new("user-svc.team-c", port).unwrap();
     dns.set_addrs(
         &svc_fqdn("user-svc", "team-a"),
         &a.iter().map(|p| p.addr().ip()).collect::<Vec<_>>(),
@@ -160,16 +160,16 @@ async fn services_stay_apart_even_with_one_name_in_two_namespaces() {
     assert_eq!(registry.services().count(), 3);
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc_a).unwrap().len() == 2
-                && registry.endpoints(&svc_b).unwrap().len() == 2
+            registry.listed(&svc_a).unwrap().len() == 2
+                && registry.listed(&svc_b).unwrap().len() == 2
         })
         .await
     );
     assert_eq!(
-        registry.endpoints(&svc_a).unwrap(),
+        registry.listed(&svc_a).unwrap(),
         addrs(&a.iter().collect::<Vec<_>>())
     );
-    assert!(registry.endpoints(&missing).unwrap().is_empty());
+    assert!(registry.listed(&missing).unwrap().is_empty());
     // The same channel each time.
     let ch_a = registry.channel(&svc_a).unwrap();
     let (hits_a, errors) = spread(&ch_a, 60, 6).await;
@@ -222,7 +222,7 @@ async fn idle_churn(net: u8, capacity: usize, strict_first_call: bool) {
         let want_gone = old.addr();
         assert!(
             eventually(INTERVAL + SLACK, || async {
-                let now = registry.endpoints(&service).unwrap();
+                let now = registry.listed(&service).unwrap();
                 now.contains(&new.addr()) && !now.contains(&want_gone)
             })
             .await

@@ -29,7 +29,7 @@ async fn transient_fault_keeps_endpoints(net: u8, fault: Fault, kind: &str) {
         "{:?}",
         registry.status(&fx.service)
     );
-    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 2);
+    assert_eq!(registry.listed(&fx.service).unwrap().len(), 2);
     let channel = registry.channel(&fx.service).unwrap();
     let (_, errors) = spread(&channel, 20, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -63,7 +63,7 @@ async fn timeout_keeps_endpoints() {
 async fn failures_back_off_exponentially() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("ns23", "user-svc", 80).unwrap();
+    let svc = HeadlessService::new("user-svc.ns23", 80).unwrap();
     dns.set_addrs(&svc_fqdn("user-svc", "ns23"), &[loopback(23, 2)])
         .await;
     let registry = builder(&dns)
@@ -102,7 +102,7 @@ async fn failures_back_off_exponentially() {
         gaps[4] < 1_600 + 20,
         "the backoff passed its 800 ms cap: {gaps:?}"
     );
-    assert_eq!(registry.endpoints(&svc).unwrap().len(), 1);
+    assert_eq!(registry.listed(&svc).unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +130,7 @@ async fn single_nxdomain_flap_never_empties_the_service() {
         .await
     );
     assert!(eventually(SLACK, || async { fx.dns.queries() >= before + 4 }).await);
-    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 3);
+    assert_eq!(registry.listed(&fx.service).unwrap().len(), 3);
     let updates = updates.lock().unwrap();
     assert!(updates.iter().all(|u| u.removed.is_empty()), "{updates:?}");
 }
@@ -149,11 +149,11 @@ async fn scale_to_zero_drains_after_confirmation_then_recovers() {
         })
         .await
     );
-    assert_eq!(registry.endpoints(&fx.service).unwrap().len(), 2);
+    assert_eq!(registry.listed(&fx.service).unwrap().len(), 2);
     // ...but drained once confirmed: 3 answers and 1 s of grace in the test configuration.
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().is_empty()
+            registry.listed(&fx.service).unwrap().is_empty()
         })
         .await
     );
@@ -169,7 +169,7 @@ async fn scale_to_zero_drains_after_confirmation_then_recovers() {
     fx.dns.set_addrs(&fx.fqdn, &[fx.pods[1].addr().ip()]).await;
     assert!(
         eventually(INTERVAL + SLACK, || async {
-            registry.endpoints(&fx.service).unwrap() == vec![fx.pods[1].addr()]
+            registry.listed(&fx.service).unwrap() == vec![fx.pods[1].addr()]
         })
         .await
     );
@@ -183,7 +183,7 @@ async fn scale_to_zero_drains_after_confirmation_then_recovers() {
 async fn following_ttl_changes_the_schedule() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("ns26", "user-svc", 80).unwrap();
+    let svc = HeadlessService::new("user-svc.ns26", 80).unwrap();
     let fqdn = svc_fqdn("user-svc", "ns26");
     dns.set_addrs_ttl(&fqdn, &[loopback(26, 2)], 1).await;
     // The interval alone would not refresh within the test.
@@ -199,7 +199,7 @@ async fn following_ttl_changes_the_schedule() {
         .await;
     assert!(
         eventually(Duration::from_secs(1) + SLACK, || async {
-            registry.endpoints(&svc).unwrap().len() == 2
+            registry.listed(&svc).unwrap().len() == 2
         })
         .await
     );
@@ -207,7 +207,7 @@ async fn following_ttl_changes_the_schedule() {
     let queries = dns.queries();
     dns.set_addrs_ttl(&fqdn, &[loopback(26, 2)], 600).await;
     let changed = eventually(Duration::from_secs(3), || async {
-        registry.endpoints(&svc).unwrap().len() != 2
+        registry.listed(&svc).unwrap().len() != 2
     })
     .await;
     assert!(!changed, "refreshed before the 600 s TTL ran out");
@@ -217,7 +217,7 @@ async fn following_ttl_changes_the_schedule() {
 async fn large_service(net: u8, count: u32) {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new(format!("ns{net}"), "big", 8080).unwrap();
+    let svc = HeadlessService::new(&format!("big.ns{net}"), 8080).unwrap();
     let ips: Vec<IpAddr> = (0..count)
         .map(|i| IpAddr::V4(Ipv4Addr::from(0x7f02_0000 + i)))
         .collect();
@@ -241,7 +241,7 @@ async fn large_service(net: u8, count: u32) {
     assert_eq!(first.added.len(), count as usize);
     assert!(first.added.iter().all(|a| a.port() == 8080));
     let want: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
-    let mut got = registry.endpoints(&svc).unwrap();
+    let mut got = registry.listed(&svc).unwrap();
     got.sort();
     assert_eq!(got, want);
 }
@@ -261,7 +261,7 @@ async fn ipv6_pod_on_loopback() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
     let pod = Pod::start("[::1]:0".parse().unwrap(), "v6").unwrap();
-    let svc = HeadlessService::new("ns29", "user-svc", pod.addr().port()).unwrap();
+    let svc = HeadlessService::new("user-svc.ns29", pod.addr().port()).unwrap();
     dns.set_addrs(&svc_fqdn("user-svc", "ns29"), &["::1".parse().unwrap()])
         .await;
     for family in [IpFamily::Both, IpFamily::V6] {
@@ -272,7 +272,7 @@ async fn ipv6_pod_on_loopback() {
             .unwrap();
         assert!(
             eventually(SLACK, || async {
-                registry.endpoints(&svc).unwrap() == vec![pod.addr()]
+                registry.listed(&svc).unwrap() == vec![pod.addr()]
             })
             .await
         );
@@ -292,7 +292,7 @@ async fn ipv6_pod_on_loopback() {
         })
         .await
     );
-    assert!(registry.endpoints(&svc).unwrap().is_empty());
+    assert!(registry.listed(&svc).unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,12 +317,7 @@ async fn named_port_is_discovered_through_srv() {
     let registry = builder(&fx.dns).service(svc.clone()).build().unwrap();
     let mut want: Vec<SocketAddr> = fx.pods.iter().map(|p| p.addr()).collect();
     want.sort();
-    assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == want
-        })
-        .await
-    );
+    assert!(eventually(SLACK, || async { registry.listed(&svc).unwrap() == want }).await);
     let (hits, errors) = spread(&registry.channel("user-svc.ns30").unwrap(), 40, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
@@ -333,7 +328,7 @@ async fn one_failing_service_leaves_the_others_alone() {
     // Two Services on one DNS server: one name answers SERVFAIL, then nothing at all, while
     // the other keeps changing.
     let fx = Fixture::start(26, 2).await;
-    let sick = HeadlessService::new("ns26", "sick-svc", fx.pods[0].addr().port()).unwrap();
+    let sick = HeadlessService::new("sick-svc.ns26", fx.pods[0].addr().port()).unwrap();
     let sick_fqdn = svc_fqdn("sick-svc", "ns26");
     fx.dns
         .set_addrs(&sick_fqdn, &[fx.pods[0].addr().ip()])
@@ -360,7 +355,7 @@ async fn one_failing_service_leaves_the_others_alone() {
         assert!(
             eventually(SLACK, || async {
                 registry
-                    .endpoints(&fx.service)
+                    .listed(&fx.service)
                     .unwrap()
                     .contains(&extra.addr())
             })
@@ -372,7 +367,7 @@ async fn one_failing_service_leaves_the_others_alone() {
         let status = registry.status(&fx.service).unwrap();
         assert_eq!(status.consecutive_failures, 0, "{fault:?}: {status:?}");
         // The sick one keeps its last set.
-        assert_eq!(registry.endpoints(&sick).unwrap(), vec![fx.pods[0].addr()]);
+        assert_eq!(registry.listed(&sick).unwrap(), vec![fx.pods[0].addr()]);
     }
 }
 
@@ -380,7 +375,7 @@ async fn one_failing_service_leaves_the_others_alone() {
 async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("ns30", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.ns30", 8080).unwrap();
     let fqdn = svc_fqdn("user-svc", "ns30");
     let v4: std::net::IpAddr = loopback(30, 2);
     let v6: std::net::IpAddr = "::1".parse().unwrap();
@@ -425,7 +420,7 @@ async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
     dns.set_addrs(&fqdn, &[v4, v6]).await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().contains(&pod6)
+            registry.listed(&svc).unwrap().contains(&pod6)
         })
         .await,
         "the AAAA record that appeared was never seen"
@@ -440,7 +435,7 @@ async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
     dns.set_addrs(&fqdn, &[v6]).await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == vec![pod6]
+            registry.listed(&svc).unwrap() == vec![pod6]
         })
         .await
     );
@@ -451,7 +446,7 @@ async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
     dns.set_addrs(&fqdn, &[v4, v6]).await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().contains(&pod4)
+            registry.listed(&svc).unwrap().contains(&pod4)
         })
         .await
     );
@@ -524,7 +519,7 @@ async fn concurrent_queries_each_get_their_own_answer() {
     let dns = DnsServer::start().await.unwrap();
     let services: Vec<(HeadlessService, Vec<IpAddr>)> = (0..20u8)
         .map(|s| {
-            let service = HeadlessService::new("ns32", format!("s{s}"), 8080).unwrap();
+            let service = HeadlessService::new(&format!("s{s}.ns32"), 8080).unwrap();
             let ips = (0..=s % 3).map(|p| loopback(32, 10 * s + p + 2)).collect();
             (service, ips)
         })
@@ -542,7 +537,7 @@ async fn concurrent_queries_each_get_their_own_answer() {
     let own = |service: &HeadlessService, ips: &[IpAddr]| {
         let mut want: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
         want.sort();
-        let mut have = registry.endpoints(service).unwrap();
+        let mut have = registry.listed(service).unwrap();
         have.sort();
         have == want
     };
@@ -564,7 +559,7 @@ async fn concurrent_queries_each_get_their_own_answer() {
             own(service, ips),
             "{}: {:?}",
             service.name(),
-            registry.endpoints(service)
+            registry.listed(service)
         );
         let status = registry.status(service).unwrap();
         assert!(

@@ -42,7 +42,7 @@ async fn external_spread_add_and_remove() {
     let port = pods[0].addr().port();
     let fqdn = svc_fqdn("user-svc", "ns60");
     dns.set(&fqdn, &ips(&pods)).unwrap();
-    let svc = HeadlessService::new("ns60", "user-svc", port).unwrap();
+    let svc = HeadlessService::new("user-svc.ns60", port).unwrap();
     let registry = registry(&dns, &svc);
     assert!(discovered(&registry, &svc, 3).await);
     let channel = registry.channel(&svc).unwrap();
@@ -67,7 +67,7 @@ async fn external_spread_add_and_remove() {
     dns.set(&fqdn, &ips(&pods)).unwrap();
     assert!(
         eventually(INTERVAL + SLACK, || async {
-            !registry.endpoints(&svc).unwrap().contains(&gone.addr())
+            !registry.listed(&svc).unwrap().contains(&gone.addr())
         })
         .await
     );
@@ -83,7 +83,7 @@ async fn external_nxdomain_drains_after_confirmation() {
     let dns = dnsmasq("nx");
     let fqdn = svc_fqdn("user-svc", "ns61");
     dns.set(&fqdn, &[loopback(61, 2), loopback(61, 3)]).unwrap();
-    let svc = HeadlessService::new("ns61", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.ns61", 8080).unwrap();
     let registry = registry(&dns, &svc);
     assert!(discovered(&registry, &svc, 2).await);
     let emptied = Instant::now();
@@ -96,7 +96,7 @@ async fn external_nxdomain_drains_after_confirmation() {
     );
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().is_empty()
+            registry.listed(&svc).unwrap().is_empty()
         })
         .await
     );
@@ -117,7 +117,7 @@ async fn external_five_hundred_records() {
         .map(|i| IpAddr::V4(Ipv4Addr::from(0x7f03_0000 + i)))
         .collect();
     dns.set(&fqdn, &addrs).unwrap();
-    let svc = HeadlessService::new("ns62", "big", 8080).unwrap();
+    let svc = HeadlessService::new("big.ns62", 8080).unwrap();
     let registry = registry(&dns, &svc);
     let mut watch = registry.watch(&svc).unwrap();
     let first = tokio::time::timeout(SLACK, watch.next())
@@ -138,7 +138,7 @@ async fn external_reordered_records_change_nothing_and_a_replaced_one_is_seen() 
     let mut hosts: Vec<u8> = (2..22).collect();
     let ips = |hosts: &[u8]| -> Vec<IpAddr> { hosts.iter().map(|h| loopback(63, *h)).collect() };
     dns.set(&fqdn, &ips(&hosts)).unwrap();
-    let svc = HeadlessService::new("ns63", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.ns63", 8080).unwrap();
     let registry = registry(&dns, &svc);
     assert!(discovered(&registry, &svc, 20).await);
     let updates = record_updates(&registry, &svc);
@@ -161,12 +161,12 @@ async fn external_reordered_records_change_nothing_and_a_replaced_one_is_seen() 
     );
     assert!(
         eventually(SLACK, || async {
-            let endpoints = registry.endpoints(&svc).unwrap();
+            let endpoints = registry.listed(&svc).unwrap();
             endpoints.len() == 20 && endpoints.contains(&new) && !endpoints.contains(&old)
         })
         .await,
         "{:?}",
-        registry.endpoints(&svc)
+        registry.listed(&svc)
     );
     let status = registry.status(&svc).unwrap();
     assert_eq!(status.consecutive_failures, 0, "{status:?}");

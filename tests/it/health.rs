@@ -161,7 +161,7 @@ async fn black_holed_pod_is_never_admitted() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
     let balanced = registry.load_balanced(&fx.service).unwrap();
-    assert!(eventually(SLACK, || async { balanced.endpoints() == 2 }).await);
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 2 }).await);
     let (hits, errors) = spread(&balanced, 60, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
@@ -198,7 +198,7 @@ async fn a_call_to_a_black_holed_pod_fails_after_the_connect_timeout() {
     let _hole = black_hole(addr).await;
     let fqdn = svc_fqdn("user-svc", "ns77");
     dns.set_addrs(&fqdn, &[addr.ip()]).await;
-    let service = k8s_headless_svc::HeadlessService::new("ns77", "user-svc", 8080).unwrap();
+    let service = k8s_headless_svc::HeadlessService::new("user-svc.ns77", 8080).unwrap();
     // No health checks, so the hole is the only endpoint both kinds hold.
     let registry = builder(&dns)
         .service(service.clone())
@@ -208,7 +208,7 @@ async fn a_call_to_a_black_holed_pod_fails_after_the_connect_timeout() {
         .unwrap();
     assert!(discovered(&registry, &service, 1).await);
     let balanced = registry.load_balanced(&service).unwrap();
-    assert!(eventually(SLACK, || async { balanced.endpoints() == 1 }).await);
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 1 }).await);
     let channel = registry.channel(&service).unwrap();
     for kind in ["channel()", "load_balanced()"] {
         let started = Instant::now();
@@ -247,7 +247,7 @@ async fn out_of_both_kinds(
     count: usize,
 ) -> bool {
     eventually(SLACK, || async {
-        !held(registry, fx_service, addr) && balanced.endpoints() == count
+        !held(registry, fx_service, addr) && balanced.serving_count() == count
     })
     .await
 }
@@ -260,7 +260,7 @@ async fn rolling_update_loses_no_call_on_either_kind() {
     let channel = registry.channel(&fx.service).unwrap();
     let balanced = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
-    assert!(eventually(SLACK, || async { balanced.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 3 }).await);
     let plain_load = Load::start(&channel, 4, Duration::from_secs(30));
     let balanced_load = Load::start(&balanced, 4, Duration::from_secs(30));
     let Fixture {
@@ -297,7 +297,7 @@ async fn rolling_update_loses_no_call_on_either_kind() {
         // Ready: both kinds take it.
         new.stats().set_serving(true);
         assert!(eventually(SLACK, || async { new.stats().calls() > 20 }).await);
-        assert!(eventually(SLACK, || async { balanced.endpoints() == 4 }).await);
+        assert!(eventually(SLACK, || async { balanced.serving_count() == 4 }).await);
         // The old pod is told to stop: NOT_SERVING, then its record goes, then it stops.
         old.stats().set_serving(false);
         let gone = old.addr();
@@ -305,7 +305,7 @@ async fn rolling_update_loses_no_call_on_either_kind() {
         dns.remove_addr(&fqdn, gone.ip()).await;
         assert!(
             eventually(SLACK, || async {
-                !registry.endpoints(&service).unwrap().contains(&gone)
+                !registry.listed(&service).unwrap().contains(&gone)
             })
             .await
         );
@@ -331,14 +331,14 @@ async fn a_draining_pod_is_out_of_both_kinds_at_once() {
     let channel = registry.channel(&fx.service).unwrap();
     let balanced = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
-    assert!(eventually(SLACK, || async { balanced.endpoints() == 3 }).await);
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 3 }).await);
     let (_, errors) = spread(&channel, 30, 3).await;
     assert!(errors.is_empty(), "{errors:?}");
     let victim = &fx.pods[0];
     let started = Instant::now();
     victim.stats().set_serving(false);
     let out = eventually(SLACK, || async {
-        serving(&registry, &fx.service) == 2 && balanced.endpoints() == 2
+        serving(&registry, &fx.service) == 2 && balanced.serving_count() == 2
     })
     .await;
     let took = started.elapsed();
@@ -359,7 +359,7 @@ async fn a_draining_pod_is_out_of_both_kinds_at_once() {
     victim.stats().set_serving(true);
     assert!(
         eventually(SLACK, || async {
-            serving(&registry, &fx.service) == 3 && balanced.endpoints() == 3
+            serving(&registry, &fx.service) == 3 && balanced.serving_count() == 3
         })
         .await
     );

@@ -36,7 +36,7 @@ async fn only_these_get_calls(
     want: &[SocketAddr],
     decoy: &Pod,
 ) {
-    assert_eq!(registry.endpoints(svc).unwrap(), want);
+    assert_eq!(registry.listed(svc).unwrap(), want);
     let (hits, errors) = spread(&registry.channel(svc).unwrap(), 20, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
@@ -83,11 +83,11 @@ async fn cname_inside_the_cluster_is_followed_and_only_its_end_counts() {
     let registry = fx.registry();
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap() == want
+            registry.listed(&fx.service).unwrap() == want
         })
         .await,
         "{:?}",
-        registry.endpoints(&fx.service)
+        registry.listed(&fx.service)
     );
     // The same chain sent raw, with an address beside the CNAME (a CNAME's owner holds no
     // other data) and one owned by a stranger.
@@ -139,14 +139,14 @@ async fn addresses_nobody_can_call_are_dropped() {
     // only after the empty answer is confirmed, like an NXDOMAIN.
     fx.dns.set_addrs(&fx.fqdn, &junk).await;
     settle(&registry, &fx.service, 1).await;
-    assert_eq!(registry.endpoints(&fx.service).unwrap(), vec![pod]);
+    assert_eq!(registry.listed(&fx.service).unwrap(), vec![pod]);
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().is_empty()
+            registry.listed(&fx.service).unwrap().is_empty()
         })
         .await,
         "{:?}",
-        registry.endpoints(&fx.service)
+        registry.listed(&fx.service)
     );
 }
 
@@ -167,20 +167,20 @@ async fn cname_out_of_the_cluster_is_refused() {
     settle(&registry, &fx.service, 3).await;
     assert!(
         !registry
-            .endpoints(&fx.service)
+            .listed(&fx.service)
             .unwrap()
             .contains(&decoy.addr()),
         "{:?}",
-        registry.endpoints(&fx.service)
+        registry.listed(&fx.service)
     );
     // Refused like an empty answer: confirmed, then drained.
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&fx.service).unwrap().is_empty()
+            registry.listed(&fx.service).unwrap().is_empty()
         })
         .await,
         "{:?}",
-        registry.endpoints(&fx.service)
+        registry.listed(&fx.service)
     );
 
     // The whole chain in one answer, out and back in: still out of the cluster.
@@ -193,7 +193,7 @@ async fn cname_out_of_the_cluster_is_refused() {
         ],
     );
     settle(&registry, &fx.service, 3).await;
-    assert!(registry.endpoints(&fx.service).unwrap().is_empty());
+    assert!(registry.listed(&fx.service).unwrap().is_empty());
     assert_eq!(decoy.stats().calls(), 0);
     let updates = updates.lock().unwrap();
     assert!(
@@ -230,7 +230,7 @@ async fn srv_skips_port_zero_the_root_target_and_targets_out_of_the_cluster() {
     let svc: HeadlessService = "user-svc.ns124:grpc".parse().unwrap();
     let registry = builder(&fx.dns).service(svc.clone()).build().unwrap();
     settle(&registry, &svc, 3).await;
-    assert_eq!(registry.endpoints(&svc).unwrap(), vec![fx.pods[0].addr()]);
+    assert_eq!(registry.listed(&svc).unwrap(), vec![fx.pods[0].addr()]);
     let (hits, errors) = spread(&registry.channel(&svc).unwrap(), 20, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(decoy.stats().calls(), 0, "{hits:?}");
@@ -241,7 +241,7 @@ async fn srv_skips_port_zero_the_root_target_and_targets_out_of_the_cluster() {
         .await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap().is_empty()
+            registry.listed(&svc).unwrap().is_empty()
         })
         .await
     );
@@ -269,18 +269,18 @@ async fn srv_target_failing_keeps_its_addresses_and_the_others_results() {
     let addr = |i: usize| fx.pods[i].addr();
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == vec![addr(0)]
+            registry.listed(&svc).unwrap() == vec![addr(0)]
         })
         .await,
         "{:?} {:?}",
-        registry.endpoints(&svc),
+        registry.listed(&svc),
         registry.status(&svc)
     );
     // Once it answers, its pod joins.
     fx.dns.set_name_fault(&target(1), Fault::None);
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(1)])
+            registry.listed(&svc).unwrap() == sorted([addr(0), addr(1)])
         })
         .await
     );
@@ -289,11 +289,11 @@ async fn srv_target_failing_keeps_its_addresses_and_the_others_results() {
     fx.dns.set_srv_records(srv, &records(&[0, 1, 2])).await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(1), addr(2)])
+            registry.listed(&svc).unwrap() == sorted([addr(0), addr(1), addr(2)])
         })
         .await,
         "{:?} {:?}",
-        registry.endpoints(&svc),
+        registry.listed(&svc),
         registry.status(&svc)
     );
     let status = registry.status(&svc).unwrap();
@@ -310,7 +310,7 @@ async fn srv_target_failing_keeps_its_addresses_and_the_others_results() {
     fx.dns.set_srv_records(srv, &records(&[0, 2])).await;
     assert!(
         eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == sorted([addr(0), addr(2)])
+            registry.listed(&svc).unwrap() == sorted([addr(0), addr(2)])
         })
         .await
     );
@@ -341,12 +341,9 @@ async fn srv_targets_are_resolved_concurrently() {
         .build()
         .unwrap();
     assert!(
-        eventually(SLACK, || async {
-            registry.endpoints(&svc).unwrap() == want
-        })
-        .await,
+        eventually(SLACK, || async { registry.listed(&svc).unwrap() == want }).await,
         "{:?} {:?}",
-        registry.endpoints(&svc),
+        registry.listed(&svc),
         registry.status(&svc)
     );
     // One after the other, the server would never hold two of these questions at once.
@@ -447,7 +444,7 @@ async fn unusual_ttls_duplicates_and_mixed_families() {
     ];
     let mut running = Vec::new();
     for case in &cases {
-        let svc = HeadlessService::new("ns127", case.name, 8080).unwrap();
+        let svc = HeadlessService::new(&format!("{}.ns127", case.name), 8080).unwrap();
         let fqdn = svc_fqdn(case.name, "ns127");
         match &case.served {
             Served::Raw(raw) => dns.set_raw_answer(
@@ -470,10 +467,10 @@ async fn unusual_ttls_duplicates_and_mixed_families() {
     for (case, (svc, registry)) in cases.iter().zip(&running) {
         let want = sorted(case.want.iter().map(|ip| SocketAddr::new(*ip, 8080)));
         assert!(
-            eventually(SLACK, || async { registry.endpoints(svc).unwrap() == want }).await,
+            eventually(SLACK, || async { registry.listed(svc).unwrap() == want }).await,
             "{}: {:?}, want {want:?}",
             case.name,
-            registry.endpoints(svc)
+            registry.listed(svc)
         );
     }
     // A few more resolutions each, all at once: the set stays, and nothing failed.
@@ -492,7 +489,7 @@ async fn unusual_ttls_duplicates_and_mixed_families() {
     );
     for (case, (svc, registry)) in cases.iter().zip(&running) {
         let want = sorted(case.want.iter().map(|ip| SocketAddr::new(*ip, 8080)));
-        assert_eq!(registry.endpoints(svc).unwrap(), want, "{}", case.name);
+        assert_eq!(registry.listed(svc).unwrap(), want, "{}", case.name);
         let status = registry.status(svc).unwrap();
         assert_eq!(status.consecutive_failures, 0, "{}: {status:?}", case.name);
     }
@@ -653,7 +650,7 @@ fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
     init_tracing();
     let rt = runtime_builder().build().unwrap();
     let dns = rt.block_on(DnsServer::start()).unwrap();
-    let svc = HeadlessService::new(PROP_NS, "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new(&format!("user-svc.{}", PROP_NS), 8080).unwrap();
     let asked = Owner::Asked.name();
     let config = ProptestConfig {
         cases: 24,
@@ -674,11 +671,11 @@ fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
                 .unwrap();
             // Every resolution sees the same answer: after two, the set is final.
             settle(&registry, &svc, 2).await;
-            let got = registry.endpoints(&svc).unwrap();
+            let got = registry.listed(&svc).unwrap();
             prop_assert_eq!(&got, &want, "records {:?}", records);
             // Still resolving: nothing panicked in the refresh task.
             settle(&registry, &svc, 2).await;
-            prop_assert_eq!(registry.endpoints(&svc).unwrap(), want);
+            prop_assert_eq!(registry.listed(&svc).unwrap(), want);
             Ok(())
         })
     });

@@ -2,13 +2,16 @@
 
 use std::time::Duration;
 
-use k8s_headless_svc::{Error, Field, HeadlessService, Reason, Registry};
+use k8s_headless_svc::{
+    Error, HeadlessService, Registry,
+    error::{Field, Reason},
+};
 
 use crate::support::*;
 
 #[test]
 fn build_outside_a_runtime_is_an_error() {
-    let svc = HeadlessService::new("default", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.default", 8080).unwrap();
     let err = Registry::builder()
         .service(svc)
         .nameservers(["127.0.0.1:53".parse().unwrap()])
@@ -19,7 +22,7 @@ fn build_outside_a_runtime_is_an_error() {
 
 #[tokio::test]
 async fn invalid_input_gets_typed_errors() {
-    let err = HeadlessService::new("default", "User_Svc", 8080).unwrap_err();
+    let err = HeadlessService::new("User_Svc.default", 8080).unwrap_err();
     assert!(matches!(
         err,
         Error::InvalidSpec {
@@ -33,7 +36,7 @@ async fn invalid_input_gets_typed_errors() {
     assert!(err.to_string().contains("1..=65535"), "{err}");
 
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("default", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.default", 8080).unwrap();
     for (builder, option) in [
         (
             builder(&dns).refresh_interval(Duration::ZERO),
@@ -64,7 +67,7 @@ async fn invalid_input_gets_typed_errors() {
     let registry = builder(&dns)
         .services([
             svc.clone(),
-            HeadlessService::new("default", "user-svc", 9090).unwrap(),
+            HeadlessService::new("user-svc.default", 9090).unwrap(),
         ])
         .build()
         .unwrap();
@@ -79,7 +82,7 @@ async fn invalid_input_gets_typed_errors() {
         "{err:?}"
     );
     assert!(registry.channel("user-svc.default:9090").is_ok());
-    let err = registry.endpoints("not a spec").unwrap_err();
+    let err = registry.listed("not a spec").unwrap_err();
     assert!(err.is_invalid_spec(), "{err:?}");
 }
 
@@ -94,14 +97,14 @@ fn dropping_the_registry_ends_every_task_it_started() {
         let registry = builder(&fx.dns)
             .services([
                 fx.service.clone(),
-                HeadlessService::new("other", "svc", 80).unwrap(),
+                HeadlessService::new("svc.other", 80).unwrap(),
             ])
             .build()
             .unwrap();
         let channel = registry.channel(&fx.service).unwrap();
         let balanced = registry.load_balanced(&fx.service).unwrap();
         assert!(discovered(&registry, &fx.service, 2).await);
-        assert!(eventually(SLACK, || async { balanced.endpoints() == 2 }).await);
+        assert!(eventually(SLACK, || async { balanced.serving_count() == 2 }).await);
         let (_, errors) = spread(&channel, 10, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
         let (_, errors) = spread(&balanced, 10, 2).await;
@@ -128,7 +131,7 @@ fn dropping_the_registry_ends_every_task_it_started() {
             "load-aware channel after the registry: {errors:?}"
         );
         assert_eq!(hits.len(), 2, "{hits:?}");
-        assert_eq!(balanced.endpoints(), 2);
+        assert_eq!(balanced.serving_count(), 2);
         // The watch ends with the registry.
         let end = tokio::time::timeout(SLACK, watch.next()).await;
         assert_eq!(end.expect("the watch ends"), None);
@@ -176,9 +179,9 @@ fn a_failed_build_leaves_no_task_behind() {
             format!("{}.{}", "d".repeat(63), "e".repeat(58))
                 .parse()
                 .unwrap();
-        let fits = HeadlessService::new("a", "s", 8080).unwrap();
+        let fits = HeadlessService::new("s.a", 8080).unwrap();
         let too_long =
-            HeadlessService::new("n".repeat(63), format!("s{}", "a".repeat(62)), 8080).unwrap();
+            HeadlessService::new(&format!("s{}.{}", "a".repeat(62), "n".repeat(63)), 8080).unwrap();
         for (kind, b) in [
             (
                 "tls",

@@ -9,8 +9,9 @@ use std::{
 };
 
 use k8s_headless_svc::{
-    Builder, ClusterDomain, Error, Field, HeadlessService, HealthCheck, Http2Keepalive, IpFamily,
-    LoadMeasure, Reason, Registry,
+    Builder, ClusterDomain, Error, HeadlessService, HealthCheck, Http2Keepalive, IpFamily,
+    LoadMeasure, Registry,
+    error::{Field, Reason},
 };
 use proptest::{
     prelude::*,
@@ -250,7 +251,7 @@ fn out_of_range() -> Vec<Case> {
 #[tokio::test]
 async fn every_option_refuses_values_outside_its_range() {
     let dns = DnsServer::start().await.unwrap();
-    let svc = HeadlessService::new("default", "user-svc", 8080).unwrap();
+    let svc = HeadlessService::new("user-svc.default", 8080).unwrap();
     let mut wrong = Vec::new();
     for case in out_of_range() {
         let b = (case.set)(builder(&dns).service(svc.clone()));
@@ -304,7 +305,7 @@ fn the_ends_of_every_range_build_and_run() {
         init_tracing();
         let dns = DnsServer::start().await.unwrap();
         let pod = Pod::start(std::net::SocketAddr::new(loopback(100, 2), 0), "ends").unwrap();
-        let svc = HeadlessService::new("ns100", "user-svc", pod.addr().port()).unwrap();
+        let svc = HeadlessService::new("user-svc.ns100", pod.addr().port()).unwrap();
         dns.set_addrs(&svc_fqdn("user-svc", "ns100"), &[pod.addr().ip()])
             .await;
         let top = Registry::builder()
@@ -368,7 +369,7 @@ fn the_ends_of_every_range_build_and_run() {
             let reply = call(&channel).await.map_err(|e| e.to_string());
             assert_eq!(reply, Ok("ends".to_owned()), "{end}");
             let balanced = registry.load_balanced(&svc).unwrap();
-            let ready = eventually(SLACK, || async { balanced.endpoints() == 1 }).await;
+            let ready = eventually(SLACK, || async { balanced.serving_count() == 1 }).await;
             assert!(ready, "{end}: the load-aware channel holds no pod");
             let reply = call(&balanced).await.map_err(|e| e.to_string());
             assert_eq!(reply, Ok("ends".to_owned()), "{end}");
@@ -411,7 +412,7 @@ async fn names_longer_than_dns_allows_are_refused() {
     // domain, so a domain of 121 makes 253, DNS's limit (255 octets on the wire).
     let name = format!("s{}", label('a', 62));
     let namespace = label('n', 63);
-    let svc = HeadlessService::new(&namespace, &name, 8080).unwrap();
+    let svc = HeadlessService::new(&format!("{}.{}", name, namespace), 8080).unwrap();
 
     // 253: refused by nothing, and it resolves.
     let fits = domain_of(121);
@@ -457,7 +458,7 @@ async fn names_longer_than_dns_allows_are_refused() {
     );
 
     // A named port is looked up as `_<port>._tcp.<fqdn>`: 11 more characters, checked too.
-    let named = HeadlessService::named_port(&namespace, &name, "grpc").unwrap();
+    let named = HeadlessService::named_port(&format!("{}.{}", name, namespace), "grpc").unwrap();
     let domain = domain_of(121 - 10);
     assert!(
         builder(&dns)

@@ -47,7 +47,9 @@ impl Fixture {
         let dns = DnsServer::start().await.expect("dns server");
         let pods = Pod::start_many(net, count, &format!("pod{net}")).expect("pods");
         let namespace = format!("ns{net}");
-        let service = HeadlessService::new(&namespace, "user-svc", pods[0].addr().port()).unwrap();
+        let service =
+            HeadlessService::new(&format!("user-svc.{}", namespace), pods[0].addr().port())
+                .unwrap();
         let fqdn = svc_fqdn("user-svc", &namespace);
         let ips: Vec<IpAddr> = pods.iter().map(|p| p.addr().ip()).collect();
         dns.set_addrs(&fqdn, &ips).await;
@@ -112,7 +114,7 @@ pub fn held(registry: &Registry, service: &HeadlessService, addr: std::net::Sock
 /// Waits until DNS lists `count` endpoints of `service`.
 pub async fn discovered(registry: &Registry, service: &HeadlessService, count: usize) -> bool {
     eventually(SLACK, || async {
-        registry.endpoints(service).unwrap().len() == count
+        registry.listed(service).unwrap().len() == count
     })
     .await
 }

@@ -36,8 +36,8 @@ async fn tls_is_verified_against_the_service_name() {
     dns.set_addrs(&svc_fqdn("user-svc", "ns75"), &ips).await;
     // Another Service name on the same pods: its name is not in their certificate.
     dns.set_addrs(&svc_fqdn("impostor", "ns75"), &ips).await;
-    let good = HeadlessService::new("ns75", "user-svc", port).unwrap();
-    let bad = HeadlessService::new("ns75", "impostor", port).unwrap();
+    let good = HeadlessService::new("user-svc.ns75", port).unwrap();
+    let bad = HeadlessService::new("impostor.ns75", port).unwrap();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
     let registry = builder(&dns)
         .services([good.clone(), bad.clone()])

@@ -202,7 +202,7 @@ pub async fn scale(client: ScaleClient) -> anyhow::Result<()> {
     } = client;
     println!("baseline {}", super::proc::rss_kib(std::process::id())?);
     let specs = (0..services)
-        .map(|i| HeadlessService::new(&namespace, format!("s{i}"), port))
+        .map(|i| HeadlessService::new(&format!("s{i}.{}", namespace), port))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let registry = Registry::builder()

@@ -52,17 +52,19 @@ async fn main() -> anyhow::Result<()> {
         println!("pod {} on {}", pod.name(), pod.addr());
     }
 
-    let service = HeadlessService::new("default", "user-svc", port)?;
+    let service = HeadlessService::new("user-svc.default", port)?;
     let registry = Registry::builder()
         .service(service.clone())
         .nameservers([dns.addr()])
         .refresh_interval(Duration::from_millis(500))
         .build()?;
-    registry.ready(&service, Duration::from_secs(5)).await?;
+    registry
+        .wait_for_serving(&service, Duration::from_secs(5))
+        .await?;
     println!(
         "registry resolved {} -> {:?}",
         service.fqdn(&Default::default()),
-        registry.endpoints(&service)?
+        registry.listed(&service)?
     );
     let channel = registry.channel(&service)?;
 

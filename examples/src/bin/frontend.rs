@@ -95,8 +95,11 @@ async fn main() -> anyhow::Result<()> {
     examples::init_tracing("info");
     let args = Args::parse();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let service = HeadlessService::new(&args.namespace, &args.user_svc, args.user_port)
-        .map_err(examples::usage_error::<Args>)?;
+    let service = HeadlessService::new(
+        &format!("{}.{}", args.user_svc, args.namespace),
+        args.user_port,
+    )
+    .map_err(examples::usage_error::<Args>)?;
     let registry = Registry::builder()
         .service(service.clone())
         .cluster_domain(args.cluster_domain.clone())
@@ -145,14 +148,20 @@ async fn metrics_text(State(app): State<Arc<App>>) -> String {
 
 /// A Service name, checked as Kubernetes checks it (a DNS-1035 label).
 fn parse_service_name(s: &str) -> Result<String, String> {
-    HeadlessService::new("default", s, 1)
+    if s.contains('.') {
+        return Err(format!("{s:?} is not a single DNS label"));
+    }
+    HeadlessService::new(&format!("{s}.default"), 1)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
 }
 
 /// A namespace, checked as Kubernetes checks it (a DNS-1123 label).
 fn parse_namespace(s: &str) -> Result<String, String> {
-    HeadlessService::new(s, "svc", 1)
+    if s.contains('.') {
+        return Err(format!("{s:?} is not a single DNS label"));
+    }
+    HeadlessService::new(&format!("svc.{s}"), 1)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
 }
@@ -178,7 +187,11 @@ fn parse_health(s: &str) -> Result<HealthCheck, String> {
 async fn index(State(app): State<Arc<App>>) -> (StatusCode, String) {
     let started = Instant::now();
     // Fail fast when discovery has nothing: the call would otherwise wait in tonic's buffer.
-    if let Err(e) = app.registry.ready(&app.service, app.timeout).await {
+    if let Err(e) = app
+        .registry
+        .wait_for_serving(&app.service, app.timeout)
+        .await
+    {
         tracing::warn!("/index: {e}");
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
     }
