@@ -4,115 +4,51 @@ mod validate;
 
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::runtime::Handle;
 use tonic::transport::Endpoint;
 
 use crate::{
-    discovery::{
-        DnsTransport, IpFamily,
-        resolve::{Dns, DnsConfig},
-        schedule::Timing,
-    },
-    endpoint::{EndpointTemplate, Http2Keepalive},
+    config::Config,
+    discovery::{DnsTransport, IpFamily},
+    endpoint::{Customize, Http2Keepalive},
     error::Error,
-    health::{HealthCheck, HealthSettings},
-    load_balanced::{BalanceConfig, LoadMeasure},
-    pipeline::{Plan, Started},
+    health::HealthCheck,
+    load_balanced::LoadMeasure,
     registry::Registry,
     service::{ClusterDomain, HeadlessService},
 };
 
 /// Configures and starts a [`Registry`]. Every option has a documented default, and every
 /// duration and count a documented range: [`Builder::build`] refuses a value outside it with
-/// [`Error::InvalidConfig`], naming the option and the range.
+/// [`Error::InvalidConfig`], naming the option and the range. Each setter takes one value, as
+/// tonic's `Endpoint` does; the settings are a [`Config`], which a builder can start from.
 ///
 /// Intervals and timeouts go from 1 ms (tokio's timer resolution) to 1 hour: anything beyond
 /// is almost always a unit mistake, and `Duration::MAX` would overflow the `Instant` it is
 /// added to.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Builder {
-    services: Vec<HeadlessService>,
-    cluster_domain: ClusterDomain,
-    dns: DnsConfig,
-    family: IpFamily,
-    timing: Timing,
-    jitter: f64,
-    template: EndpointTemplate,
-    health: HealthSettings,
-    balance: BalanceConfig,
-    queue_capacity: usize,
+    config: Config,
+    #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    customize: Option<Customize>,
 }
 
-impl Default for Builder {
-    fn default() -> Self {
+impl From<Config> for Builder {
+    fn from(config: Config) -> Self {
         Self {
-            services: Vec::new(),
-            cluster_domain: ClusterDomain::default(),
-            dns: DnsConfig {
-                nameservers: Vec::new(),
-                transport: DnsTransport::Udp,
-                timeout: Duration::from_secs(1),
-                attempts: 2,
-            },
-            family: IpFamily::Both,
-            timing: Timing {
-                interval: Duration::from_secs(5),
-                follow_ttl: None,
-                backoff_base: Duration::from_millis(500),
-                backoff_max: Duration::from_secs(10),
-                empty_confirmations: 3,
-                empty_grace: Duration::from_secs(5),
-                empty_recheck: Duration::from_secs(1),
-            },
-            jitter: 0.1,
-            template: EndpointTemplate {
-                server_name: None,
-                #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
-                tls: None,
-                connect_timeout: Some(Duration::from_secs(1)),
-                tcp_keepalive: Some(Duration::from_secs(30)),
-                http2_keepalive: Some(Http2Keepalive::new(
-                    Duration::from_secs(30),
-                    Duration::from_secs(10),
-                )),
-                request_timeout: None,
-                customize: None,
-            },
-            health: HealthSettings {
-                check: HealthCheck::default(),
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                unhealthy_after: 2,
-                healthy_after: 2,
-                max_ejection: 0.5,
-                ejected_backoff_max: Duration::from_secs(4),
-            },
-            balance: BalanceConfig {
-                measure: LoadMeasure::default(),
-                failures: 5,
-                backoff_base: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(30),
-                failfast: Duration::from_secs(3),
-                max_ejection: 0.5,
-            },
-            queue_capacity: 1024,
+            config,
+            ..Self::default()
         }
     }
 }
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("services", &self.services)
-            .field("cluster_domain", &self.cluster_domain)
-            .field("dns", &self.dns)
-            .field("family", &self.family)
-            .field("timing", &self.timing)
-            .field("jitter", &self.jitter)
-            .field("template", &self.template)
-            .field("health", &self.health)
-            .field("balance", &self.balance)
-            .field("queue_capacity", &self.queue_capacity)
+        let mut d = f.debug_struct("Builder");
+        d.field("config", &self.config);
+        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+        d.field("tls", &self.tls.is_some());
+        d.field("customize", &self.customize.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -120,8 +56,8 @@ impl fmt::Debug for Builder {
 impl Builder {
     /// Adds a service to discover. Adding the same service twice discovers it once.
     pub fn service(mut self, service: HeadlessService) -> Self {
-        if !self.services.contains(&service) {
-            self.services.push(service);
+        if !self.config.services.contains(&service) {
+            self.config.services.push(service);
         }
         self
     }
@@ -138,11 +74,9 @@ impl Builder {
     /// let builder = Registry::builder().cluster_domain("corp.example".parse()?);
     /// # Ok::<(), k8s_headless_svc::Error>(())
     /// ```
-    pub fn cluster_domain(self, domain: ClusterDomain) -> Self {
-        Self {
-            cluster_domain: domain,
-            ..self
-        }
+    pub fn cluster_domain(mut self, domain: ClusterDomain) -> Self {
+        self.config.cluster_domain = domain;
+        self
     }
 
     /// Query these nameservers (UDP, with TCP when an answer is truncated) instead of the
@@ -150,7 +84,7 @@ impl Builder {
     /// Each query tries them in turn, starting with the one that answered last, and moves on
     /// after a timeout or an answer of SERVFAIL or REFUSED.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.dns.nameservers = servers.into_iter().collect();
+        self.config.nameservers = servers.into_iter().collect();
         self
     }
 
@@ -164,7 +98,7 @@ impl Builder {
     /// let builder = Registry::builder().dns_transport(DnsTransport::Tcp);
     /// ```
     pub fn dns_transport(mut self, transport: DnsTransport) -> Self {
-        self.dns.transport = transport;
+        self.config.dns_transport = transport;
         self
     }
 
@@ -172,7 +106,7 @@ impl Builder {
     /// would outlast the refresh interval). Valid: 1 ms to 1 min (a server silent for a minute
     /// will not answer; glibc caps `resolv.conf`'s `timeout:` at 30 s).
     pub fn dns_timeout(mut self, timeout: Duration) -> Self {
-        self.dns.timeout = timeout;
+        self.config.dns_timeout = timeout;
         self
     }
 
@@ -181,14 +115,14 @@ impl Builder {
     /// so one resolution takes at most about 2 s against a silent server. Valid: 1 to 10
     /// (glibc caps `resolv.conf`'s `attempts:` at 5).
     pub fn dns_attempts(mut self, attempts: usize) -> Self {
-        self.dns.attempts = attempts;
+        self.config.dns_attempts = attempts;
         self
     }
 
     /// Which address families to discover. Default: [`IpFamily::Both`], A and AAAA queried
     /// separately. Most clusters are single-stack: with `Both`, a family whose answers have
     /// been empty (NODATA) while the other family had records, for the empty confirmation
-    /// ([`empty_confirmation`](Builder::empty_confirmation): 3 answers and 5 s), is asked only
+    /// ([`empty_confirmation_count`](Builder::empty_confirmation_count): 3 answers and 5 s), is asked only
     /// every 12th refresh, so a refresh costs one query; it is asked on every refresh again as
     /// soon as it has records, or at once when the other family turns up empty. Dual-stack
     /// clusters lose nothing.
@@ -197,23 +131,45 @@ impl Builder {
     /// # use k8s_headless_svc::{IpFamily, Registry};
     /// let builder = Registry::builder().ip_family(IpFamily::V4); // A only, always
     /// ```
-    pub fn ip_family(self, family: IpFamily) -> Self {
-        Self { family, ..self }
+    pub fn ip_family(mut self, family: IpFamily) -> Self {
+        self.config.ip_family = family;
+        self
     }
 
     /// Time between resolutions. Default: 5 s (CoreDNS's TTL, Envoy's default). Valid: 1 ms to
     /// 1 h.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.timing.interval = interval;
+        self.config.refresh_interval = interval;
         self
     }
 
-    /// Follow each answer's TTL instead of the interval, clamped to `floor..=ceiling` (the floor
-    /// keeps a TTL of 0 from spinning). Default: off, as in Envoy: kubeadm clusters answer
-    /// with TTL 30 without caching `cluster.local`, so following it would only be slower.
-    /// Valid: 1 ms ≤ `floor` ≤ `ceiling` ≤ 1 h; a longer TTL is clamped to the ceiling.
-    pub fn follow_ttl(mut self, floor: Duration, ceiling: Duration) -> Self {
-        self.timing.follow_ttl = Some((floor, ceiling));
+    /// Follow each answer's TTL instead of the interval, clamped to
+    /// [`ttl_floor`](Builder::ttl_floor)`..=`[`ttl_ceiling`](Builder::ttl_ceiling). Default:
+    /// off, as in Envoy: kubeadm clusters answer with TTL 30 without caching `cluster.local`,
+    /// so following it would only be slower.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder().follow_ttl(true).ttl_floor(Duration::from_secs(2));
+    /// ```
+    pub fn follow_ttl(mut self, enabled: bool) -> Self {
+        self.config.follow_ttl = enabled;
+        self
+    }
+
+    /// The shortest delay when following the TTL: a TTL of 0 must not spin. Default: 5 s, the
+    /// floor linkerd uses. Valid: 1 ms to 1 h, and at most [`ttl_ceiling`](Builder::ttl_ceiling)
+    /// (checked while following the TTL).
+    pub fn ttl_floor(mut self, floor: Duration) -> Self {
+        self.config.ttl_floor = floor;
+        self
+    }
+
+    /// The longest delay when following the TTL; a longer TTL is clamped to it. Default: 60 s.
+    /// Valid: 1 ms to 1 h (checked while following the TTL).
+    pub fn ttl_ceiling(mut self, ceiling: Duration) -> Self {
+        self.config.ttl_ceiling = ceiling;
         self
     }
 
@@ -225,59 +181,75 @@ impl Builder {
     /// on a grid every refresh loop of the process shares (a power-of-two step of at most
     /// 128 ms): the refreshes of many Services that fall due close together wake the runtime
     /// once.
-    pub fn jitter(self, fraction: f64) -> Self {
-        Self {
-            jitter: fraction,
-            ..self
-        }
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.config.jitter = fraction;
+        self
     }
 
-    /// Retry a failed resolution after `base`, doubling up to `max` while it keeps failing; the
-    /// first success returns to the normal schedule. Default: 500 ms up to 10 s. Valid:
-    /// 1 ms ≤ `base` ≤ `max` ≤ 1 h.
-    pub fn failure_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.timing.backoff_base = base;
-        self.timing.backoff_max = max;
+    /// Retry a failed resolution after `base`, doubling up to
+    /// [`failure_backoff_max`](Builder::failure_backoff_max) while it keeps failing; the first
+    /// success returns to the normal schedule. Default: 500 ms. Valid: 1 ms to 1 h, and at
+    /// most the maximum.
+    pub fn failure_backoff(mut self, base: Duration) -> Self {
+        self.config.failure_backoff = base;
+        self
+    }
+
+    /// The longest retry delay while resolutions keep failing. Default: 10 s. Valid: 1 ms to
+    /// 1 h.
+    pub fn failure_backoff_max(mut self, max: Duration) -> Self {
+        self.config.failure_backoff_max = max;
         self
     }
 
     /// An authoritative empty answer (NXDOMAIN, or no records in any family) drains the
-    /// endpoints only after `count` such answers in a row **and** `grace` since the first,
-    /// re-checking every `recheck` meanwhile. A single wrong NXDOMAIN (CoreDNS #6518) then
-    /// never empties a healthy Service. Default: 3 answers, 5 s, re-checked every 1 s. Valid:
-    /// `count` 1 to 100, `grace` 0 to 1 h, `recheck` 1 ms to 1 h.
-    pub fn empty_confirmation(mut self, count: u32, grace: Duration, recheck: Duration) -> Self {
-        self.timing.empty_confirmations = count;
-        self.timing.empty_grace = grace;
-        self.timing.empty_recheck = recheck;
+    /// endpoints only after `count` such answers in a row **and**
+    /// [`empty_confirmation_grace`](Builder::empty_confirmation_grace) since the first. A single
+    /// wrong NXDOMAIN (CoreDNS #6518) then never empties a healthy Service. Default: 3. Valid:
+    /// 1 to 100.
+    pub fn empty_confirmation_count(mut self, count: u32) -> Self {
+        self.config.empty_confirmation_count = count;
+        self
+    }
+
+    /// How long after the first empty answer a Service may drain. Default: 5 s. Valid: 0 to 1 h.
+    pub fn empty_confirmation_grace(mut self, grace: Duration) -> Self {
+        self.config.empty_confirmation_grace = grace;
+        self
+    }
+
+    /// How often an empty answer is asked again while it is being confirmed. Default: 1 s.
+    /// Valid: 1 ms to 1 h.
+    pub fn empty_confirmation_recheck(mut self, recheck: Duration) -> Self {
+        self.config.empty_confirmation_recheck = recheck;
         self
     }
 
     /// Bound on connecting to a pod, so that a vanished pod IP never holds a call for the OS
     /// TCP timeout. `None` turns it off. Default: 1 s. Valid: 1 ms to 1 h.
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.template.connect_timeout = timeout.into();
+        self.config.connect_timeout = timeout.into();
         self
     }
 
     /// TCP keepalive on pod connections. `None` turns it off. Default: 30 s. Valid: 1 s (the
     /// kernel counts whole seconds) to 2 h (Linux's own default).
     pub fn tcp_keepalive(mut self, interval: impl Into<Option<Duration>>) -> Self {
-        self.template.tcp_keepalive = interval.into();
+        self.config.tcp_keepalive = interval.into();
         self
     }
 
     /// HTTP/2 keepalive on pod connections. `None` turns it off. Default: a PING every 30 s
     /// while calls are in flight, 10 s to answer. Valid: interval and timeout 1 ms to 1 h each.
     pub fn http2_keepalive(mut self, keepalive: impl Into<Option<Http2Keepalive>>) -> Self {
-        self.template.http2_keepalive = keepalive.into();
+        self.config.http2_keepalive = keepalive.into();
         self
     }
 
     /// A timeout on every call, once a pod is picked ([`Endpoint::timeout`]). Default: none.
     /// Valid: 1 ms to 1 h; set a longer deadline per call.
     pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.template.request_timeout = timeout.into();
+        self.config.request_timeout = timeout.into();
         self
     }
 
@@ -291,7 +263,7 @@ impl Builder {
     /// feature.
     #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
     pub fn tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
-        self.template.tls = Some(config);
+        self.tls = Some(config);
         self
     }
 
@@ -306,7 +278,7 @@ impl Builder {
     where
         F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
     {
-        self.template.customize = Some(Arc::new(f));
+        self.customize = Some(Arc::new(f));
         self
     }
 
@@ -321,29 +293,40 @@ impl Builder {
     /// let builder = Registry::builder().health_check(HealthCheck::Tcp);
     /// ```
     pub fn health_check(mut self, check: HealthCheck) -> Self {
-        self.health.check = check;
+        self.config.health_check = check;
         self
     }
 
     /// Time between polled probes (`Check` where there is no `Watch`, TCP connects; the PINGs
-    /// on each health stream's connection go every `k` of them), and how long an answer may
-    /// take. Default:
-    /// 1 s and 1 s. Valid: 1 ms to 1 h each (checked while health checks are on).
-    pub fn health_interval(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.health.interval = interval;
-        self.health.timeout = timeout;
+    /// on each health stream's connection go every
+    /// [`unhealthy_threshold`](Builder::unhealthy_threshold) of them). Default: 1 s. Valid:
+    /// 1 ms to 1 h (checked while health checks are on).
+    pub fn health_interval(mut self, interval: Duration) -> Self {
+        self.config.health_interval = interval;
         self
     }
 
-    /// An endpoint is ejected after `unhealthy_after` ambiguous failures in a row (timeouts)
-    /// and re-admitted after `healthy_after` polled successes in a row; a pushed
-    /// `NOT_SERVING` or a refused connection ejects at once, a pushed `SERVING` re-admits at
-    /// once, and a new endpoint goes in on its first success.
-    /// Default: 2 and 2. Valid: 1 to 100 each (checked while health checks are on): 100
-    /// probes are already minutes at the default interval.
-    pub fn health_thresholds(mut self, unhealthy_after: u32, healthy_after: u32) -> Self {
-        self.health.unhealthy_after = unhealthy_after;
-        self.health.healthy_after = healthy_after;
+    /// How long a probe's answer may take. Default: 1 s. Valid: 1 ms to 1 h (checked while
+    /// health checks are on).
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.config.health_timeout = timeout;
+        self
+    }
+
+    /// An endpoint is ejected after this many ambiguous failures in a row (timeouts); a
+    /// pushed `NOT_SERVING` or a refused connection ejects at once (Envoy's
+    /// `unhealthy_threshold`). Default: 2. Valid: 1 to 100 (checked while health checks are
+    /// on): 100 probes are already minutes at the default interval.
+    pub fn unhealthy_threshold(mut self, failures: u32) -> Self {
+        self.config.unhealthy_threshold = failures;
+        self
+    }
+
+    /// An ejected endpoint is re-admitted after this many polled successes in a row; a pushed
+    /// `SERVING` re-admits at once, and a new endpoint goes in on its first success (Envoy's
+    /// `healthy_threshold`). Default: 2. Valid: 1 to 100 (checked while health checks are on).
+    pub fn healthy_threshold(mut self, successes: u32) -> Self {
+        self.config.healthy_threshold = successes;
         self
     }
 
@@ -353,8 +336,7 @@ impl Builder {
     /// is healthy they all stay in, as in Envoy's panic mode. Default: `0.5`. Valid: `0.0` to `1.0`
     /// (checked with health checks off too: the load-aware channel's breakers share it).
     pub fn max_ejection(mut self, share: f64) -> Self {
-        self.health.max_ejection = share;
-        self.balance.max_ejection = share;
+        self.config.max_ejection = share;
         self
     }
 
@@ -362,7 +344,7 @@ impl Builder {
     /// `max`. Default: 4 s. Valid: 0 to 1 h (below the probe interval, the interval is used;
     /// checked while health checks are on).
     pub fn ejected_probe_backoff(mut self, max: Duration) -> Self {
-        self.health.ejected_backoff_max = max;
+        self.config.ejected_probe_backoff = max;
         self
     }
 
@@ -371,26 +353,39 @@ impl Builder {
     /// pod starts from its peers' median) and a 1 s decay. Valid:
     /// an initial latency of 0 to 1 h, a decay of 1 ms to 1 h.
     pub fn load_measure(mut self, measure: LoadMeasure) -> Self {
-        self.balance.measure = measure;
+        self.config.load_measure = measure;
         self
     }
 
-    /// Passive failure accrual of the load-aware channel: after `failures` failed calls in a
-    /// row a pod rests for `base` (doubling up to `max` while its trial calls fail), then one
-    /// real call tests it. At most [`max_ejection`](Builder::max_ejection) of the pods rest
-    /// at once. Default: 5 failures, 1 s doubling to 30 s. Valid: `failures` 1 to 1000 (a busy
-    /// client may make a thousand calls in a fraction of a second), 1 ms ≤ `base` ≤ `max` ≤ 1 h.
-    pub fn failure_accrual(mut self, failures: u32, base: Duration, max: Duration) -> Self {
-        self.balance.failures = failures;
-        self.balance.backoff_base = base;
-        self.balance.backoff_max = max;
+    /// The load-aware channel's breaker: after this many failed calls in a row a pod is
+    /// ejected for [`breaker_ejection_time`](Builder::breaker_ejection_time), then one real
+    /// call tests it. At most [`max_ejection`](Builder::max_ejection) of the pods are out at
+    /// once. Default: 5. Valid: 1 to 1000 (a busy client may make a thousand calls in a
+    /// fraction of a second).
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.config.breaker_failures = failures;
+        self
+    }
+
+    /// How long a pod the breaker ejected stays out the first time; the time doubles with
+    /// every failed trial call, up to
+    /// [`breaker_ejection_time_max`](Builder::breaker_ejection_time_max) (Envoy's
+    /// `base_ejection_time`). Default: 1 s. Valid: 1 ms to 1 h, and at most the maximum.
+    pub fn breaker_ejection_time(mut self, time: Duration) -> Self {
+        self.config.breaker_ejection_time = time;
+        self
+    }
+
+    /// The longest a pod the breaker ejected stays out. Default: 30 s. Valid: 1 ms to 1 h.
+    pub fn breaker_ejection_time_max(mut self, max: Duration) -> Self {
+        self.config.breaker_ejection_time_max = max;
         self
     }
 
     /// How long a call on the load-aware channel waits for a ready pod before it fails with
     /// `UNAVAILABLE`. Default: 3 s (linkerd's). Valid: 1 ms to 1 h.
     pub fn failfast(mut self, timeout: Duration) -> Self {
-        self.balance.failfast = timeout;
+        self.config.failfast = timeout;
         self
     }
 
@@ -398,11 +393,9 @@ impl Builder {
     /// registry as a diff, so an idle client (grpc-rust #1581) never stalls discovery.
     /// Default: 1024. Valid: 1 to 65 536: what does not fit waits as a diff that never outgrows
     /// one endpoint set, so a longer queue buys nothing.
-    pub fn change_queue_capacity(self, capacity: usize) -> Self {
-        Self {
-            queue_capacity: capacity,
-            ..self
-        }
+    pub fn change_queue_capacity(mut self, capacity: usize) -> Self {
+        self.config.change_queue_capacity = capacity;
+        self
     }
 
     /// Checks every option and starts discovery: each service resolves at once, then on its
@@ -414,53 +407,13 @@ impl Builder {
     /// system DNS configuration cannot be read (when no nameservers were set). A failed build
     /// starts nothing.
     pub fn build(self) -> Result<Registry, Error> {
-        let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.validate()?;
-        let dns = Dns::new(&self.dns)?;
-        // Everything that can fail is done for every service before the first task is
-        // spawned: a failed build leaves nothing running.
-        let plans = self
-            .services
-            .into_iter()
-            .map(|service| Plan::new(service, &self.cluster_domain, self.family, &self.template))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut started = Started::default();
-        let pipelines = plans
-            .into_iter()
-            .map(|plan| {
-                plan.start(
-                    &handle,
-                    &dns,
-                    &self.timing,
-                    self.jitter,
-                    &self.health,
-                    &mut started,
-                )
-            })
-            .collect();
-        let Started {
-            refreshes,
-            mut tasks,
-        } = started;
-        tasks.push(handle.spawn(crate::discovery::refresh::drive(refreshes)));
-        Ok(Registry::from_pipelines(
-            pipelines,
-            handle,
-            self.balance,
-            self.queue_capacity,
-            tasks,
-        ))
-    }
-
-    /// The probe interval and timeout set so far.
-    #[cfg(feature = "serde")]
-    pub(crate) fn health_timing(&self) -> (Duration, Duration) {
-        (self.health.interval, self.health.timeout)
-    }
-
-    /// The ejection and re-admission counts set so far.
-    #[cfg(feature = "serde")]
-    pub(crate) fn health_counts(&self) -> (u32, u32) {
-        (self.health.unhealthy_after, self.health.healthy_after)
+        let mut template = self.config.template();
+        #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+        {
+            template.tls = self.tls;
+        }
+        template.customize = self.customize;
+        crate::pipeline::start(self.config, template)
     }
 }

@@ -1,267 +1,249 @@
-//! [`Config`]: the registry's settings as data (feature `serde`), for Kubernetes users who
-//! configure through ConfigMaps and environment variables. It goes through the same
-//! validation, and gives the same errors, as the [`Builder`].
+//! [`Config`]: every setting of a [`Registry`](crate::Registry) as one plain value, with its
+//! default written once, in [`Config::default`]. The [`Builder`](crate::Builder) sets its
+//! fields one setter at a time; with the `serde` feature it deserializes from a ConfigMap's
+//! YAML as it is, field names and all, as hickory's `ResolverOpts` does.
+//!
+//! Each stage reads the part it needs ([`Config::dns`], [`Config::refresh`], …) when the
+//! registry starts; the ranges are checked in one place, `builder/validate.rs`.
 
 use std::{net::SocketAddr, time::Duration};
 
-use serde::Deserialize;
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    builder::Builder,
-    discovery::{DnsTransport, IpFamily},
-    error::Error,
-    health::HealthCheck,
-    registry::Registry,
+    discovery::{DnsTransport, IpFamily, resolve::DnsSettings, schedule::RefreshSettings},
+    endpoint::{EndpointTemplate, Http2Keepalive},
+    health::{HealthCheck, HealthSettings},
+    load_balanced::{BalanceSettings, LoadMeasure},
     service::{ClusterDomain, HeadlessService},
 };
 
-/// The registry's settings, deserializable with serde. Every field but `services` is
-/// optional and defaults as the [`Builder`] does; durations are strings such as `500ms`,
-/// `5s` or `2m`. Each value must be in the range its [`Builder`] method documents, and each
-/// service's DNS name must fit in 253 characters with the cluster domain.
+/// Every setting of a registry, each documented on the [`Builder`](crate::Builder) setter of
+/// the same name, with its default and its range.
+///
+/// With the `serde` feature it deserializes from YAML or JSON: every field is optional,
+/// durations are strings such as `500ms`, `5s` or `2m`, services are `SERVICE.NAMESPACE:PORT`
+/// strings, and unknown fields are refused. The ranges are checked by
+/// [`Builder::build`](crate::Builder::build), with the same errors as the setters.
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
-/// let config: k8s_headless_svc::Config = serde::Deserialize::deserialize(
+/// use k8s_headless_svc::Config;
+/// let config: Config = serde::Deserialize::deserialize(
 ///     serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(
 ///         [("services", vec!["user-svc.default:8080"])].into_iter(),
 ///     ),
 /// ).unwrap();
-/// let builder = config.builder()?; // then .build() inside a tokio runtime
+/// let builder = config.builder(); // then .build() inside a tokio runtime
 /// # }
-/// # Ok::<(), k8s_headless_svc::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(Deserialize, Serialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct Config {
-    /// `SERVICE.NAMESPACE:PORT` of each service (PORT a number or a port name).
-    pub services: Vec<String>,
-    /// The cluster domain (`cluster.local`).
-    pub cluster_domain: Option<String>,
-    /// Nameservers as `ADDR:PORT`; none means the system configuration.
+    /// The Services to discover.
+    pub services: Vec<HeadlessService>,
+    /// The cluster's DNS domain.
+    pub cluster_domain: ClusterDomain,
+    /// Nameservers to ask; none means the system configuration.
     pub nameservers: Vec<SocketAddr>,
-    /// `both`, `v4` or `v6`.
-    pub ip_family: Option<String>,
-    /// Time between resolutions (1ms to 1h).
-    pub refresh_interval: Option<String>,
-    /// Jitter as a fraction, e.g. `0.1` (at least 0, below 1).
-    pub jitter: Option<f64>,
-    /// Per-query DNS timeout (1ms to 1m).
-    pub dns_timeout: Option<String>,
-    /// Tries per DNS query (1 to 10).
-    pub dns_attempts: Option<usize>,
-    /// `udp` (with TCP when truncated) or `tcp`.
-    pub dns_transport: Option<String>,
-    /// Connect timeout to a pod (1ms to 1h); `off` turns it off.
-    pub connect_timeout: Option<String>,
-    /// Health checks.
-    pub health: Option<HealthConfig>,
-    /// How long a load-aware call waits for a ready pod (1ms to 1h).
-    pub failfast: Option<String>,
+    /// How DNS queries travel.
+    pub dns_transport: DnsTransport,
+    /// How long one DNS query may take.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub dns_timeout: Duration,
+    /// Tries of each nameserver per query.
+    pub dns_attempts: usize,
+    /// Which address families to discover.
+    pub ip_family: IpFamily,
+    /// Time between resolutions.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub refresh_interval: Duration,
+    /// Follow each answer's TTL instead of the interval.
+    pub follow_ttl: bool,
+    /// The shortest delay when following the TTL.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub ttl_floor: Duration,
+    /// The longest delay when following the TTL.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub ttl_ceiling: Duration,
+    /// Each delay spread over `delay × (1 ± jitter)`.
+    pub jitter: f64,
+    /// The first retry after a failed resolution.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub failure_backoff: Duration,
+    /// The longest retry delay while resolutions keep failing.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub failure_backoff_max: Duration,
+    /// Empty answers in a row that drain a Service.
+    pub empty_confirmation_count: u32,
+    /// Time since the first empty answer before a Service drains.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub empty_confirmation_grace: Duration,
+    /// Time between re-checks while an empty answer is confirmed.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub empty_confirmation_recheck: Duration,
+    /// Bound on connecting to a pod; `None` (`null`) turns it off.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub connect_timeout: Option<Duration>,
+    /// TCP keepalive on pod connections; `None` turns it off.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub tcp_keepalive: Option<Duration>,
+    /// HTTP/2 keepalive on pod connections; `None` turns it off.
+    pub http2_keepalive: Option<Http2Keepalive>,
+    /// A deadline on every call through a pod's connection; `None` for none.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub request_timeout: Option<Duration>,
+    /// How endpoints are watched.
+    pub health_check: HealthCheck,
+    /// Time between polled probes.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub health_interval: Duration,
+    /// How long a probe's answer may take.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub health_timeout: Duration,
+    /// Ambiguous failures in a row (timeouts) that eject an endpoint.
+    pub unhealthy_threshold: u32,
+    /// Polled successes in a row that re-admit an ejected endpoint.
+    pub healthy_threshold: u32,
+    /// The most endpoints ejected at once, as a share.
+    pub max_ejection: f64,
+    /// The longest re-probe delay of an ejected endpoint.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub ejected_probe_backoff: Duration,
+    /// How the load-aware channel measures each pod's load.
+    pub load_measure: LoadMeasure,
+    /// Failed calls in a row that eject a pod from the load-aware channel.
+    pub breaker_failures: u32,
+    /// How long a pod the breaker ejected stays out at first.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub breaker_ejection_time: Duration,
+    /// The longest a pod the breaker ejected stays out while its trial calls fail.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub breaker_ejection_time_max: Duration,
+    /// How long a load-aware call waits for a ready pod.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub failfast: Duration,
+    /// The change queue of each `balance_channel`.
+    pub change_queue_capacity: usize,
 }
 
-/// The `health` section of a [`Config`].
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct HealthConfig {
-    /// `grpc`, `tcp` or `off`.
-    pub check: Option<String>,
-    /// The gRPC health service name asked about (`""`).
-    pub service: Option<String>,
-    /// Time between probes (1ms to 1h).
-    pub interval: Option<String>,
-    /// Probe timeout (1ms to 1h).
-    pub timeout: Option<String>,
-    /// Failed probes that eject an endpoint (1 to 100).
-    pub unhealthy_after: Option<u32>,
-    /// Good probes that re-admit it (1 to 100).
-    pub healthy_after: Option<u32>,
-    /// The most endpoints ejected at once, as a share (0 to 1).
-    pub max_ejection: Option<f64>,
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            cluster_domain: ClusterDomain::default(),
+            nameservers: Vec::new(),
+            dns_transport: DnsTransport::Udp,
+            dns_timeout: Duration::from_secs(1),
+            dns_attempts: 2,
+            ip_family: IpFamily::Both,
+            refresh_interval: Duration::from_secs(5),
+            follow_ttl: false,
+            ttl_floor: Duration::from_secs(5),
+            ttl_ceiling: Duration::from_secs(60),
+            jitter: 0.1,
+            failure_backoff: Duration::from_millis(500),
+            failure_backoff_max: Duration::from_secs(10),
+            empty_confirmation_count: 3,
+            empty_confirmation_grace: Duration::from_secs(5),
+            empty_confirmation_recheck: Duration::from_secs(1),
+            connect_timeout: Some(Duration::from_secs(1)),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            http2_keepalive: Some(Http2Keepalive::new(
+                Duration::from_secs(30),
+                Duration::from_secs(10),
+            )),
+            request_timeout: None,
+            health_check: HealthCheck::default(),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            max_ejection: 0.5,
+            ejected_probe_backoff: Duration::from_secs(4),
+            load_measure: LoadMeasure::default(),
+            breaker_failures: 5,
+            breaker_ejection_time: Duration::from_secs(1),
+            breaker_ejection_time_max: Duration::from_secs(30),
+            failfast: Duration::from_secs(3),
+            change_queue_capacity: 1024,
+        }
+    }
 }
 
-fn duration(option: &'static str, value: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(value)
-        .map_err(|e| Error::config(option, format!("{value:?} is not a duration: {e}")))
-}
+// === impl Config ===
 
 impl Config {
-    /// A [`Builder`] with these settings; each value is validated as the builder validates
-    /// it, and the services and cluster domain as their types do.
-    pub fn builder(&self) -> Result<Builder, Error> {
-        let services = self
-            .services
-            .iter()
-            .map(|s| s.parse::<HeadlessService>())
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut b = Registry::builder()
-            .services(services)
-            .nameservers(self.nameservers.iter().copied());
-        if let Some(domain) = &self.cluster_domain {
-            b = b.cluster_domain(domain.parse::<ClusterDomain>()?);
-        }
-        if let Some(family) = &self.ip_family {
-            b = b.ip_family(match family.as_str() {
-                "both" => IpFamily::Both,
-                "v4" => IpFamily::V4,
-                "v6" => IpFamily::V6,
-                other => {
-                    return Err(Error::config(
-                        "ip_family",
-                        format!("expected both, v4 or v6, got {other:?}"),
-                    ));
-                }
-            });
-        }
-        if let Some(d) = &self.refresh_interval {
-            b = b.refresh_interval(duration("refresh_interval", d)?);
-        }
-        if let Some(j) = self.jitter {
-            b = b.jitter(j);
-        }
-        if let Some(d) = &self.dns_timeout {
-            b = b.dns_timeout(duration("dns_timeout", d)?);
-        }
-        if let Some(n) = self.dns_attempts {
-            b = b.dns_attempts(n);
-        }
-        if let Some(transport) = &self.dns_transport {
-            b = b.dns_transport(match transport.as_str() {
-                "udp" => DnsTransport::Udp,
-                "tcp" => DnsTransport::Tcp,
-                other => {
-                    return Err(Error::config(
-                        "dns_transport",
-                        format!("expected udp or tcp, got {other:?}"),
-                    ));
-                }
-            });
-        }
-        if let Some(d) = &self.connect_timeout {
-            b = b.connect_timeout(match d.as_str() {
-                "off" => None,
-                d => Some(duration("connect_timeout", d)?),
-            });
-        }
-        if let Some(d) = &self.failfast {
-            b = b.failfast(duration("failfast", d)?);
-        }
-        if let Some(h) = &self.health {
-            b = h.apply(b)?;
-        }
-        b.validate()?;
-        Ok(b)
+    /// A [`Builder`](crate::Builder) with these settings, to add what only code can set (TLS,
+    /// [`map_endpoint`](crate::Builder::map_endpoint)) and to
+    /// [`build`](crate::Builder::build).
+    pub fn builder(self) -> crate::Builder {
+        crate::Builder::from(self)
     }
-}
 
-impl HealthConfig {
-    fn apply(&self, mut b: Builder) -> Result<Builder, Error> {
-        let service = self.service.clone().unwrap_or_default();
-        if let Some(check) = &self.check {
-            b = b.health_check(match check.as_str() {
-                "grpc" => HealthCheck::grpc(service),
-                "tcp" => HealthCheck::Tcp,
-                "off" => HealthCheck::Off,
-                other => {
-                    return Err(Error::config(
-                        "health.check",
-                        format!("expected grpc, tcp or off, got {other:?}"),
-                    ));
-                }
-            });
-        }
-        let (interval, timeout) = b.health_timing();
-        let interval = match &self.interval {
-            Some(d) => duration("health.interval", d)?,
-            None => interval,
-        };
-        let timeout = match &self.timeout {
-            Some(d) => duration("health.timeout", d)?,
-            None => timeout,
-        };
-        b = b.health_interval(interval, timeout);
-        let (k, m) = b.health_counts();
-        b = b.health_thresholds(
-            self.unhealthy_after.unwrap_or(k),
-            self.healthy_after.unwrap_or(m),
-        );
-        if let Some(share) = self.max_ejection {
-            b = b.max_ejection(share);
-        }
-        Ok(b)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(services: &[&str]) -> Config {
-        Config {
-            services: services.iter().map(|s| s.to_string()).collect(),
-            ..Config::default()
+    pub(crate) fn dns(&self) -> DnsSettings {
+        DnsSettings {
+            nameservers: self.nameservers.clone(),
+            timeout: self.dns_timeout,
+            attempts: self.dns_attempts,
+            transport: self.dns_transport,
         }
     }
 
-    #[test]
-    fn same_errors_as_the_builder() {
-        let err = config(&["User.default:80"]).builder().unwrap_err();
-        assert!(err.is_invalid_spec(), "{err}");
-        let mut c = config(&["user-svc.default:80"]);
-        c.refresh_interval = Some("0s".into());
-        let err = c.builder().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidConfig {
-                    option: "refresh_interval",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        c.refresh_interval = Some("2h".into());
-        let err = c.builder().unwrap_err();
-        assert!(err.to_string().contains("between 1ms and 1h"), "{err}");
-        c.refresh_interval = Some("soon".into());
-        assert!(
-            c.builder()
-                .unwrap_err()
-                .to_string()
-                .contains("not a duration")
-        );
-        let mut c = config(&["user-svc.default:80"]);
-        c.cluster_domain = Some("Bad_Domain".into());
-        assert!(c.builder().unwrap_err().is_invalid_spec());
-        let mut c = config(&["user-svc.default:80"]);
-        c.health = Some(HealthConfig {
-            check: Some("icmp".into()),
-            ..HealthConfig::default()
-        });
-        assert!(
-            c.builder()
-                .unwrap_err()
-                .to_string()
-                .contains("health.check")
-        );
+    pub(crate) fn refresh(&self) -> RefreshSettings {
+        RefreshSettings {
+            interval: self.refresh_interval,
+            follow_ttl: self
+                .follow_ttl
+                .then_some((self.ttl_floor, self.ttl_ceiling)),
+            backoff_base: self.failure_backoff,
+            backoff_max: self.failure_backoff_max,
+            empty_confirmations: self.empty_confirmation_count,
+            empty_grace: self.empty_confirmation_grace,
+            empty_recheck: self.empty_confirmation_recheck,
+        }
     }
 
-    #[test]
-    fn valid_config_builds_a_builder() {
-        let mut c = config(&["user-svc.default:8080", "ledger.billing:grpc"]);
-        c.refresh_interval = Some("2s".into());
-        c.ip_family = Some("v4".into());
-        c.connect_timeout = Some("off".into());
-        c.health = Some(HealthConfig {
-            check: Some("tcp".into()),
-            interval: Some("500ms".into()),
-            unhealthy_after: Some(3),
-            ..HealthConfig::default()
-        });
-        let b = c.builder().unwrap();
-        assert_eq!(b.health_counts(), (3, 2));
-        assert_eq!(b.health_timing().0, Duration::from_millis(500));
+    pub(crate) fn health(&self) -> HealthSettings {
+        HealthSettings {
+            check: self.health_check.clone(),
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            unhealthy_after: self.unhealthy_threshold,
+            healthy_after: self.healthy_threshold,
+            max_ejection: self.max_ejection,
+            ejected_backoff_max: self.ejected_probe_backoff,
+        }
+    }
+
+    pub(crate) fn balance(&self) -> BalanceSettings {
+        BalanceSettings {
+            measure: self.load_measure,
+            failures: self.breaker_failures,
+            backoff_base: self.breaker_ejection_time,
+            backoff_max: self.breaker_ejection_time_max,
+            failfast: self.failfast,
+            max_ejection: self.max_ejection,
+        }
+    }
+
+    /// How every pod is dialed, before TLS and the user's hook are added.
+    pub(crate) fn template(&self) -> EndpointTemplate {
+        EndpointTemplate {
+            server_name: None,
+            #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
+            tls: None,
+            connect_timeout: self.connect_timeout,
+            tcp_keepalive: self.tcp_keepalive,
+            http2_keepalive: self.http2_keepalive,
+            request_timeout: self.request_timeout,
+            customize: None,
+        }
     }
 }

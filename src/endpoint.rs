@@ -10,13 +10,21 @@ pub(crate) type Customize = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
 
 /// HTTP/2 keepalive: PING frames that notice a dead peer behind an open connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct Http2Keepalive {
     /// Time between PINGs.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub interval: Duration,
     /// How long to wait for a PING's answer before closing the connection.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub timeout: Duration,
     /// Whether to PING a connection with no call in flight.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub while_idle: bool,
 }
 

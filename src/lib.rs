@@ -2,24 +2,20 @@
 //! client's HTTP/2 calls across every pod.
 //!
 //! ```text
-//!                    one pipeline per Service (pipeline.rs), each stage a task of its own
-//! DNS name ──► refresh (refresh.rs) ──► discovered set ──► health gate (health/) ──► serving set
-//!   resolve.rs: ask (resolve/udp.rs)      (snapshot.rs)      a Watch stream per pod      │
-//!   resolve/screen.rs: screen answers                        gate.rs: who is in          │
-//!   resolve/known.rs: an answer seen before, not decoded                                 │
-//!   families.rs: which families to ask                                                   │
-//!   schedule.rs: when to ask again, on a grid shared by every Service                    │
-//!                  ┌───────────────────────────────────────────────────────────────────┤
-//!                  ▼                                                                     ▼
-//!   channel(): tonic balance_channel, fed diffs (channel.rs)      load_balanced(): each call
-//!                                                                 picks p2c from a snapshot
-//!                                                                 (load_balanced/)
+//!                 one pipeline per Service, planned and started by pipeline.rs
+//! DNS name ──► discovery/ ──► listed set ──► health/ ──► serving set ──┬──► feed.rs: channel()
+//!   refresh.rs: one task drives every loop    (snapshot.rs)             │    tonic's balance_channel
+//!   resolve.rs: ask hickory, screen answers      a Watch stream per pod  │
+//!   families.rs: which families to ask           gate.rs: who is in      └──► load_balanced/:
+//!   schedule.rs: when to ask again, on a grid                                 load_balanced(), p2c
+//!   answer.rs: what each question answered                                    from a snapshot
 //! ```
 //!
-//! [`Builder`] (builder.rs) checks every setting, plans every pipeline and starts them;
-//! [`Registry`] (registry.rs) hands out the channels and shows each stage: [`Registry::status`]
-//! and [`Registry::listed`] what DNS lists, [`Registry::health`] and [`Registry::serving`]
-//! what the gate lets through.
+//! [`Builder`] (builder.rs) checks every setting of a [`Config`] (config.rs);
+//! [`Registry`] (registry.rs) hands out the channels and shows each stage:
+//! [`Registry::status`] and [`Registry::listed`] what DNS lists, [`Registry::health`] and
+//! [`Registry::serving`] what the gate lets through. [`Registry::watch`] (watch.rs) and
+//! [`Registry::discover`] (discover.rs) stream the changes.
 //!
 //! # Why
 //! gRPC runs on long-lived HTTP/2 connections. Behind an ordinary ClusterIP Service, kube-proxy
@@ -57,39 +53,41 @@
 //! # How it works
 //! For each service a refresh loop resolves
 //! `<name>.<namespace>.svc.<cluster-domain>.` (fully qualified, so a pod's `ndots:5` search
-//! list adds no queries), A and AAAA separately, over UDP on a socket per nameserver that
-//! several queries share (hickory's messages; its name-server pool for TCP) and no cache; one
-//! background task drives every service's loop. Each answer
-//! goes through a pure schedule that decides what to publish and when to ask again. The published set is a versioned snapshot; the channel's feeder diffs it
-//! against what tonic's balancer holds and sends only `Change::Insert` / `Change::Remove`.
-//! Resolution never runs on the request path.
+//! list adds no queries), A and AAAA separately, with hickory's UDP client (a fresh socket on
+//! a random port per query) and its name-server pool for TCP, and no cache; one background
+//! task drives every service's loop. Each answer goes through a pure schedule that decides
+//! what to publish and when to ask again. The listed set is a versioned snapshot; the
+//! channel's feeder diffs the serving set against what tonic's balancer holds and sends only
+//! `Change::Insert` / `Change::Remove`. Resolution never runs on the request path.
 //!
 //! # Configuration and defaults
+//! Each setter takes one value; every default is [`Config::default`]'s.
+//!
 //! | option | default |
 //! |---|---|
 //! | [`cluster_domain`](Builder::cluster_domain) | `cluster.local` |
 //! | [`nameservers`](Builder::nameservers) | the system's (`/etc/resolv.conf`) |
 //! | [`ip_family`](Builder::ip_family) | A and AAAA, queried separately; an always-empty family is asked every 12th refresh only |
 //! | [`refresh_interval`](Builder::refresh_interval) | 5 s |
-//! | [`follow_ttl`](Builder::follow_ttl) | off |
+//! | [`follow_ttl`](Builder::follow_ttl), [`ttl_floor`](Builder::ttl_floor), [`ttl_ceiling`](Builder::ttl_ceiling) | off; 5 s; 60 s |
 //! | [`jitter`](Builder::jitter) | ±10 % |
 //! | [`dns_timeout`](Builder::dns_timeout) × [`dns_attempts`](Builder::dns_attempts) | 1 s × 2 |
 //! | [`dns_transport`](Builder::dns_transport) | UDP, TCP when truncated |
-//! | [`failure_backoff`](Builder::failure_backoff) | 500 ms doubling to 10 s |
-//! | [`empty_confirmation`](Builder::empty_confirmation) | 3 answers and 5 s, re-checked every 1 s |
+//! | [`failure_backoff`](Builder::failure_backoff), [`failure_backoff_max`](Builder::failure_backoff_max) | 500 ms doubling to 10 s |
+//! | [`empty_confirmation_count`](Builder::empty_confirmation_count), [`_grace`](Builder::empty_confirmation_grace), [`_recheck`](Builder::empty_confirmation_recheck) | 3 answers and 5 s, re-checked every 1 s |
 //! | [`connect_timeout`](Builder::connect_timeout) | 1 s |
 //! | [`tcp_keepalive`](Builder::tcp_keepalive) | 30 s |
 //! | [`http2_keepalive`](Builder::http2_keepalive) | PING every 30 s with calls in flight, 10 s to answer |
 //! | [`request_timeout`](Builder::request_timeout) | none |
 //! | [`change_queue_capacity`](Builder::change_queue_capacity) | 1024 |
 //! | [`health_check`](Builder::health_check) | `grpc.health.v1` `Watch` stream, service `""` |
-//! | [`health_interval`](Builder::health_interval) | every 1 s, 1 s timeout |
-//! | [`health_thresholds`](Builder::health_thresholds) | eject after 2 timeouts, re-admit after 2 polled successes |
+//! | [`health_interval`](Builder::health_interval), [`health_timeout`](Builder::health_timeout) | every 1 s, 1 s timeout |
+//! | [`unhealthy_threshold`](Builder::unhealthy_threshold), [`healthy_threshold`](Builder::healthy_threshold) | eject after 2 timeouts, re-admit after 2 polled successes |
 //! | [`max_ejection`](Builder::max_ejection) | half the endpoints (at least one) |
 //! | [`ejected_probe_backoff`](Builder::ejected_probe_backoff) | up to 4 s |
 //! | `tls` (features `tls-ring`, `tls-aws-lc`) | off |
 //! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms with no peers, 1 s decay |
-//! | [`failure_accrual`](Builder::failure_accrual) | 5 failures, rest 1 s doubling to 30 s |
+//! | [`breaker_failures`](Builder::breaker_failures), [`breaker_ejection_time`](Builder::breaker_ejection_time), [`_max`](Builder::breaker_ejection_time_max) | 5 failures, ejected 1 s doubling to 30 s |
 //! | [`failfast`](Builder::failfast) | 3 s |
 //!
 //! # Behaviour on failures
@@ -108,7 +106,7 @@
 //!   `SERVING`. At most half the endpoints are out at once, and when all fail, all stay in.
 //! - **A pod that fails calls** on [`Registry::load_balanced`] (transport errors, HTTP 5xx,
 //!   trailers-only `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`) looks expensive at once
-//!   and rests after 5 failures in a row; one real call tests it after the rest.
+//!   and is ejected after 5 failures in a row; one real call tests it when the ejection ends.
 //! - **One service failing** affects no other.
 //! - **No endpoints**: calls on [`Registry::channel`] wait in tonic's buffer until one appears,
 //!   so bound them ([`Registry::wait_for_serving`], deadlines); calls on [`Registry::load_balanced`] fail
@@ -135,8 +133,8 @@
 //! - `tls-ring` (off): TLS to the pods with rustls and ring, through tonic's `tls-ring`;
 //!   enables `Builder::tls`.
 //! - `tls-aws-lc` (off): the same with aws-lc-rs, through tonic's `tls-aws-lc`.
-//! - `serde` (off): `Config`, the registry's settings deserialized with serde
-//!   (from a ConfigMap's YAML, say) and validated like the builder.
+//! - `serde` (off): `Deserialize` and `Serialize` on [`Config`] and the types of its fields
+//!   (from a ConfigMap's YAML, say); [`Builder::build`] validates it like the setters.
 //! - `metrics` (off): metrics through the [`metrics`](https://docs.rs/metrics) facade, so any
 //!   exporter works. Every name starts with `k8s_headless_svc_` and carries a `service` label:
 //!   - `k8s_headless_svc_endpoints` (gauge; `state` = `discovered`, `healthy`, `ejected`);
@@ -156,7 +154,6 @@
 
 mod backoff;
 mod builder;
-#[cfg(feature = "serde")]
 mod config;
 mod discover;
 mod discovery;
@@ -175,8 +172,7 @@ mod snapshot;
 mod watch;
 
 pub use crate::builder::Builder;
-#[cfg(feature = "serde")]
-pub use crate::config::{Config, HealthConfig};
+pub use crate::config::Config;
 pub use crate::discover::Discovery;
 pub use crate::discovery::DiscoveryStatus;
 #[cfg(fuzzing)]

@@ -20,21 +20,71 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::{
+    config::Config,
     discovery::{
         IpFamily,
         families::{self, Families},
         refresh::{self, Listed},
         resolve::{Dns, Query, QueryKind},
-        schedule::{Schedule, Timing},
+        schedule::{RefreshSettings, Schedule},
     },
     endpoint::EndpointTemplate,
     error::Error,
     feed,
     health::{self, Gated, HealthCheck, HealthSettings},
-    load_balanced::{BalanceConfig, LoadBalancedChannel},
+    load_balanced::{BalanceSettings, LoadBalancedChannel},
+    registry::Registry,
     service::{ClusterDomain, HeadlessService, Port},
     snapshot::Endpoints,
 };
+
+/// Starts a registry with checked `config`: plans every Service, where everything that can fail
+/// is checked, then starts them all, with one task that drives every refresh loop.
+pub(crate) fn start(config: Config, template: EndpointTemplate) -> Result<Registry, Error> {
+    let handle = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+    let dns = Dns::new(&config.dns())?;
+    // Everything that can fail is done for every service before the first task is spawned: a
+    // failed build leaves nothing running.
+    let plans = config
+        .services
+        .iter()
+        .map(|service| {
+            Plan::new(
+                service.clone(),
+                &config.cluster_domain,
+                config.ip_family,
+                &template,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (refresh, health) = (config.refresh(), config.health());
+    let mut started = Started::default();
+    let pipelines = plans
+        .into_iter()
+        .map(|plan| {
+            plan.start(
+                &handle,
+                &dns,
+                &refresh,
+                config.jitter,
+                &health,
+                &mut started,
+            )
+        })
+        .collect();
+    let Started {
+        refreshes,
+        mut tasks,
+    } = started;
+    tasks.push(handle.spawn(refresh::drive(refreshes)));
+    Ok(Registry::from_pipelines(
+        pipelines,
+        handle,
+        config.balance(),
+        config.change_queue_capacity,
+        tasks,
+    ))
+}
 
 /// What a service's pipeline will run, checked and not yet started.
 pub(crate) struct Plan {
@@ -83,7 +133,7 @@ impl Plan {
         self,
         handle: &Handle,
         dns: &Dns,
-        timing: &Timing,
+        timing: &RefreshSettings,
         jitter: f64,
         health: &HealthSettings,
         started: &mut Started,
@@ -204,7 +254,7 @@ impl Pipeline {
     pub(crate) fn load_balanced(
         &self,
         handle: &Handle,
-        config: &BalanceConfig,
+        config: &BalanceSettings,
         tasks: &Mutex<Vec<JoinHandle<()>>>,
     ) -> LoadBalancedChannel {
         self.balanced

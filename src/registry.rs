@@ -12,7 +12,7 @@ use crate::{
     error::Error,
     health::EndpointHealth,
     key::ServiceKey,
-    load_balanced::{BalanceConfig, LoadBalancedChannel},
+    load_balanced::{BalanceSettings, LoadBalancedChannel},
     pipeline::Pipeline,
     service::HeadlessService,
     watch::Watch,
@@ -28,7 +28,7 @@ pub struct Registry {
     specs: Vec<HeadlessService>,
     services: Vec<Pipeline>,
     handle: Handle,
-    balance: BalanceConfig,
+    balance: BalanceSettings,
     queue_capacity: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -40,7 +40,7 @@ impl Registry {
     pub(crate) fn from_pipelines(
         services: Vec<Pipeline>,
         handle: Handle,
-        balance: BalanceConfig,
+        balance: BalanceSettings,
         queue_capacity: usize,
         tasks: Vec<JoinHandle<()>>,
     ) -> Registry {

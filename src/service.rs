@@ -333,5 +333,52 @@ fn validate_port_name(s: &str) -> Result<(), Error> {
     check().map_err(|reason| Error::spec(Field::Port, s, reason))
 }
 
+// === serde, as the string forms ===
+
+/// Serde through the string forms (`user-svc.default:8080`, `cluster.local`), so that a
+/// deserialized value is validated exactly as a parsed one.
+#[cfg(feature = "serde")]
+mod serde_impls {
+    use std::{fmt::Display, str::FromStr};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+    use super::{ClusterDomain, HeadlessService};
+
+    fn parse<'de, D: Deserializer<'de>, T: FromStr<Err = crate::Error>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+
+    fn print<S: Serializer>(value: &impl Display, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    impl<'de> Deserialize<'de> for HeadlessService {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            parse(d)
+        }
+    }
+
+    impl Serialize for HeadlessService {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            print(self, s)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ClusterDomain {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            parse(d)
+        }
+    }
+
+    impl Serialize for ClusterDomain {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            print(self, s)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

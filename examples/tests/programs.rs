@@ -233,7 +233,7 @@ async fn watch_reads_its_settings_from_yaml() {
             "  - user-svc.ns54:8080\n",
         )
         .replace(
-            "# nameservers: [\"10.96.0.10:53\"]",
+            "nameservers: []",
             &format!("nameservers: [\"{}\"]", dns.addr()),
         )
         .replace("refresh_interval: 5s", "refresh_interval: 200ms");
@@ -271,6 +271,37 @@ async fn watch_reads_its_settings_from_yaml() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid Service name \"User\""), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped example spells out every field of `Config` with its default: it parses to
+/// `Config::default()` but for its services, and a field it lacks or gets wrong fails here.
+#[test]
+fn the_shipped_yaml_spells_out_every_default() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/registry.yaml")).unwrap();
+    let mut parsed: k8s_headless_svc::Config = serde_yaml::from_str(&shipped).unwrap();
+    assert_eq!(parsed.services.len(), 2);
+    parsed.services.clear();
+    assert_eq!(parsed, k8s_headless_svc::Config::default());
+    // Every field is written out: the defaults, serialized, name no field the file lacks.
+    let defaults = serde_yaml::to_value(k8s_headless_svc::Config::default()).unwrap();
+    let fields = defaults.as_mapping().unwrap();
+    for key in fields.keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            shipped.lines().any(|l| l.starts_with(&format!("{key}:"))),
+            "registry.yaml does not spell out {key}"
+        );
+    }
+    // Unknown fields and values out of their type are refused, naming what was wrong.
+    let err = serde_yaml::from_str::<k8s_headless_svc::Config>("refresh_intervall: 5s\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refresh_intervall"), "{err}");
+    let err = serde_yaml::from_str::<k8s_headless_svc::Config>("services: [\"User.default:80\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid Service name \"User\""), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

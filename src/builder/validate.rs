@@ -7,185 +7,103 @@ use crate::{error::Error, health::HealthCheck, load_balanced::LoadMeasure};
 
 impl Builder {
     /// Checks every option against its documented range, and each service's DNS name
-    /// against the cluster domain, without starting anything.
+    /// against the cluster domain, without starting anything. Each error names the setter.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        for service in &self.services {
-            service.check_dns_name(&self.cluster_domain)?;
+        let c = &self.config;
+        for service in &c.services {
+            service.check_dns_name(&c.cluster_domain)?;
         }
-        let t = &self.timing;
-        duration_in("refresh_interval", "", t.interval, MIN_PERIOD, MAX_PERIOD)?;
-        if let Some((floor, ceiling)) = t.follow_ttl {
-            duration_in("follow_ttl", "floor ", floor, MIN_PERIOD, MAX_PERIOD)?;
-            duration_in("follow_ttl", "ceiling ", ceiling, MIN_PERIOD, MAX_PERIOD)?;
-            ordered("follow_ttl", ("floor", floor), ("ceiling", ceiling))?;
+        period("refresh_interval", c.refresh_interval)?;
+        if c.follow_ttl {
+            period("ttl_floor", c.ttl_floor)?;
+            period("ttl_ceiling", c.ttl_ceiling)?;
+            ordered(("ttl_floor", c.ttl_floor), ("ttl_ceiling", c.ttl_ceiling))?;
         }
-        if !(0.0..1.0).contains(&self.jitter) {
+        if !(0.0..1.0).contains(&c.jitter) {
             return Err(Error::config(
                 "jitter",
                 format!(
                     "must be in 0.0..1.0 (at least 0, below 1), got {}",
-                    self.jitter
+                    c.jitter
                 ),
             ));
         }
-        duration_in(
-            "failure_backoff",
-            "base ",
-            t.backoff_base,
-            MIN_PERIOD,
-            MAX_PERIOD,
-        )?;
-        duration_in(
-            "failure_backoff",
-            "max ",
-            t.backoff_max,
-            MIN_PERIOD,
-            MAX_PERIOD,
-        )?;
+        period("failure_backoff", c.failure_backoff)?;
+        period("failure_backoff_max", c.failure_backoff_max)?;
         ordered(
-            "failure_backoff",
-            ("base", t.backoff_base),
-            ("max", t.backoff_max),
+            ("failure_backoff", c.failure_backoff),
+            ("failure_backoff_max", c.failure_backoff_max),
         )?;
-        duration_in(
-            "dns_timeout",
-            "",
-            self.dns.timeout,
-            MIN_PERIOD,
-            MAX_DNS_TIMEOUT,
-        )?;
-        count_in("dns_attempts", "", self.dns.attempts, 1, MAX_DNS_ATTEMPTS)?;
+        duration_in("dns_timeout", c.dns_timeout, MIN_PERIOD, MAX_DNS_TIMEOUT)?;
+        count_in("dns_attempts", c.dns_attempts, 1, MAX_DNS_ATTEMPTS)?;
         count_in(
-            "empty_confirmation",
-            "count ",
-            t.empty_confirmations,
+            "empty_confirmation_count",
+            c.empty_confirmation_count,
             1,
             MAX_CONFIRMATIONS,
         )?;
         duration_in(
-            "empty_confirmation",
-            "grace ",
-            t.empty_grace,
+            "empty_confirmation_grace",
+            c.empty_confirmation_grace,
             Duration::ZERO,
             MAX_PERIOD,
         )?;
-        duration_in(
-            "empty_confirmation",
-            "recheck ",
-            t.empty_recheck,
-            MIN_PERIOD,
-            MAX_PERIOD,
-        )?;
+        period("empty_confirmation_recheck", c.empty_confirmation_recheck)?;
 
-        let e = &self.template;
-        if let Some(d) = e.connect_timeout {
-            duration_in("connect_timeout", "", d, MIN_PERIOD, MAX_PERIOD)?;
+        if let Some(d) = c.connect_timeout {
+            period("connect_timeout", d)?;
         }
-        if let Some(d) = e.tcp_keepalive {
-            duration_in("tcp_keepalive", "", d, MIN_TCP_KEEPALIVE, MAX_TCP_KEEPALIVE)?;
+        if let Some(d) = c.tcp_keepalive {
+            duration_in("tcp_keepalive", d, MIN_TCP_KEEPALIVE, MAX_TCP_KEEPALIVE)?;
         }
-        if let Some(k) = e.http2_keepalive {
-            duration_in(
-                "http2_keepalive",
-                "interval ",
-                k.interval,
-                MIN_PERIOD,
-                MAX_PERIOD,
-            )?;
-            duration_in(
-                "http2_keepalive",
-                "timeout ",
-                k.timeout,
-                MIN_PERIOD,
-                MAX_PERIOD,
-            )?;
+        if let Some(k) = c.http2_keepalive {
+            period("http2_keepalive", k.interval)?;
+            period("http2_keepalive", k.timeout)?;
         }
-        if let Some(d) = e.request_timeout {
-            duration_in("request_timeout", "", d, MIN_PERIOD, MAX_PERIOD)?;
+        if let Some(d) = c.request_timeout {
+            period("request_timeout", d)?;
         }
 
-        let h = &self.health;
-        if h.check != HealthCheck::Off {
-            duration_in(
-                "health_interval",
-                "interval ",
-                h.interval,
-                MIN_PERIOD,
-                MAX_PERIOD,
-            )?;
-            duration_in(
-                "health_interval",
-                "timeout ",
-                h.timeout,
-                MIN_PERIOD,
-                MAX_PERIOD,
-            )?;
+        if c.health_check != HealthCheck::Off {
+            period("health_interval", c.health_interval)?;
+            period("health_timeout", c.health_timeout)?;
             count_in(
-                "health_thresholds",
-                "unhealthy_after ",
-                h.unhealthy_after,
+                "unhealthy_threshold",
+                c.unhealthy_threshold,
                 1,
                 MAX_THRESHOLD,
             )?;
-            count_in(
-                "health_thresholds",
-                "healthy_after ",
-                h.healthy_after,
-                1,
-                MAX_THRESHOLD,
-            )?;
+            count_in("healthy_threshold", c.healthy_threshold, 1, MAX_THRESHOLD)?;
             duration_in(
                 "ejected_probe_backoff",
-                "",
-                h.ejected_backoff_max,
+                c.ejected_probe_backoff,
                 Duration::ZERO,
                 MAX_PERIOD,
             )?;
         }
         // Checked with probes off too: the load-aware channel's breakers use it.
-        if !(0.0..=1.0).contains(&self.balance.max_ejection) {
+        if !(0.0..=1.0).contains(&c.max_ejection) {
             return Err(Error::config(
                 "max_ejection",
-                format!("must be in 0.0..=1.0, got {}", self.balance.max_ejection),
+                format!("must be in 0.0..=1.0, got {}", c.max_ejection),
             ));
         }
 
-        let b = &self.balance;
-        if let LoadMeasure::PeakEwma { default_rtt, decay } = b.measure {
-            duration_in(
-                "load_measure",
-                "default_rtt ",
-                default_rtt,
-                Duration::ZERO,
-                MAX_PERIOD,
-            )?;
-            duration_in("load_measure", "decay ", decay, MIN_PERIOD, MAX_PERIOD)?;
+        if let LoadMeasure::PeakEwma { default_rtt, decay } = c.load_measure {
+            duration_in("load_measure", default_rtt, Duration::ZERO, MAX_PERIOD)?;
+            period("load_measure", decay)?;
         }
-        count_in("failure_accrual", "failures ", b.failures, 1, MAX_FAILURES)?;
-        duration_in(
-            "failure_accrual",
-            "base ",
-            b.backoff_base,
-            MIN_PERIOD,
-            MAX_PERIOD,
-        )?;
-        duration_in(
-            "failure_accrual",
-            "max ",
-            b.backoff_max,
-            MIN_PERIOD,
-            MAX_PERIOD,
-        )?;
+        count_in("breaker_failures", c.breaker_failures, 1, MAX_FAILURES)?;
+        period("breaker_ejection_time", c.breaker_ejection_time)?;
+        period("breaker_ejection_time_max", c.breaker_ejection_time_max)?;
         ordered(
-            "failure_accrual",
-            ("base", b.backoff_base),
-            ("max", b.backoff_max),
+            ("breaker_ejection_time", c.breaker_ejection_time),
+            ("breaker_ejection_time_max", c.breaker_ejection_time_max),
         )?;
-        duration_in("failfast", "", b.failfast, MIN_PERIOD, MAX_PERIOD)?;
+        period("failfast", c.failfast)?;
         count_in(
             "change_queue_capacity",
-            "",
-            self.queue_capacity,
+            c.change_queue_capacity,
             1,
             MAX_QUEUE_CAPACITY,
         )?;
@@ -234,11 +152,14 @@ const MIN_TCP_KEEPALIVE: Duration = Duration::from_secs(1);
 /// Linux's own default keepalive time (`tcp_keepalive_time`, 2 hours).
 const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(2 * 60 * 60);
 
-/// Checks that `d` is in `min..=max`. `what` names the argument of a setter that takes
-/// several, with a trailing space (`"base "`), or is empty.
+/// Checks that the interval or timeout `d` is in 1 ms..=1 h.
+fn period(option: &'static str, d: Duration) -> Result<(), Error> {
+    duration_in(option, d, MIN_PERIOD, MAX_PERIOD)
+}
+
+/// Checks that `d` is in `min..=max`.
 fn duration_in(
     option: &'static str,
-    what: &str,
     d: Duration,
     min: Duration,
     max: Duration,
@@ -251,31 +172,26 @@ fn duration_in(
     } else {
         format!("between {} and {}", human(min), human(max))
     };
-    Err(Error::config(
-        option,
-        format!("{what}must be {range}, got {d:?}"),
-    ))
+    Err(Error::config(option, format!("must be {range}, got {d:?}")))
 }
 
-/// Checks that `lower` is not above `upper`.
+/// Checks that `lower` is not above `upper`; the error names the lower one's setter.
 fn ordered(
-    option: &'static str,
-    (lower_name, lower): (&str, Duration),
-    (upper_name, upper): (&str, Duration),
+    (lower_name, lower): (&'static str, Duration),
+    (upper_name, upper): (&'static str, Duration),
 ) -> Result<(), Error> {
     if lower <= upper {
         return Ok(());
     }
     Err(Error::config(
-        option,
-        format!("{upper_name} must be at least {lower_name} ({lower:?}), got {upper:?}"),
+        lower_name,
+        format!("must be at most {upper_name} ({upper:?}), got {lower:?}"),
     ))
 }
 
 /// Checks that the count `n` is in `min..=max`.
 fn count_in<T: PartialOrd + fmt::Display>(
     option: &'static str,
-    what: &str,
     n: T,
     min: T,
     max: T,
@@ -285,7 +201,7 @@ fn count_in<T: PartialOrd + fmt::Display>(
     }
     Err(Error::config(
         option,
-        format!("{what}must be in {min}..={max}, got {n}"),
+        format!("must be in {min}..={max}, got {n}"),
     ))
 }
 

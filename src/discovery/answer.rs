@@ -9,6 +9,11 @@ use std::{
 
 /// Which address families to discover.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum IpFamily {
     /// A and AAAA, queried separately; a dual-stack Service gives both (the default).

@@ -38,6 +38,11 @@ use crate::error::Error;
 
 /// How DNS queries travel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum DnsTransport {
     /// UDP, retried over TCP when an answer is truncated (the default, as a pod's own
@@ -131,7 +136,7 @@ impl fmt::Debug for Dns {
 
 /// The DNS knobs a [`Builder`](crate::Builder) passes down.
 #[derive(Clone, Debug)]
-pub(crate) struct DnsConfig {
+pub(crate) struct DnsSettings {
     pub(crate) nameservers: Vec<SocketAddr>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: usize,
@@ -139,7 +144,7 @@ pub(crate) struct DnsConfig {
 }
 
 impl Dns {
-    pub(crate) fn new(config: &DnsConfig) -> Result<Self, Error> {
+    pub(crate) fn new(config: &DnsSettings) -> Result<Self, Error> {
         let (servers, mut opts) = if !config.nameservers.is_empty() {
             (config.nameservers.clone(), ResolverOpts::default())
         } else {

@@ -14,7 +14,7 @@ use std::{
 
 /// The timing knobs of one service's refresh loop.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Timing {
+pub(crate) struct RefreshSettings {
     pub(crate) interval: Duration,
     /// `Some((floor, ceiling))` to follow the answer's TTL, clamped.
     pub(crate) follow_ttl: Option<(Duration, Duration)>,
@@ -54,7 +54,7 @@ pub(crate) enum Event {
 /// The state of one service's schedule.
 #[derive(Debug)]
 pub(crate) struct Schedule {
-    timing: Timing,
+    timing: RefreshSettings,
     current: BTreeSet<SocketAddr>,
     failures: u32,
     empty_streak: u32,
@@ -62,7 +62,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub(crate) fn new(timing: Timing) -> Self {
+    pub(crate) fn new(timing: RefreshSettings) -> Self {
         Self {
             timing,
             current: BTreeSet::new(),

@@ -32,6 +32,11 @@ use gate::{Gate, Transition};
 
 /// How endpoints are probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(tag = "kind", rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum HealthCheck {
     /// gRPC health checking for `service` (`""`: the whole server), on a connection of its
@@ -42,6 +47,7 @@ pub enum HealthCheck {
     /// service (`UNIMPLEMENTED`) counts as healthy while it answers. The default, with `""`.
     Grpc {
         /// The service name asked about.
+        #[cfg_attr(feature = "serde", serde(default))]
         service: String,
     },
     /// A plain TCP connect every interval; a refused connect ejects at once.

@@ -87,7 +87,7 @@ pub(super) enum Transition {
 
 /// The settings of every breaker of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Accrual {
+pub(super) struct BreakerSettings {
     pub(super) failures: u32,
     /// The rest after opening, doubling with every failed trial.
     pub(super) rest: Backoff,
@@ -174,7 +174,7 @@ impl Breaker {
         ticket: Ticket,
         outcome: Outcome,
         now: Instant,
-        accrual: &Accrual,
+        accrual: &BreakerSettings,
         may_open: impl FnOnce() -> bool,
     ) -> Option<Transition> {
         if ticket.epoch != self.epoch {
@@ -244,7 +244,7 @@ fn later(now: Instant, d: Duration) -> Instant {
 mod tests {
     use super::*;
 
-    const ACCRUAL: Accrual = Accrual {
+    const ACCRUAL: BreakerSettings = BreakerSettings {
         failures: 3,
         rest: Backoff {
             base: Duration::from_secs(1),
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn huge_rests_do_not_overflow() {
-        let accrual = Accrual {
+        let accrual = BreakerSettings {
             failures: 1,
             rest: Backoff {
                 base: Duration::MAX,

@@ -16,11 +16,11 @@ use tonic::body::Body;
 use tower::{BoxError, Service};
 
 use super::{
-    BalanceConfig,
-    breaker::Accrual,
+    BalanceSettings,
+    breaker::BreakerSettings,
     breaker::Outcome,
     estimate::Estimate,
-    picker::{Pick, Picker, Pod, Settings},
+    picker::{Pick, Picker, PickerSettings, Pod},
 };
 use crate::{
     backoff::Backoff,
@@ -69,11 +69,11 @@ impl LoadBalancedChannel {
         handle: &tokio::runtime::Handle,
         serving: watch::Receiver<Endpoints>,
         template: Arc<EndpointTemplate>,
-        config: BalanceConfig,
+        config: BalanceSettings,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let picker = Arc::new(Picker::new(Settings {
+        let picker = Arc::new(Picker::new(PickerSettings {
             measure: config.measure,
-            accrual: Accrual {
+            accrual: BreakerSettings {
                 failures: config.failures,
                 rest: Backoff {
                     base: config.backoff_base,

@@ -25,6 +25,11 @@ pub use channel::LoadBalancedChannel;
 
 /// How the load-aware channel measures each pod's load.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(tag = "kind", rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum LoadMeasure {
     /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice), with two
@@ -34,8 +39,10 @@ pub enum LoadMeasure {
     /// there are no peers; a peak fades over about `decay`. The default: 1 ms and 1 s.
     PeakEwma {
         /// The latency assumed for a pod with no peers to learn from.
+        #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         default_rtt: Duration,
         /// How fast an old peak is forgotten.
+        #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         decay: Duration,
     },
     /// Calls in flight only: cheaper, and blind to a pod that is slow but not yet backed up.
@@ -53,7 +60,7 @@ impl Default for LoadMeasure {
 
 /// The knobs of the load-aware kind.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct BalanceConfig {
+pub(crate) struct BalanceSettings {
     pub(crate) measure: LoadMeasure,
     /// Consecutive failed calls that open a pod's breaker.
     pub(crate) failures: u32,

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use super::{
     LoadMeasure,
-    breaker::{Accrual, Admission, Breaker, Outcome, Ticket, Transition},
+    breaker::{Admission, Breaker, BreakerSettings, Outcome, Ticket, Transition},
     estimate::{Estimate, nanos},
 };
 use crate::ejection::ejection_cap;
@@ -126,13 +126,13 @@ pub(super) fn prefer_first(a: Candidate, b: Candidate) -> bool {
 
 /// The settings a picker runs with.
 #[derive(Debug)]
-pub(super) struct Settings {
+pub(super) struct PickerSettings {
     pub(super) measure: LoadMeasure,
-    pub(super) accrual: Accrual,
+    pub(super) accrual: BreakerSettings,
     pub(super) max_ejection: f64,
 }
 
-impl Settings {
+impl PickerSettings {
     /// How fast an estimate fades.
     pub(super) fn decay(&self) -> Duration {
         match self.measure {
@@ -153,7 +153,7 @@ impl Settings {
 /// The shared state of one load-balanced channel: the snapshot and its settings.
 pub(super) struct Picker {
     pods: watch::Sender<Snapshot>,
-    pub(super) settings: Settings,
+    pub(super) settings: PickerSettings,
     picks: AtomicU64,
     /// Held while deciding whether one more pod may rest.
     resting: Mutex<()>,
@@ -169,7 +169,7 @@ impl fmt::Debug for Picker {
 }
 
 impl Picker {
-    pub(super) fn new(settings: Settings) -> Self {
+    pub(super) fn new(settings: PickerSettings) -> Self {
         Self {
             pods: watch::Sender::new(Arc::from(Vec::new())),
             settings,

@@ -14,7 +14,9 @@ fn lb_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
             default_rtt: Duration::from_millis(5),
             decay: Duration::from_secs(1),
         })
-        .failure_accrual(3, Duration::from_millis(500), Duration::from_secs(4))
+        .breaker_failures(3)
+        .breaker_ejection_time(Duration::from_millis(500))
+        .breaker_ejection_time_max(Duration::from_secs(4))
 }
 
 /// A registry whose load-aware kind must handle failing pods alone: no health checks.
@@ -306,7 +308,9 @@ async fn a_cancelled_trial_call_never_wedges_the_breaker() {
     let registry = builder(&fx.dns)
         .service(fx.service.clone())
         .health_check(HealthCheck::Off)
-        .failure_accrual(1, Duration::from_millis(200), Duration::from_millis(400))
+        .breaker_failures(1)
+        .breaker_ejection_time(Duration::from_millis(200))
+        .breaker_ejection_time_max(Duration::from_millis(400))
         .build()
         .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();

@@ -69,7 +69,8 @@ async fn failures_back_off_exponentially() {
     let registry = builder(&dns)
         .service(svc.clone())
         .jitter(0.0)
-        .failure_backoff(Duration::from_millis(100), Duration::from_millis(800))
+        .failure_backoff(Duration::from_millis(100))
+        .failure_backoff_max(Duration::from_millis(800))
         .build()
         .unwrap();
     assert!(discovered(&registry, &svc, 1).await);
@@ -190,7 +191,9 @@ async fn following_ttl_changes_the_schedule() {
     let registry = builder(&dns)
         .service(svc.clone())
         .refresh_interval(Duration::from_secs(600))
-        .follow_ttl(Duration::from_millis(200), Duration::from_secs(600))
+        .follow_ttl(true)
+        .ttl_floor(Duration::from_millis(200))
+        .ttl_ceiling(Duration::from_secs(600))
         .build()
         .unwrap();
     assert!(discovered(&registry, &svc, 1).await);

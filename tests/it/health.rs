@@ -15,8 +15,10 @@ const PROBE: Duration = Duration::from_millis(200);
 fn health_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
     builder(&fx.dns)
         .service(fx.service.clone())
-        .health_interval(PROBE, Duration::from_millis(500))
-        .health_thresholds(2, 2)
+        .health_interval(PROBE)
+        .health_timeout(Duration::from_millis(500))
+        .unhealthy_threshold(2)
+        .healthy_threshold(2)
         .ejected_probe_backoff(Duration::from_millis(800))
 }
 
@@ -25,7 +27,8 @@ fn health_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
 fn slow_probes(fx: &Fixture) -> Registry {
     builder(&fx.dns)
         .service(fx.service.clone())
-        .health_interval(Duration::from_secs(5), Duration::from_secs(1))
+        .health_interval(Duration::from_secs(5))
+        .health_timeout(Duration::from_secs(1))
         .build()
         .unwrap()
 }

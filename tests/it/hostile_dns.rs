@@ -457,7 +457,9 @@ async fn unusual_ttls_duplicates_and_mixed_families() {
         }
         // Following the TTL, clamped: neither TTL 0 nor 2^32 - 1 may stop the refresh.
         let registry = builder(&dns)
-            .follow_ttl(Duration::from_millis(100), Duration::from_millis(500))
+            .follow_ttl(true)
+            .ttl_floor(Duration::from_millis(100))
+            .ttl_ceiling(Duration::from_millis(500))
             .ip_family(case.family)
             .service(svc.clone())
             .build()
@@ -665,7 +667,8 @@ fn random_answers_publish_exactly_the_usable_addresses_the_name_owns() {
         rt.block_on(async {
             let registry = builder(&dns)
                 .refresh_interval(Duration::from_millis(50))
-                .failure_backoff(Duration::from_millis(50), Duration::from_millis(100))
+                .failure_backoff(Duration::from_millis(50))
+                .failure_backoff_max(Duration::from_millis(100))
                 .service(svc.clone())
                 .build()
                 .unwrap();

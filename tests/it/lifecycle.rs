@@ -45,12 +45,17 @@ async fn invalid_input_gets_typed_errors() {
         (builder(&dns).dns_attempts(0), "dns_attempts"),
         (builder(&dns).jitter(1.5), "jitter"),
         (
-            builder(&dns).failure_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+            builder(&dns)
+                .failure_backoff(Duration::from_secs(2))
+                .failure_backoff_max(Duration::from_secs(1)),
             "failure_backoff",
         ),
         (
-            builder(&dns).follow_ttl(Duration::ZERO, Duration::from_secs(1)),
-            "follow_ttl",
+            builder(&dns)
+                .follow_ttl(true)
+                .ttl_floor(Duration::ZERO)
+                .ttl_ceiling(Duration::from_secs(1)),
+            "ttl_floor",
         ),
         (
             builder(&dns).change_queue_capacity(0),

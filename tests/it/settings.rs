@@ -95,26 +95,44 @@ fn out_of_range() -> Vec<Case> {
             .refresh_interval(HOUR + NS)),
         case!("refresh_interval MAX", "refresh_interval", |b| b
             .refresh_interval(Duration::MAX)),
-        case!("follow_ttl floor 0", "follow_ttl", |b| b
-            .follow_ttl(Duration::ZERO, SEC)),
-        case!("follow_ttl floor > ceiling", "follow_ttl", |b| b
-            .follow_ttl(2 * SEC, SEC)),
-        case!("follow_ttl ceiling 1h+1ns", "follow_ttl", |b| b
-            .follow_ttl(SEC, HOUR + NS)),
-        case!("follow_ttl MAX, MAX", "follow_ttl", |b| b
-            .follow_ttl(Duration::MAX, Duration::MAX)),
+        case!("ttl_floor 0", "ttl_floor", |b| b
+            .follow_ttl(true)
+            .ttl_floor(Duration::ZERO)
+            .ttl_ceiling(SEC)),
+        case!("ttl_floor > ttl_ceiling", "ttl_floor", |b| b
+            .follow_ttl(true)
+            .ttl_floor(2 * SEC)
+            .ttl_ceiling(SEC)),
+        case!("ttl_ceiling 1h+1ns", "ttl_ceiling", |b| b
+            .follow_ttl(true)
+            .ttl_floor(SEC)
+            .ttl_ceiling(HOUR + NS)),
+        case!("ttl_floor MAX, ttl_ceiling MAX", "ttl_floor", |b| b
+            .follow_ttl(true)
+            .ttl_floor(Duration::MAX)
+            .ttl_ceiling(Duration::MAX)),
         case!("jitter -0.1", "jitter", |b| b.jitter(-0.1)),
         case!("jitter 1.0", "jitter", |b| b.jitter(1.0)),
         case!("jitter NaN", "jitter", |b| b.jitter(f64::NAN)),
         case!("jitter inf", "jitter", |b| b.jitter(f64::INFINITY)),
-        case!("failure_backoff base 0", "failure_backoff", |b| b
-            .failure_backoff(Duration::ZERO, SEC)),
-        case!("failure_backoff base > max", "failure_backoff", |b| b
-            .failure_backoff(2 * SEC, SEC)),
-        case!("failure_backoff max 1h+1ns", "failure_backoff", |b| b
-            .failure_backoff(SEC, HOUR + NS)),
-        case!("failure_backoff MAX, MAX", "failure_backoff", |b| b
-            .failure_backoff(Duration::MAX, Duration::MAX)),
+        case!("failure_backoff 0", "failure_backoff", |b| b
+            .failure_backoff(Duration::ZERO)
+            .failure_backoff_max(SEC)),
+        case!(
+            "failure_backoff > failure_backoff_max",
+            "failure_backoff",
+            |b| b.failure_backoff(2 * SEC).failure_backoff_max(SEC)
+        ),
+        case!("failure_backoff_max 1h+1ns", "failure_backoff_max", |b| b
+            .failure_backoff(SEC)
+            .failure_backoff_max(HOUR + NS)),
+        case!(
+            "failure_backoff MAX, failure_backoff_max MAX",
+            "failure_backoff",
+            |b| b
+                .failure_backoff(Duration::MAX)
+                .failure_backoff_max(Duration::MAX)
+        ),
         case!("dns_timeout 0", "dns_timeout", |b| b
             .dns_timeout(Duration::ZERO)),
         case!("dns_timeout 1m+1ns", "dns_timeout", |b| b
@@ -127,26 +145,53 @@ fn out_of_range() -> Vec<Case> {
             .dns_attempts(u32::MAX as usize)),
         case!("dns_attempts usize::MAX", "dns_attempts", |b| b
             .dns_attempts(usize::MAX)),
-        case!("empty_confirmation count 0", "empty_confirmation", |b| b
-            .empty_confirmation(0, SEC, SEC)),
-        case!("empty_confirmation count 101", "empty_confirmation", |b| b
-            .empty_confirmation(101, SEC, SEC)),
         case!(
-            "empty_confirmation count u32::MAX",
-            "empty_confirmation",
-            |b| b.empty_confirmation(u32::MAX, SEC, SEC)
+            "empty_confirmation_count 0",
+            "empty_confirmation_count",
+            |b| b
+                .empty_confirmation_count(0)
+                .empty_confirmation_grace(SEC)
+                .empty_confirmation_recheck(SEC)
         ),
         case!(
-            "empty_confirmation grace 1h+1ns",
-            "empty_confirmation",
-            |b| b.empty_confirmation(3, HOUR + NS, SEC)
+            "empty_confirmation_count 101",
+            "empty_confirmation_count",
+            |b| b
+                .empty_confirmation_count(101)
+                .empty_confirmation_grace(SEC)
+                .empty_confirmation_recheck(SEC)
         ),
-        case!("empty_confirmation recheck 0", "empty_confirmation", |b| b
-            .empty_confirmation(3, SEC, Duration::ZERO)),
         case!(
-            "empty_confirmation recheck MAX",
-            "empty_confirmation",
-            |b| b.empty_confirmation(3, SEC, Duration::MAX)
+            "empty_confirmation_count u32::MAX",
+            "empty_confirmation_count",
+            |b| b
+                .empty_confirmation_count(u32::MAX)
+                .empty_confirmation_grace(SEC)
+                .empty_confirmation_recheck(SEC)
+        ),
+        case!(
+            "empty_confirmation_grace 1h+1ns",
+            "empty_confirmation_grace",
+            |b| b
+                .empty_confirmation_count(3)
+                .empty_confirmation_grace(HOUR + NS)
+                .empty_confirmation_recheck(SEC)
+        ),
+        case!(
+            "empty_confirmation_recheck 0",
+            "empty_confirmation_recheck",
+            |b| b
+                .empty_confirmation_count(3)
+                .empty_confirmation_grace(SEC)
+                .empty_confirmation_recheck(Duration::ZERO)
+        ),
+        case!(
+            "empty_confirmation_recheck MAX",
+            "empty_confirmation_recheck",
+            |b| b
+                .empty_confirmation_count(3)
+                .empty_confirmation_grace(SEC)
+                .empty_confirmation_recheck(Duration::MAX)
         ),
         case!("connect_timeout 0", "connect_timeout", |b| b
             .connect_timeout(Duration::ZERO)),
@@ -170,22 +215,30 @@ fn out_of_range() -> Vec<Case> {
             .request_timeout(Duration::ZERO)),
         case!("request_timeout MAX", "request_timeout", |b| b
             .request_timeout(Duration::MAX)),
-        case!("health_interval interval 0", "health_interval", |b| b
-            .health_interval(Duration::ZERO, SEC)),
-        case!("health_interval interval MAX", "health_interval", |b| b
-            .health_interval(Duration::MAX, SEC)),
-        case!("health_interval timeout 0", "health_interval", |b| b
-            .health_interval(SEC, Duration::ZERO)),
-        case!("health_interval timeout MAX", "health_interval", |b| b
-            .health_interval(SEC, Duration::MAX)),
-        case!("health_thresholds 0, 1", "health_thresholds", |b| b
-            .health_thresholds(0, 1)),
-        case!("health_thresholds 1, 0", "health_thresholds", |b| b
-            .health_thresholds(1, 0)),
-        case!("health_thresholds 101, 1", "health_thresholds", |b| b
-            .health_thresholds(101, 1)),
-        case!("health_thresholds 1, u32::MAX", "health_thresholds", |b| b
-            .health_thresholds(1, u32::MAX)),
+        case!("health_interval 0", "health_interval", |b| b
+            .health_interval(Duration::ZERO)
+            .health_timeout(SEC)),
+        case!("health_interval MAX", "health_interval", |b| b
+            .health_interval(Duration::MAX)
+            .health_timeout(SEC)),
+        case!("health_timeout 0", "health_timeout", |b| b
+            .health_interval(SEC)
+            .health_timeout(Duration::ZERO)),
+        case!("health_timeout MAX", "health_timeout", |b| b
+            .health_interval(SEC)
+            .health_timeout(Duration::MAX)),
+        case!("unhealthy_threshold 0", "unhealthy_threshold", |b| b
+            .unhealthy_threshold(0)
+            .healthy_threshold(1)),
+        case!("healthy_threshold 0", "healthy_threshold", |b| b
+            .unhealthy_threshold(1)
+            .healthy_threshold(0)),
+        case!("unhealthy_threshold 101", "unhealthy_threshold", |b| b
+            .unhealthy_threshold(101)
+            .healthy_threshold(1)),
+        case!("healthy_threshold u32::MAX", "healthy_threshold", |b| b
+            .unhealthy_threshold(1)
+            .healthy_threshold(u32::MAX)),
         case!("max_ejection -0.1", "max_ejection", |b| b
             .max_ejection(-0.1)),
         case!("max_ejection 1.1", "max_ejection", |b| b.max_ejection(1.1)),
@@ -218,18 +271,42 @@ fn out_of_range() -> Vec<Case> {
                 default_rtt: Duration::MAX,
                 decay: SEC,
             })),
-        case!("failure_accrual failures 0", "failure_accrual", |b| b
-            .failure_accrual(0, SEC, SEC)),
-        case!("failure_accrual failures 1001", "failure_accrual", |b| b
-            .failure_accrual(1001, SEC, SEC)),
-        case!("failure_accrual base 0", "failure_accrual", |b| b
-            .failure_accrual(5, Duration::ZERO, SEC)),
-        case!("failure_accrual base > max", "failure_accrual", |b| b
-            .failure_accrual(5, 2 * SEC, SEC)),
-        case!("failure_accrual max 1h+1ns", "failure_accrual", |b| b
-            .failure_accrual(5, SEC, HOUR + NS)),
-        case!("failure_accrual MAX, MAX", "failure_accrual", |b| b
-            .failure_accrual(5, Duration::MAX, Duration::MAX)),
+        case!("breaker_failures 0", "breaker_failures", |b| b
+            .breaker_failures(0)
+            .breaker_ejection_time(SEC)
+            .breaker_ejection_time_max(SEC)),
+        case!("breaker_failures 1001", "breaker_failures", |b| b
+            .breaker_failures(1001)
+            .breaker_ejection_time(SEC)
+            .breaker_ejection_time_max(SEC)),
+        case!("breaker_ejection_time 0", "breaker_ejection_time", |b| b
+            .breaker_failures(5)
+            .breaker_ejection_time(Duration::ZERO)
+            .breaker_ejection_time_max(SEC)),
+        case!(
+            "breaker_ejection_time > max",
+            "breaker_ejection_time",
+            |b| b
+                .breaker_failures(5)
+                .breaker_ejection_time(2 * SEC)
+                .breaker_ejection_time_max(SEC)
+        ),
+        case!(
+            "breaker_ejection_time_max 1h+1ns",
+            "breaker_ejection_time_max",
+            |b| b
+                .breaker_failures(5)
+                .breaker_ejection_time(SEC)
+                .breaker_ejection_time_max(HOUR + NS)
+        ),
+        case!(
+            "breaker_ejection_time MAX, max MAX",
+            "breaker_ejection_time",
+            |b| b
+                .breaker_failures(5)
+                .breaker_ejection_time(Duration::MAX)
+                .breaker_ejection_time_max(Duration::MAX)
+        ),
         case!("failfast 0", "failfast", |b| b.failfast(Duration::ZERO)),
         case!("failfast 1h+1ns", "failfast", |b| b.failfast(HOUR + NS)),
         case!("failfast MAX", "failfast", |b| b.failfast(Duration::MAX)),
@@ -311,50 +388,68 @@ fn the_ends_of_every_range_build_and_run() {
         let top = Registry::builder()
             .nameservers([dns.addr()])
             .refresh_interval(HOUR)
-            .follow_ttl(HOUR, HOUR)
+            .follow_ttl(true)
+            .ttl_floor(HOUR)
+            .ttl_ceiling(HOUR)
             .jitter(0.999_999)
-            .failure_backoff(HOUR, HOUR)
+            .failure_backoff(HOUR)
+            .failure_backoff_max(HOUR)
             .dns_timeout(MINUTE)
             .dns_attempts(10)
-            .empty_confirmation(100, HOUR, HOUR)
+            .empty_confirmation_count(100)
+            .empty_confirmation_grace(HOUR)
+            .empty_confirmation_recheck(HOUR)
             .connect_timeout(HOUR)
             .tcp_keepalive(2 * HOUR)
             .http2_keepalive(Http2Keepalive::new(HOUR, HOUR).while_idle(true))
             .request_timeout(HOUR)
             .health_check(HealthCheck::Tcp)
-            .health_interval(HOUR, HOUR)
-            .health_thresholds(100, 100)
+            .health_interval(HOUR)
+            .health_timeout(HOUR)
+            .unhealthy_threshold(100)
+            .healthy_threshold(100)
             .max_ejection(1.0)
             .ejected_probe_backoff(HOUR)
             .load_measure(LoadMeasure::PeakEwma {
                 default_rtt: HOUR,
                 decay: HOUR,
             })
-            .failure_accrual(1000, HOUR, HOUR)
+            .breaker_failures(1000)
+            .breaker_ejection_time(HOUR)
+            .breaker_ejection_time_max(HOUR)
             .failfast(HOUR)
             .change_queue_capacity(65_536);
         let bottom = Registry::builder()
             .nameservers([dns.addr()])
             .refresh_interval(MS)
-            .follow_ttl(MS, MS)
+            .follow_ttl(true)
+            .ttl_floor(MS)
+            .ttl_ceiling(MS)
             .jitter(0.0)
-            .failure_backoff(MS, MS)
+            .failure_backoff(MS)
+            .failure_backoff_max(MS)
             .dns_timeout(MS * 300)
             .dns_attempts(1)
-            .empty_confirmation(1, Duration::ZERO, MS)
+            .empty_confirmation_count(1)
+            .empty_confirmation_grace(Duration::ZERO)
+            .empty_confirmation_recheck(MS)
             .connect_timeout(SEC)
             .tcp_keepalive(SEC)
             .http2_keepalive(Http2Keepalive::new(MS, SEC))
             .request_timeout(SEC)
-            .health_interval(MS, SEC)
-            .health_thresholds(1, 1)
+            .health_interval(MS)
+            .health_timeout(SEC)
+            .unhealthy_threshold(1)
+            .healthy_threshold(1)
             .max_ejection(0.0)
             .ejected_probe_backoff(Duration::ZERO)
             .load_measure(LoadMeasure::PeakEwma {
                 default_rtt: Duration::ZERO,
                 decay: MS,
             })
-            .failure_accrual(1, MS, MS)
+            .breaker_failures(1)
+            .breaker_ejection_time(MS)
+            .breaker_ejection_time_max(MS)
             .failfast(MS * 500)
             .change_queue_capacity(1);
         for (end, b) in [("top", top), ("bottom", bottom)] {
@@ -479,11 +574,15 @@ async fn names_longer_than_dns_allows_are_refused() {
         "{err:?}"
     );
 
-    // The serde configuration is checked the same way.
+    // A registry started from a Config is checked the same way.
     let mut config = k8s_headless_svc::Config::default();
-    config.services = vec![svc.to_string()];
-    config.cluster_domain = Some(too_long.to_string());
-    let err = config.builder().expect_err("a 254-character name passes");
+    config.services = vec![svc.clone()];
+    config.cluster_domain = too_long.clone();
+    config.nameservers = vec![dns.addr()];
+    let err = config
+        .builder()
+        .build()
+        .expect_err("a 254-character name passes");
     assert!(
         matches!(
             err,
@@ -603,14 +702,17 @@ impl Setting {
         match self.clone() {
             Setting::IpFamily(family) => b.ip_family(family),
             Setting::RefreshInterval(d) => b.refresh_interval(d),
-            Setting::FollowTtl(floor, ceiling) => b.follow_ttl(floor, ceiling),
+            Setting::FollowTtl(floor, ceiling) => {
+                b.follow_ttl(true).ttl_floor(floor).ttl_ceiling(ceiling)
+            }
             Setting::Jitter(j) => b.jitter(j),
-            Setting::FailureBackoff(base, max) => b.failure_backoff(base, max),
+            Setting::FailureBackoff(base, max) => b.failure_backoff(base).failure_backoff_max(max),
             Setting::DnsTimeout(d) => b.dns_timeout(d),
             Setting::DnsAttempts(n) => b.dns_attempts(n),
-            Setting::EmptyConfirmation(n, grace, recheck) => {
-                b.empty_confirmation(n, grace, recheck)
-            }
+            Setting::EmptyConfirmation(n, grace, recheck) => b
+                .empty_confirmation_count(n)
+                .empty_confirmation_grace(grace)
+                .empty_confirmation_recheck(recheck),
             Setting::ConnectTimeout(d) => b.connect_timeout(d),
             Setting::TcpKeepalive(d) => b.tcp_keepalive(d),
             Setting::Http2Keepalive(k) => b.http2_keepalive(k.map(|(interval, timeout, idle)| {
@@ -618,12 +720,17 @@ impl Setting {
             })),
             Setting::RequestTimeout(d) => b.request_timeout(d),
             Setting::HealthCheck(check) => b.health_check(check),
-            Setting::HealthInterval(interval, timeout) => b.health_interval(interval, timeout),
-            Setting::HealthThresholds(k, m) => b.health_thresholds(k, m),
+            Setting::HealthInterval(interval, timeout) => {
+                b.health_interval(interval).health_timeout(timeout)
+            }
+            Setting::HealthThresholds(k, m) => b.unhealthy_threshold(k).healthy_threshold(m),
             Setting::MaxEjection(share) => b.max_ejection(share),
             Setting::EjectedProbeBackoff(d) => b.ejected_probe_backoff(d),
             Setting::LoadMeasure(measure) => b.load_measure(measure),
-            Setting::FailureAccrual(n, base, max) => b.failure_accrual(n, base, max),
+            Setting::FailureAccrual(n, base, max) => b
+                .breaker_failures(n)
+                .breaker_ejection_time(base)
+                .breaker_ejection_time_max(max),
             Setting::Failfast(d) => b.failfast(d),
             Setting::ChangeQueueCapacity(n) => b.change_queue_capacity(n),
         }
@@ -811,22 +918,30 @@ impl Settings {
 /// Every option the builder names in an [`Error::InvalidConfig`].
 const OPTIONS: &[&str] = &[
     "refresh_interval",
-    "follow_ttl",
+    "ttl_floor",
+    "ttl_ceiling",
     "jitter",
     "failure_backoff",
+    "failure_backoff_max",
     "dns_timeout",
     "dns_attempts",
-    "empty_confirmation",
+    "empty_confirmation_count",
+    "empty_confirmation_grace",
+    "empty_confirmation_recheck",
     "connect_timeout",
     "tcp_keepalive",
     "http2_keepalive",
     "request_timeout",
     "health_interval",
-    "health_thresholds",
+    "health_timeout",
+    "unhealthy_threshold",
+    "healthy_threshold",
     "max_ejection",
     "ejected_probe_backoff",
     "load_measure",
-    "failure_accrual",
+    "breaker_failures",
+    "breaker_ejection_time",
+    "breaker_ejection_time_max",
     "failfast",
     "change_queue_capacity",
 ];

@@ -28,8 +28,11 @@ pub fn builder(dns: &DnsServer) -> Builder {
         .nameservers([dns.addr()])
         .refresh_interval(INTERVAL)
         .dns_timeout(Duration::from_millis(300))
-        .failure_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .empty_confirmation(3, Duration::from_secs(1), Duration::from_millis(100))
+        .failure_backoff(Duration::from_millis(100))
+        .failure_backoff_max(Duration::from_millis(400))
+        .empty_confirmation_count(3)
+        .empty_confirmation_grace(Duration::from_secs(1))
+        .empty_confirmation_recheck(Duration::from_millis(100))
 }
 
 /// A DNS server, `count` pods on `127.0.net.2..` and the Service `user-svc.<ns>` listing

@@ -106,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
         .nameservers(args.nameserver.iter().copied())
         .refresh_interval(args.refresh_interval)
         .health_check(args.health_check)
-        .health_interval(args.health_interval, args.health_interval)
+        .health_interval(args.health_interval)
+        .health_timeout(args.health_interval)
         .build()
         .map_err(examples::usage_error::<Args>)?;
     let client = match args.balancer.as_str() {

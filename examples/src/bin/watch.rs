@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             let config: k8s_headless_svc::Config = serde_yaml::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            config.builder()?.build()?
+            config.builder().build()?
         }
         None => Registry::builder()
             .services(args.services.iter().cloned())

@@ -2,8 +2,8 @@ use super::*;
 
 const S: Duration = Duration::from_secs(1);
 
-fn timing() -> Timing {
-    Timing {
+fn timing() -> RefreshSettings {
+    RefreshSettings {
         interval: 5 * S,
         follow_ttl: None,
         backoff_base: S / 2,

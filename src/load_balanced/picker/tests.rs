@@ -56,9 +56,9 @@ fn a_pod_that_admits_beats_one_that_does_not_and_a_due_trial_goes_first() {
 }
 
 fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
-    let picker = Arc::new(Picker::new(Settings {
+    let picker = Arc::new(Picker::new(PickerSettings {
         measure: LoadMeasure::default(),
-        accrual: Accrual {
+        accrual: BreakerSettings {
             failures: 1,
             rest: crate::backoff::Backoff {
                 base: Duration::from_secs(60),
