@@ -1,5 +1,5 @@
 //! [`Backoff`]: the one exponential backoff behind DNS retries, health re-probes and breaker
-//! rests.
+//! ejections.
 
 use std::time::Duration;
 

@@ -25,7 +25,7 @@ use crate::{
         IpFamily,
         families::{self, Families},
         refresh::{self, Listed},
-        resolve::{Dns, Query, QueryKind},
+        resolve::{Dns, QueryKind, ServiceQuery},
         schedule::{RefreshSettings, Schedule},
     },
     endpoint::EndpointTemplate,
@@ -89,7 +89,7 @@ pub(crate) fn start(config: Config, template: EndpointTemplate) -> Result<Regist
 /// What a service's pipeline will run, checked and not yet started.
 pub(crate) struct Plan {
     service: HeadlessService,
-    query: Query,
+    query: ServiceQuery,
     template: Arc<EndpointTemplate>,
 }
 
@@ -103,8 +103,10 @@ impl Plan {
         template: &EndpointTemplate,
     ) -> Result<Plan, Error> {
         let query = match service.port() {
-            Port::Number(port) => Query::addresses(&service.fqdn(domain), port.get(), family),
-            Port::Named(_) => Query::srv(
+            Port::Number(port) => {
+                ServiceQuery::addresses(&service.fqdn(domain), port.get(), family)
+            }
+            Port::Named(_) => ServiceQuery::srv(
                 &service
                     .srv_name(domain)
                     .expect("a named port has an SRV name"),

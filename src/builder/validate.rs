@@ -137,7 +137,7 @@ const MAX_CONFIRMATIONS: u32 = 100;
 /// intervals, already minutes with the default 1 s.
 const MAX_THRESHOLD: u32 = 100;
 
-/// The most failed calls in a row that rest a pod: enough for a busy client, for which a
+/// The most failed calls in a row that eject a pod: enough for a busy client, for which a
 /// thousand calls may be a fraction of a second.
 const MAX_FAILURES: u32 = 1000;
 

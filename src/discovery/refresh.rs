@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::{
     families::{Families, Switch},
-    resolve::{Dns, Query, Resolution},
+    resolve::{Dns, Resolution, ServiceQuery},
     schedule::{Event, Schedule, jittered, on_grid, resolution_label},
 };
 use crate::{
@@ -100,7 +100,7 @@ pub(crate) async fn drive(loops: Vec<(HeadlessService, Refresh)>) {
 /// Resolves `query` until aborted, publishing every change of the set into `shared`.
 pub(crate) async fn run(
     service: HeadlessService,
-    query: Query,
+    query: ServiceQuery,
     dns: Dns,
     mut schedule: Schedule,
     mut families: Families,

@@ -1,5 +1,5 @@
 //! Asking DNS: the one place that talks to hickory. It builds the client, asks the questions a
-//! [`Query`] needs (A and AAAA, or SRV and its targets) and turns each answer, once
+//! [`ServiceQuery`] needs (A and AAAA, or SRV and its targets) and turns each answer, once
 //! [`screen`]ed, into an [`Answer`] for the schedule.
 
 use std::{
@@ -68,13 +68,13 @@ pub(crate) struct Resolution {
 /// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
 /// and what to ask of it.
 #[derive(Clone, Debug)]
-pub(crate) struct Query {
+pub(crate) struct ServiceQuery {
     asked: Name,
     domain: Name,
     kind: QueryKind,
 }
 
-/// Which records a [`Query`] asks for.
+/// Which records a [`ServiceQuery`] asks for.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum QueryKind {
     /// A and/or AAAA of the Service's FQDN, each address with the pod port.
@@ -83,7 +83,7 @@ pub(crate) enum QueryKind {
     Srv { family: IpFamily },
 }
 
-impl Query {
+impl ServiceQuery {
     /// The A/AAAA query of `<name>.<namespace>.svc.<domain>.`.
     pub(crate) fn addresses(fqdn: &str, port: u16, family: IpFamily) -> Result<Self, String> {
         Self::parse(fqdn, 3, QueryKind::Addresses { port, family })
@@ -211,7 +211,7 @@ impl Dns {
 
     /// Runs one resolution. An address query asks the families of `ask` (see
     /// [`super::families`]); an SRV query its own.
-    pub(crate) async fn resolve(&self, query: &Query, ask: IpFamily) -> Resolution {
+    pub(crate) async fn resolve(&self, query: &ServiceQuery, ask: IpFamily) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
         let truncated = AtomicBool::new(false);
         let answers = match query.kind {

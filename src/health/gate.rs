@@ -58,7 +58,7 @@ impl Observation {
 
 /// A transition worth logging (and, for an ejection, an early DNS refresh).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Transition {
+pub(crate) enum GateEvent {
     Admitted,
     Ejected,
     Readmitted,
@@ -140,7 +140,7 @@ impl Gate {
         generation: u64,
         observation: Observation,
         now: Instant,
-    ) -> Option<Transition> {
+    ) -> Option<GateEvent> {
         let config = &self.config;
         let entry = self.entries.get_mut(&addr)?;
         if entry.generation != generation {
@@ -182,12 +182,12 @@ impl Gate {
             }
         }
         match (before, entry.state) {
-            (HealthState::Unknown, HealthState::Healthy) => Some(Transition::Admitted),
+            (HealthState::Unknown, HealthState::Healthy) => Some(GateEvent::Admitted),
             (HealthState::Ejected, HealthState::Healthy) if !was_healthy => {
-                Some(Transition::Admitted)
+                Some(GateEvent::Admitted)
             }
-            (HealthState::Ejected, HealthState::Healthy) => Some(Transition::Readmitted),
-            (HealthState::Healthy, HealthState::Ejected) => Some(Transition::Ejected),
+            (HealthState::Ejected, HealthState::Healthy) => Some(GateEvent::Readmitted),
+            (HealthState::Healthy, HealthState::Ejected) => Some(GateEvent::Ejected),
             _ => None,
         }
     }

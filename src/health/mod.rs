@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use crate::{endpoint::EndpointTemplate, snapshot::Endpoints};
-use gate::{Gate, Transition};
+use gate::{Gate, GateEvent};
 
 /// How endpoints are probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,12 +188,12 @@ pub(crate) async fn run(
                 }
                 let reason = observation.detail.clone();
                 match gate.observe(addr, generation, observation, Instant::now()) {
-                    Some(Transition::Admitted) => tracing::debug!(endpoint = %addr, "healthy"),
-                    Some(Transition::Readmitted) => {
+                    Some(GateEvent::Admitted) => tracing::debug!(endpoint = %addr, "healthy"),
+                    Some(GateEvent::Readmitted) => {
                         crate::metrics::health_transition(&label, false);
                         tracing::info!(endpoint = %addr, "Re-admitting endpoint: healthy again");
                     }
-                    Some(Transition::Ejected) => {
+                    Some(GateEvent::Ejected) => {
                         crate::metrics::health_transition(&label, true);
                         tracing::warn!(endpoint = %addr, %reason, "Ejecting endpoint");
                         // The pod may have been replaced: look again soon, at most once a second.

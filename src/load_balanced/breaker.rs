@@ -1,14 +1,14 @@
 //! Failure accrual (linkerd's consecutive-failures breaker), as a plain value.
 //!
 //! - **Closed**: every call may go. `k` failed calls in a row open it, if the channel's budget
-//!   allows one more pod to rest.
-//! - **Open**: the pod rests for a backoff and gets no call.
-//! - **Half-open**: the rest is over; one real call (the trial) tests the pod. Success closes
-//!   the breaker; failure opens it again for twice the rest, up to the maximum.
+//!   allows one more pod to be ejected.
+//! - **Open**: the pod is ejected for a backoff and gets no call.
+//! - **Half-open**: the ejection is over; one real call (the trial) tests the pod. Success closes
+//!   the breaker; failure opens it again for twice the ejection, up to the maximum.
 //!
 //! Every call takes a [`Ticket`] stamped with the breaker's epoch, which moves on every change
 //! of state. A result counts only when nothing changed since its call started, so failures
-//! that were in flight when the breaker opened do not extend the rest, and a late success
+//! that were in flight when the breaker opened do not extend the ejection, and a late success
 //! cannot close a breaker that opened after it started. A trial whose call is dropped gives
 //! its slot back ([`Breaker::cancel`]), so a breaker cannot wedge half-open.
 
@@ -63,7 +63,7 @@ pub(super) enum Admission {
     Closed,
     /// The one call that tests a half-open breaker.
     Trial,
-    /// Every pod the channel holds rests, so calls go to resting pods anyway (panic mode).
+    /// Every pod the channel holds is ejected, so calls go to ejected pods anyway (panic mode).
     Panic,
 }
 
@@ -76,12 +76,12 @@ pub(super) struct Ticket {
 
 /// A change of state that [`Breaker::record`] made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Transition {
+pub(super) enum BreakerEvent {
     /// Opened after this many failures in a row.
     Opened(u32),
-    /// The trial failed: resting again, for this long.
+    /// The trial failed: ejected again, for this long.
     Reopened(Duration),
-    /// A call succeeded on a resting pod.
+    /// A call succeeded on a ejected pod.
     Closed,
 }
 
@@ -89,8 +89,8 @@ pub(super) enum Transition {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct BreakerSettings {
     pub(super) failures: u32,
-    /// The rest after opening, doubling with every failed trial.
-    pub(super) rest: Backoff,
+    /// The ejection after opening, doubling with every failed trial.
+    pub(super) ejection: Backoff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ enum State {
     Closed {
         failures: u32,
     },
-    /// `trials`: trials failed since it opened; the rest is the backoff's next wait.
+    /// `trials`: trials failed since it opened; the ejection is the backoff's next wait.
     Open {
         until: Instant,
         trials: u32,
@@ -133,7 +133,7 @@ impl Breaker {
         }
     }
 
-    /// Whether the rest is over and no trial is in flight: such a pod should get the next call.
+    /// Whether the ejection is over and no trial is in flight: such a pod should get the next call.
     pub(super) fn trial_due(&self, now: Instant) -> bool {
         match self.state {
             State::Closed { .. } => false,
@@ -142,7 +142,7 @@ impl Breaker {
         }
     }
 
-    /// Lets a call through, or says no. With `panic`, a resting pod takes calls too.
+    /// Lets a call through, or says no. With `panic`, a ejected pod takes calls too.
     pub(super) fn admit(&mut self, now: Instant, panic: bool) -> Option<Ticket> {
         if let State::Open { until, trials } = self.state
             && now >= until
@@ -168,7 +168,7 @@ impl Breaker {
     }
 
     /// Takes the result of a call. `may_open` is asked, once, when the failures reach the
-    /// threshold: it says whether the channel's budget lets this pod rest.
+    /// threshold: it says whether the channel's budget lets this pod be ejected.
     pub(super) fn record(
         &mut self,
         ticket: Ticket,
@@ -176,7 +176,7 @@ impl Breaker {
         now: Instant,
         accrual: &BreakerSettings,
         may_open: impl FnOnce() -> bool,
-    ) -> Option<Transition> {
+    ) -> Option<BreakerEvent> {
         if ticket.epoch != self.epoch {
             // In flight across a change of state: it says nothing about the pod now.
             return None;
@@ -186,28 +186,28 @@ impl Breaker {
             (State::Closed { failures }, Outcome::Failure) => {
                 let failures = failures.saturating_add(1);
                 if failures >= accrual.failures && may_open() {
-                    let until = later(now, accrual.rest.delay(1));
+                    let until = later(now, accrual.ejection.delay(1));
                     (
                         State::Open { until, trials: 0 },
-                        Some(Transition::Opened(failures)),
+                        Some(BreakerEvent::Opened(failures)),
                     )
                 } else {
                     (State::Closed { failures }, None)
                 }
             }
-            (_, Outcome::Success) => (State::Closed { failures: 0 }, Some(Transition::Closed)),
+            (_, Outcome::Success) => (State::Closed { failures: 0 }, Some(BreakerEvent::Closed)),
             (State::HalfOpen { trials, .. }, Outcome::Failure)
                 if ticket.admission == Admission::Trial =>
             {
                 let trials = trials.saturating_add(1);
-                let rest = accrual.rest.delay(trials + 1);
-                let until = later(now, rest);
+                let ejection = accrual.ejection.delay(trials + 1);
+                let until = later(now, ejection);
                 (
                     State::Open { until, trials },
-                    Some(Transition::Reopened(rest)),
+                    Some(BreakerEvent::Reopened(ejection)),
                 )
             }
-            // A panic-mode call failed on a resting pod: it rests already.
+            // A panic-mode call failed on a ejected pod: it is ejected already.
             (state, Outcome::Failure) => (state, None),
         };
         self.state = state;
@@ -246,13 +246,13 @@ mod tests {
 
     const ACCRUAL: BreakerSettings = BreakerSettings {
         failures: 3,
-        rest: Backoff {
+        ejection: Backoff {
             base: Duration::from_secs(1),
             max: Duration::from_secs(4),
         },
     };
 
-    fn fail(b: &mut Breaker, t: Ticket, now: Instant) -> Option<Transition> {
+    fn fail(b: &mut Breaker, t: Ticket, now: Instant) -> Option<BreakerEvent> {
         b.record(t, Outcome::Failure, now, &ACCRUAL, || true)
     }
 
@@ -260,7 +260,7 @@ mod tests {
         let mut b = Breaker::default();
         let tickets: Vec<_> = (0..3).map(|_| b.admit(now, false).unwrap()).collect();
         let transitions: Vec<_> = tickets.into_iter().map(|t| fail(&mut b, t, now)).collect();
-        assert_eq!(transitions, [None, None, Some(Transition::Opened(3))]);
+        assert_eq!(transitions, [None, None, Some(BreakerEvent::Opened(3))]);
         b
     }
 
@@ -283,12 +283,12 @@ mod tests {
     }
 
     #[test]
-    fn rests_then_lets_exactly_one_trial_through() {
+    fn ejects_then_lets_exactly_one_trial_through() {
         let now = Instant::now();
         let mut b = open(now);
         assert!(!b.admits(now));
         assert_eq!(b.admit(now + Duration::from_millis(999), false), None);
-        let later = now + ACCRUAL.rest.base;
+        let later = now + ACCRUAL.ejection.base;
         assert!(b.trial_due(later));
         let trial = b.admit(later, false).unwrap();
         assert_eq!(trial.admission, Admission::Trial);
@@ -299,15 +299,15 @@ mod tests {
         );
         assert_eq!(
             b.record(trial, Outcome::Success, later, &ACCRUAL, || true),
-            Some(Transition::Closed)
+            Some(BreakerEvent::Closed)
         );
         assert!(b.is_closed());
     }
 
     #[test]
     fn a_dropped_trial_gives_its_slot_back() {
-        let now = Instant::now() + ACCRUAL.rest.base;
-        let mut b = open(now - ACCRUAL.rest.base);
+        let now = Instant::now() + ACCRUAL.ejection.base;
+        let mut b = open(now - ACCRUAL.ejection.base);
         let trial = b.admit(now, false).unwrap();
         assert_eq!(b.admit(now, false), None);
         b.cancel(trial);
@@ -322,26 +322,26 @@ mod tests {
         let tickets: Vec<_> = (0..10).map(|_| b.admit(now, false).unwrap()).collect();
         let transitions: Vec<_> = tickets.into_iter().map(|t| fail(&mut b, t, now)).collect();
         assert_eq!(transitions.iter().flatten().count(), 1, "{transitions:?}");
-        // Still the base rest: the trial is due after 1 s, not 2^7 s.
-        assert!(b.trial_due(now + ACCRUAL.rest.base));
+        // Still the base ejection: the trial is due after 1 s, not 2^7 s.
+        assert!(b.trial_due(now + ACCRUAL.ejection.base));
     }
 
     #[test]
     fn failed_trials_double_the_rest_up_to_the_maximum() {
         let mut now = Instant::now();
         let mut b = open(now);
-        let mut rests = Vec::new();
+        let mut ejections = Vec::new();
         for _ in 0..5 {
             while !b.trial_due(now) {
                 now += Duration::from_millis(100);
             }
             let trial = b.admit(now, false).unwrap();
             match fail(&mut b, trial, now) {
-                Some(Transition::Reopened(rest)) => rests.push(rest.as_secs()),
+                Some(BreakerEvent::Reopened(ejection)) => ejections.push(ejection.as_secs()),
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(rests, [2, 4, 4, 4, 4]);
+        assert_eq!(ejections, [2, 4, 4, 4, 4]);
     }
 
     #[test]
@@ -372,7 +372,7 @@ mod tests {
         assert!(b.is_closed());
         // The next failure asks again, and may open.
         let t = b.admit(now, false).unwrap();
-        assert_eq!(fail(&mut b, t, now), Some(Transition::Opened(6)));
+        assert_eq!(fail(&mut b, t, now), Some(BreakerEvent::Opened(6)));
     }
 
     #[test]
@@ -382,13 +382,13 @@ mod tests {
         assert_eq!(b.admit(now, false), None);
         let t = b.admit(now, true).unwrap();
         assert_eq!(t.admission, Admission::Panic);
-        // A panic call's failure does not extend the rest.
+        // A panic call's failure does not extend the ejection.
         assert_eq!(fail(&mut b, t, now), None);
-        assert!(b.trial_due(now + ACCRUAL.rest.base));
+        assert!(b.trial_due(now + ACCRUAL.ejection.base));
         let t = b.admit(now, true).unwrap();
         assert_eq!(
             b.record(t, Outcome::Success, now, &ACCRUAL, || true),
-            Some(Transition::Closed)
+            Some(BreakerEvent::Closed)
         );
     }
 
@@ -396,7 +396,7 @@ mod tests {
     fn huge_rests_do_not_overflow() {
         let accrual = BreakerSettings {
             failures: 1,
-            rest: Backoff {
+            ejection: Backoff {
                 base: Duration::MAX,
                 max: Duration::MAX,
             },
@@ -406,7 +406,7 @@ mod tests {
         let t = b.admit(now, false).unwrap();
         assert_eq!(
             b.record(t, Outcome::Failure, now, &accrual, || true),
-            Some(Transition::Opened(1))
+            Some(BreakerEvent::Opened(1))
         );
         assert!(!b.admits(now + Duration::from_secs(86_400)));
     }

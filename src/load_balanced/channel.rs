@@ -36,7 +36,7 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, B
 /// Each call picks the cheaper of two random pods (p2c), each pod's cost measured as
 /// [`LoadMeasure`](crate::LoadMeasure) says, and goes straight to that pod's connection: no
 /// queue or task sits between the caller and the pod. A pod whose calls fail `k` times in a
-/// row rests for a backoff before one real call tests it again. With no pod at all, a call
+/// row is ejected for a backoff before one real call tests it again. With no pod at all, a call
 /// waits up to the failfast time for one, then fails with `UNAVAILABLE`. Generated clients
 /// take it as they take a `Channel`: `UserClient::new(registry.load_balanced(&svc)?)`.
 ///
@@ -75,7 +75,7 @@ impl LoadBalancedChannel {
             measure: config.measure,
             accrual: BreakerSettings {
                 failures: config.failures,
-                rest: Backoff {
+                ejection: Backoff {
                     base: config.backoff_base,
                     max: config.backoff_max,
                 },

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use super::{
     LoadMeasure,
-    breaker::{Admission, Breaker, BreakerSettings, Outcome, Ticket, Transition},
+    breaker::{Admission, Breaker, BreakerEvent, BreakerSettings, Outcome, Ticket},
     estimate::{Estimate, nanos},
 };
 use crate::ejection::ejection_cap;
@@ -47,7 +47,7 @@ pub(super) struct Pod {
     /// The pick number of its last pick.
     last_pick: AtomicU64,
     /// Its breaker is open or half-open; read without the lock.
-    resting: AtomicBool,
+    ejected: AtomicBool,
     state: Mutex<PodState>,
 }
 
@@ -61,7 +61,7 @@ impl fmt::Debug for Pod {
         f.debug_struct("Pod")
             .field("addr", &self.addr)
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
-            .field("resting", &self.resting.load(Ordering::Relaxed))
+            .field("ejected", &self.ejected.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -73,7 +73,7 @@ impl Pod {
             channel,
             in_flight: AtomicUsize::new(0),
             last_pick: AtomicU64::new(0),
-            resting: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
             state: Mutex::new(PodState {
                 estimate,
                 breaker: Breaker::default(),
@@ -96,7 +96,7 @@ impl Pod {
 pub(super) struct Candidate {
     /// It may take a call now.
     pub(super) admits: bool,
-    /// Its rest is over and its trial call is due.
+    /// Its ejection is over and its trial call is due.
     pub(super) trial_due: bool,
     pub(super) cost: f64,
     pub(super) in_flight: usize,
@@ -155,8 +155,8 @@ pub(super) struct Picker {
     pods: watch::Sender<Snapshot>,
     pub(super) settings: PickerSettings,
     picks: AtomicU64,
-    /// Held while deciding whether one more pod may rest.
-    resting: Mutex<()>,
+    /// Held while deciding whether one more pod may be ejected.
+    ejected: Mutex<()>,
 }
 
 impl fmt::Debug for Picker {
@@ -174,7 +174,7 @@ impl Picker {
             pods: watch::Sender::new(Arc::from(Vec::new())),
             settings,
             picks: AtomicU64::new(0),
-            resting: Mutex::new(()),
+            ejected: Mutex::new(()),
         }
     }
 
@@ -198,8 +198,8 @@ impl Picker {
             return None;
         }
         let now = Instant::now();
-        // At least one pod always takes calls: when every pod rests, all of them do.
-        let panic = pods.iter().all(|p| p.resting.load(Ordering::Acquire));
+        // At least one pod always takes calls: when every pod is ejected, all of them do.
+        let panic = pods.iter().all(|p| p.ejected.load(Ordering::Acquire));
         for _ in 0..4 {
             let chosen = if n == 1 {
                 &pods[0]
@@ -229,7 +229,7 @@ impl Picker {
     fn candidate(&self, pod: &Pod, now: Instant, panic: bool) -> Candidate {
         let in_flight = pod.in_flight.load(Ordering::Acquire);
         let state = pod.state();
-        let (admits, trial_due) = if pod.resting.load(Ordering::Acquire) {
+        let (admits, trial_due) = if pod.ejected.load(Ordering::Acquire) {
             let due = state.breaker.trial_due(now);
             (panic || state.breaker.admits(now), due)
         } else {
@@ -264,22 +264,22 @@ impl Picker {
         })
     }
 
-    /// Lets `pod` rest if the channel's budget allows: the pods resting now, among the pods
-    /// held now, stay within the ejection cap, and at least one pod does not rest.
+    /// Ejects `pod` if the channel's budget allows: the pods ejected now, among the pods
+    /// held now, stay within the ejection cap, and at least one pod is not ejected.
     fn try_rest(&self, pod: &Pod) -> bool {
-        let _deciding = self.resting.lock().unwrap_or_else(|e| e.into_inner());
+        let _deciding = self.ejected.lock().unwrap_or_else(|e| e.into_inner());
         let pods = self.snapshot();
         if !pods.iter().any(|p| std::ptr::eq(&**p, pod)) {
             return false;
         }
         let held = pods.len();
         let cap = ejection_cap(self.settings.max_ejection, held).min(held - 1);
-        let resting = pods
+        let ejected = pods
             .iter()
-            .filter(|p| !std::ptr::eq(&***p, pod) && p.resting.load(Ordering::Acquire))
+            .filter(|p| !std::ptr::eq(&***p, pod) && p.ejected.load(Ordering::Acquire))
             .count();
-        if resting < cap {
-            pod.resting.store(true, Ordering::Release);
+        if ejected < cap {
+            pod.ejected.store(true, Ordering::Release);
             true
         } else {
             false
@@ -343,14 +343,14 @@ impl Pick {
             });
         drop(state);
         match transition {
-            Some(Transition::Opened(failures)) => {
-                tracing::warn!(endpoint = %pod.addr, failures, rest = ?settings.accrual.rest.base, "Opening breaker: failed calls in a row");
+            Some(BreakerEvent::Opened(failures)) => {
+                tracing::warn!(endpoint = %pod.addr, failures, ejection = ?settings.accrual.ejection.base, "Opening breaker: failed calls in a row");
             }
-            Some(Transition::Reopened(rest)) => {
-                tracing::debug!(endpoint = %pod.addr, ?rest, "Breaker stays open: the trial call failed");
+            Some(BreakerEvent::Reopened(ejection)) => {
+                tracing::debug!(endpoint = %pod.addr, ?ejection, "Breaker stays open: the trial call failed");
             }
-            Some(Transition::Closed) => {
-                pod.resting.store(false, Ordering::Release);
+            Some(BreakerEvent::Closed) => {
+                pod.ejected.store(false, Ordering::Release);
                 tracing::info!(endpoint = %pod.addr, "Closing breaker: a call succeeded");
             }
             None => {}

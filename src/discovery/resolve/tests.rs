@@ -85,19 +85,19 @@ fn unusable_addresses_by_range() {
 fn query_names_give_the_cluster_domain() {
     let cases = [
         (
-            Query::addresses(ASKED, 80, IpFamily::Both),
+            ServiceQuery::addresses(ASKED, 80, IpFamily::Both),
             "cluster.local.",
         ),
         (
-            Query::srv(&format!("_grpc._tcp.{ASKED}"), IpFamily::Both),
+            ServiceQuery::srv(&format!("_grpc._tcp.{ASKED}"), IpFamily::Both),
             "cluster.local.",
         ),
         (
-            Query::addresses("a.b.svc.k8s.corp.example.", 80, IpFamily::Both),
+            ServiceQuery::addresses("a.b.svc.k8s.corp.example.", 80, IpFamily::Both),
             "k8s.corp.example.",
         ),
         (
-            Query::srv("_http._tcp.a.b.svc.local.", IpFamily::V4),
+            ServiceQuery::srv("_http._tcp.a.b.svc.local.", IpFamily::V4),
             "local.",
         ),
     ];
@@ -106,7 +106,7 @@ fn query_names_give_the_cluster_domain() {
         assert_eq!(query.domain, name(domain), "{query:?}");
         assert!(query.domain.is_fqdn());
     }
-    assert!(Query::addresses("a.b.svc.", 80, IpFamily::Both).is_err());
+    assert!(ServiceQuery::addresses("a.b.svc.", 80, IpFamily::Both).is_err());
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn see(
     i: u8,
     o: Observation,
     t: Instant,
-) -> Option<Transition> {
+) -> Option<GateEvent> {
     g.observe(addr(i), gens[&i], o, t)
 }
 
@@ -70,14 +70,14 @@ fn new_endpoints_go_in_on_their_first_success_only() {
     assert!(g.serving().is_empty(), "nothing before an observation");
     assert_eq!(
         see(&mut g, &gens, 1, polled_ok(), t0),
-        Some(Transition::Admitted)
+        Some(GateEvent::Admitted)
     );
     assert_eq!(see(&mut g, &gens, 2, timeout(), t0), None);
     assert_eq!(g.serving(), set(&[1]));
     // A never-healthy endpoint goes in on its first success too.
     assert_eq!(
         see(&mut g, &gens, 2, polled_ok(), t0),
-        Some(Transition::Admitted)
+        Some(GateEvent::Admitted)
     );
     assert_eq!(g.serving(), set(&[1, 2]));
 }
@@ -93,14 +93,14 @@ fn ambiguous_failures_eject_after_k_and_polled_successes_readmit_after_m() {
     assert_eq!(g.serving(), set(&[1, 2, 3]), "one timeout is not k");
     assert_eq!(
         see(&mut g, &gens, 1, timeout(), t0 + 2 * S),
-        Some(Transition::Ejected)
+        Some(GateEvent::Ejected)
     );
     assert_eq!(g.serving(), set(&[2, 3]));
     assert_eq!(see(&mut g, &gens, 1, polled_ok(), t0 + 3 * S), None);
     assert_eq!(g.serving(), set(&[2, 3]), "one polled success is not m");
     assert_eq!(
         see(&mut g, &gens, 1, polled_ok(), t0 + 4 * S),
-        Some(Transition::Readmitted)
+        Some(GateEvent::Readmitted)
     );
     assert_eq!(g.serving(), set(&[1, 2, 3]));
 }
@@ -116,17 +116,17 @@ fn definitive_signals_act_at_once() {
     let not_serving = Observation::down(true, "health: NOT_SERVING");
     assert_eq!(
         see(&mut g, &gens, 1, not_serving, t0),
-        Some(Transition::Ejected)
+        Some(GateEvent::Ejected)
     );
     assert_eq!(g.serving(), set(&[2, 3]));
     // A pushed SERVING: back at once.
     assert_eq!(
         see(&mut g, &gens, 1, Observation::up(true), t0),
-        Some(Transition::Readmitted)
+        Some(GateEvent::Readmitted)
     );
     assert_eq!(
         see(&mut g, &gens, 2, refused(), t0),
-        Some(Transition::Ejected)
+        Some(GateEvent::Ejected)
     );
     assert_eq!(g.serving(), set(&[1, 3]));
 }
@@ -215,7 +215,7 @@ fn an_observation_for_an_earlier_entry_of_the_same_address_is_ignored() {
     assert_eq!(g.serving(), set(&[2]));
     assert_eq!(
         g.observe(addr(1), new, Observation::up(true), t0),
-        Some(Transition::Admitted)
+        Some(GateEvent::Admitted)
     );
     assert_eq!(g.serving(), set(&[1, 2]));
 }

@@ -43,11 +43,11 @@ fn the_cheaper_pod_wins_unless_it_is_a_near_tie() {
 
 #[test]
 fn a_pod_that_admits_beats_one_that_does_not_and_a_due_trial_goes_first() {
-    let resting = Candidate {
+    let ejected = Candidate {
         admits: false,
         ..c(0.1, 0)
     };
-    assert!(!prefer_first(resting, c(100.0, 9)));
+    assert!(!prefer_first(ejected, c(100.0, 9)));
     let due = Candidate {
         trial_due: true,
         ..c(100.0, 9)
@@ -60,7 +60,7 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
         measure: LoadMeasure::default(),
         accrual: BreakerSettings {
             failures: 1,
-            rest: crate::backoff::Backoff {
+            ejection: crate::backoff::Backoff {
                 base: Duration::from_secs(60),
                 max: Duration::from_secs(60),
             },
@@ -94,10 +94,10 @@ fn fail_on(picker: &Arc<Picker>, index: usize) {
     panic!("never picked {target}");
 }
 
-fn resting(picker: &Picker) -> Vec<bool> {
+fn ejected(picker: &Picker) -> Vec<bool> {
     let pods = picker.snapshot();
     pods.iter()
-        .map(|p| p.resting.load(Ordering::SeqCst))
+        .map(|p| p.ejected.load(Ordering::SeqCst))
         .collect()
 }
 
@@ -107,18 +107,18 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
     for i in 0..4 {
         fail_on(&picker, i);
     }
-    // Half of 4 may rest.
+    // Half of 4 may be ejected.
     assert_eq!(
-        resting(&picker).iter().filter(|r| **r).count(),
+        ejected(&picker).iter().filter(|r| **r).count(),
         2,
         "{:?}",
-        resting(&picker)
+        ejected(&picker)
     );
-    // A resting pod leaves and a new one comes: 4 held, 1 resting, so one more may rest.
+    // A ejected pod leaves and a new one comes: 4 held, 1 ejected, so one more may be ejected.
     let mut pods: Vec<_> = picker.snapshot().to_vec();
     let gone = pods
         .iter()
-        .position(|p| p.resting.load(Ordering::SeqCst))
+        .position(|p| p.ejected.load(Ordering::SeqCst))
         .unwrap();
     pods.remove(gone);
     let addr = SocketAddr::from(([127, 0, 0, 9], 1));
@@ -129,17 +129,17 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
         Estimate::new(1e6, Instant::now()),
     )));
     picker.replace(pods.into());
-    assert_eq!(resting(&picker).iter().filter(|r| **r).count(), 1);
+    assert_eq!(ejected(&picker).iter().filter(|r| **r).count(), 1);
     for i in 0..4 {
-        if !resting(&picker)[i] {
+        if !ejected(&picker)[i] {
             fail_on(&picker, i);
         }
     }
     assert_eq!(
-        resting(&picker).iter().filter(|r| **r).count(),
+        ejected(&picker).iter().filter(|r| **r).count(),
         2,
         "{:?}",
-        resting(&picker)
+        ejected(&picker)
     );
 }
 
@@ -147,17 +147,17 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
 async fn when_every_held_pod_rests_calls_still_go_to_them() {
     let picker = picker(2, 0.5);
     fail_on(&picker, 0);
-    assert_eq!(resting(&picker), [true, false]);
-    // The healthy pod leaves (health gate, scale-down): only the resting one is held.
+    assert_eq!(ejected(&picker), [true, false]);
+    // The healthy pod leaves (health gate, scale-down): only the ejected one is held.
     let only = vec![picker.snapshot()[0].clone()];
     picker.replace(only.into());
     let pick = picker
         .pick()
-        .expect("panic mode: the resting pod takes calls");
+        .expect("panic mode: the ejected pod takes calls");
     assert_eq!(pick.admission(), Admission::Panic);
     // A success closes its breaker.
     pick.finish(Outcome::Success);
-    assert_eq!(resting(&picker), [false]);
+    assert_eq!(ejected(&picker), [false]);
 }
 
 #[tokio::test]
