@@ -74,13 +74,10 @@ pub(crate) type Refresh = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Drives every service's refresh loop in this one task until aborted.
 ///
-/// One task rather than one per service: the loops spend their time waiting, and what they do
-/// between waits (send a query, read and screen its answer, compare sets) is short. In one task
-/// that work runs on one worker at a time, so a thousand services' refreshes falling due on the
-/// same grid step ([`on_grid`]) neither wake every worker of the runtime nor make them contend
-/// for the allocator: with 1,000 services, about 1,100 futex calls a second fell to 33, and
-/// CPU by about a sixth (BENCHMARKS.md).
-/// A loop that panicked is logged and ends alone; the others go on.
+/// One task rather than one per service: the loops mostly wait, and the short work between
+/// waits then runs on one worker, so refreshes falling due on the same grid step ([`on_grid`])
+/// neither wake every worker nor contend for the allocator (figures in BENCHMARKS.md). A loop
+/// that panicked is logged and ends alone; the others go on.
 pub(crate) async fn drive(loops: Vec<(HeadlessService, Refresh)>) {
     let mut running: FuturesUnordered<_> = loops
         .into_iter()

@@ -50,14 +50,16 @@ pub enum HealthCheck {
         #[cfg_attr(feature = "serde", serde(default))]
         service: String,
     },
-    /// A plain TCP connect every interval; a refused connect ejects at once.
+    /// A plain TCP connect every interval (polled: it learns of a change an interval late); a
+    /// refused connect ejects at once.
     Tcp,
     /// No probing: the balancer holds every endpoint DNS reports.
     Off,
 }
 
 impl HealthCheck {
-    /// `grpc.health.v1.Health/Check` for `service`.
+    /// gRPC health checking for `service`: its `grpc.health.v1.Health/Watch` stream, with
+    /// `Check` polled where `Watch` is missing.
     pub fn grpc(service: impl Into<String>) -> Self {
         HealthCheck::Grpc {
             service: service.into(),

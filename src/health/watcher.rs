@@ -12,7 +12,8 @@
 //! - The watcher's connection PINGs the pod every `k` intervals (2 s by default) and closes
 //!   when a PING goes unanswered for the timeout, so a pod that vanishes without a word (its
 //!   IP black-holed) breaks the stream too; the reconnect then times out, an ambiguous
-//!   failure. A PING per interval cost twice as much CPU at scale for a second less.
+//!   failure. Every `k` intervals, not every one: at scale a PING per interval doubles the CPU
+//!   to notice a second sooner (BENCHMARKS.md).
 //! - In every mode a refused connection is a definitive "down" (nothing listens there), and
 //!   a timeout is ambiguous: it counts toward `k`. While an endpoint fails, its re-probes
 //!   back off from the interval, doubling, up to the ejected-probe maximum.

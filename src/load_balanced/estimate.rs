@@ -3,10 +3,10 @@
 //! The estimate is an exponentially weighted moving average over *time*: a sample counts
 //! for `1 - e^(-Δt / decay)`, where Δt is the time since the last one, so a burst of calls does
 //! not wipe out the past and an old value fades in about `decay`. A rise is taken at once, as
-//! a peak, once **three samples in a row** show it: a slow call or two (a connection set-up,
-//! a scheduling stall on a busy client) do not make an equal pod look slow for a whole
-//! `decay`, which starved such a pod at light load, where nothing else would send it the call
-//! that corrects it. A pod that is really slow is seen after its third call. A new pod's
+//! a peak, once **three samples in a row** show it, so that a slow call or two (a connection
+//! set-up, a stall on a busy client) cannot make an equal pod look slow for a whole `decay`:
+//! at light load nothing else would send it the call that corrects that. A pod that is really
+//! slow is seen after its third call. A new pod's
 //! first [`WARMUP`] round trips are not taken at all: they pay for the connection's set-up.
 //! While no call completes the estimate decays toward zero, so an idle pod is tried again.
 

@@ -26,14 +26,10 @@ use super::{
 use crate::ejection::ejection_cap;
 
 /// With no call in flight on either pod, two costs within this factor are a near-tie, which
-/// goes to the pod picked least recently, so that equal pods share calls evenly at light
-/// load, where their estimates differ by noise: a busy client's stalls make 2× common, and on
-/// a machine whose cores are taken by other work, three slow calls in a row to one pod (what
-/// it takes to raise its estimate) put it over 2× often enough to cost it a tenth of its
-/// share over a few hundred calls; 3× kept every share within 3 points there. A pod several
-/// times slower still loses. With calls in flight, the cheaper pod wins, as in plain p2c:
-/// there a slow pod must lose every close comparison, or its calls set the client's tail
-/// latency.
+/// goes to the pod picked least recently: at light load equal pods' estimates differ by noise
+/// (a busy client's stalls), and only a wide factor keeps their shares even (BENCHMARKS.md).
+/// A pod several times slower still loses. With calls in flight, the cheaper pod wins, as in
+/// plain p2c, or a slow pod's calls would set the client's tail latency.
 pub(super) const NEAR_TIE: f64 = 3.0;
 
 /// The pods a channel holds now.
