@@ -3,13 +3,16 @@
 //! Systems, each in a client process of its own (see [`roles::System`]): a plain `Channel` to
 //! one pod, tonic's `balance_list`, both of this crate's kinds, and ginepro 0.9.3, built from
 //! `bench/ginepro-client` (tonic 0.13) by this program. The pods are processes too, and the DNS
-//! server is in this one. Every measurement runs the systems in turn, interleaved
+//! server is in this one. At scale, hickory's resolver alone asks the same names at the same
+//! rate in a loop of lookups ([`lookups`]), which tells hickory's cost from what our layers add.
+//! Every measurement runs the systems in turn, interleaved
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
 //! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
 //! `--quick` is a smoke run of the harness, with no meaningful figures.
 
+mod lookups;
 mod proc;
 mod report;
 mod roles;
@@ -25,7 +28,7 @@ use clap::{Parser, Subcommand};
 use k8s_headless_svc::HeadlessService;
 use proc::Proc;
 use report::{Reaction, Run, Scale};
-use roles::System;
+use roles::{Discoverer, System};
 use testkit::{DnsServer, svc_fqdn};
 
 #[derive(Debug, Parser)]
@@ -114,6 +117,9 @@ enum Role {
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
     Scale(roles::ScaleClient),
+    /// hickory's resolver alone, asked what the scale client asks (used by the harness).
+    #[command(hide = true)]
+    Lookups(lookups::Lookups),
     /// The spread of every goal's figure over several full runs written with `--write`:
     /// `bench noise run1.md run2.md run3.md`.
     Noise {
@@ -146,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             tuning,
         }) => roles::client(system, dns, service, pods, interval, tuning).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
+        Some(Role::Lookups(lookups)) => lookups::run(lookups).await,
         Some(Role::Noise { files }) => {
             let reports = files
                 .iter()
@@ -492,6 +499,7 @@ fn scale_ip(service: usize, pod: usize, pods: usize) -> IpAddr {
 /// One scale measurement's setup.
 struct ScaleRun {
     title: String,
+    client: Discoverer,
     server: &'static str,
     /// DNS over TCP only.
     tcp: bool,
@@ -509,10 +517,12 @@ struct ScaleRun {
 type QueryCount<'a> = &'a (dyn Fn() -> (u64, Option<u64>) + Sync);
 
 /// Discovery cost: many services at once against the in-process server and against dnsmasq
-/// (health checks off), health checks against live pods, and one service with many pods.
+/// (health checks off), each followed by hickory's resolver alone asking the same names at the
+/// same rate; health checks against live pods; and one service with many pods.
 async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Result<Vec<Scale>> {
+    // A quick window still spans one refresh interval, so that both clients ask something.
     let (services, pods, window) = if quick {
-        (20, 50, Duration::from_secs(2))
+        (20, 50, SCALE_INTERVAL)
     } else {
         (1000, 50, Duration::from_secs(30))
     };
@@ -521,8 +531,9 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
 
     // Many services, health checks off: nothing but discovery, no connections.
     let over = if tcp { ", DNS over TCP" } else { "" };
-    let many = |server| ScaleRun {
+    let many = |server, client| ScaleRun {
         title: format!("{services} services × {pods} pods, health checks off{over}"),
+        client,
         tcp,
         server,
         namespace: "scale",
@@ -537,15 +548,10 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
         dns.set_addrs(&svc_fqdn(&format!("s{s}"), "scale"), &ips)
             .await;
     }
-    out.push(
-        measure_scale(
-            me,
-            dns.addr(),
-            many("in-process hickory-server"),
-            in_process,
-        )
-        .await?,
-    );
+    for client in [Discoverer::Registry, Discoverer::HickoryAlone] {
+        let run = many("in-process hickory-server", client);
+        out.push(measure_scale(me, dns.addr(), run, in_process).await?);
+    }
     // The same against a DNS server no one here wrote, when it is installed.
     match testkit::Dnsmasq::start("bench-scale", true) {
         Ok(dnsmasq) => {
@@ -554,7 +560,10 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
                 dnsmasq.set(&svc_fqdn(&format!("s{s}"), "scale"), &ips)?;
             }
             let count: QueryCount<'_> = &|| (dnsmasq.queries("A") + dnsmasq.queries("AAAA"), None);
-            out.push(measure_scale(me, dnsmasq.addr(), many("dnsmasq"), count).await?);
+            for client in [Discoverer::Registry, Discoverer::HickoryAlone] {
+                let run = many("dnsmasq", client);
+                out.push(measure_scale(me, dnsmasq.addr(), run, count).await?);
+            }
         }
         Err(e) => eprintln!("skipping the dnsmasq scale run: {e}"),
     }
@@ -580,6 +589,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
                     "off"
                 }
             ),
+            client: Discoverer::Registry,
             server: "in-process hickory-server",
             tcp,
             namespace: "health",
@@ -599,6 +609,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
     dns.set_addrs(&svc_fqdn("s0", "big"), &ips).await;
     let run = ScaleRun {
         title: format!("1 service × {big} pods"),
+        client: Discoverer::Registry,
         server: "in-process hickory-server",
         tcp,
         namespace: "big",
@@ -621,30 +632,39 @@ async fn measure_scale(
     run: ScaleRun,
     count: QueryCount<'_>,
 ) -> anyhow::Result<Scale> {
+    let role = match run.client {
+        Discoverer::Registry => "scale",
+        Discoverer::HickoryAlone => "lookups",
+    };
     let mut args = vec![
-        "scale".to_owned(),
+        role.to_owned(),
         format!("--dns={dns}"),
         format!("--namespace={}", run.namespace),
         format!("--services={}", run.services),
-        format!("--port={}", run.port),
         format!("--interval={}ms", SCALE_INTERVAL.as_millis()),
         format!("--expect={}", run.pods),
     ];
+    if run.client == Discoverer::Registry {
+        args.push(format!("--port={}", run.port));
+    }
     if run.health {
         args.push("--health".to_owned());
     }
     if run.tcp {
         args.push("--tcp".to_owned());
     }
-    let mut p = Proc::spawn(&format!("scale {}", run.namespace), me, &args)?;
+    let mut p = Proc::spawn(&format!("{role} {}", run.namespace), me, &args)?;
     let baseline: u64 = p.expect("baseline", ANSWER).await?.parse()?;
     let ready: u64 = p.expect("ready", Duration::from_secs(120)).await?.parse()?;
     let pid = p.pid().context("the scale client's pid")?;
     let mut scale = Scale {
         title: run.title,
+        client: run.client,
         server: run.server,
         endpoints: run.services * run.pods,
-        discovered: Duration::from_micros(ready),
+        // hickory's loop spreads even its first lookups over the interval: no comparable
+        // discovery time.
+        discovered: (run.client == Discoverer::Registry).then(|| Duration::from_micros(ready)),
         cpu: None,
         queries: None,
         rss_kib: None,

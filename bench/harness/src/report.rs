@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Context;
 
-use crate::roles::System;
+use crate::roles::{Discoverer, System};
 
 /// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,10 +94,12 @@ impl Spread {
 #[derive(Clone, Debug)]
 pub struct Scale {
     pub title: String,
+    pub client: Discoverer,
     /// The DNS server that answered.
     pub server: &'static str,
     pub endpoints: usize,
-    pub discovered: Duration,
+    /// `None` where it means nothing (hickory's loop spreads its first lookups too).
+    pub discovered: Option<Duration>,
     /// Shares of one core over the window: user, then system.
     pub cpu: Option<(f64, f64)>,
     /// DNS queries per refresh per service over the window, and how many came over TCP.
@@ -111,11 +113,29 @@ impl Scale {
         self.cpu.map(|(user, system)| user + system)
     }
 
+    /// Memory growth per endpoint; `None` for hickory's loop, which keeps no endpoints.
     fn kib_per_endpoint(&self) -> Option<f64> {
+        if self.client != Discoverer::Registry {
+            return None;
+        }
         self.rss_kib
             .map(|rss| rss.saturating_sub(self.baseline_kib) as f64 / self.endpoints as f64)
     }
+
+    /// Our CPU over hickory's loop alone on the same setup and server, in `scales`.
+    fn cpu_over_hickory(&self, scales: &[Scale]) -> Option<f64> {
+        if self.client != Discoverer::Registry {
+            return None;
+        }
+        let alone = scales.iter().find(|b| {
+            b.client == Discoverer::HickoryAlone && b.title == self.title && b.server == self.server
+        })?;
+        Some(self.cpu_share()? / alone.cpu_share()?)
+    }
 }
+
+/// Discovery's CPU ÷ hickory's lookups alone: the goal.
+const OVER_HICKORY: f64 = 1.15;
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.retain(|x| x.is_finite());
@@ -446,23 +466,28 @@ impl Report {
         let b = &mut self.body;
         let _ = writeln!(
             b,
-            "### Discovery at scale (ours: one registry, a `channel()` per service, refresh every 5 s)\n\n\
-             | setup | DNS server | endpoints | all discovered in | CPU, % of one core (user + system) | queries per refresh per service (over TCP) | resident MiB | KiB per endpoint over the idle process |\n|---|---|---|---|---|---|---|---|"
+            "### Discovery at scale (ours: one registry, a `channel()` per service; hickory lookups alone: \
+             the A record of each service's name from hickory's resolver, cache off; refresh every 5 s)\n\n\
+             | setup | client | DNS server | endpoints | all discovered in | CPU, % of one core (user + system) | CPU × hickory lookups alone | queries per refresh per service (over TCP) | resident MiB | KiB per endpoint over the idle process |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &scales {
             let _ = writeln!(
                 b,
-                "| {} | {} | {} | {:.0} ms | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.title,
+                s.client.label(),
                 s.server,
                 s.endpoints,
-                ms(s.discovered),
+                s.discovered
+                    .map_or("–".into(), |d| format!("{:.0} ms", ms(d))),
                 s.cpu.map_or("–".into(), |(u, sy)| format!(
                     "{:.2} ({:.2} + {:.2})",
                     (u + sy) * 100.0,
                     u * 100.0,
                     sy * 100.0
                 )),
+                s.cpu_over_hickory(&scales)
+                    .map_or("–".into(), |r| format!("{r:.2}×")),
                 s.queries.map_or("–".into(), |(q, tcp)| match tcp {
                     Some(tcp) => format!("{q:.3} ({tcp})"),
                     None => format!("{q:.3} (–)"),
@@ -471,6 +496,22 @@ impl Report {
                     .map_or("–".into(), |r| format!("{:.1}", r as f64 / 1024.0)),
                 s.kib_per_endpoint()
                     .map_or("–".into(), |k| format!("{k:.2}")),
+            );
+        }
+        // What our layers add over hickory's own lookups, server by server.
+        let over: Vec<String> = scales
+            .iter()
+            .filter_map(|s| {
+                let r = s.cpu_over_hickory(&scales)?;
+                Some(format!("{r:.2}× against {}", s.server))
+            })
+            .collect();
+        if !over.is_empty() {
+            let _ = writeln!(
+                b,
+                "\nOur discovery's CPU ÷ hickory's lookups alone of the same names at the same \
+                 rate, in this run: {}.",
+                over.join(", ")
             );
         }
         // Health checks' added cost: the two runs on live pods.
@@ -502,11 +543,12 @@ impl Report {
             });
         }
         b.push('\n');
-        // The goals: the many-services run against each server.
-        for s in scales
-            .iter()
-            .filter(|s| s.title.contains("health checks off") && !s.title.contains("live"))
-        {
+        // The goals: our many-services run against each server.
+        for s in scales.iter().filter(|s| {
+            s.client == Discoverer::Registry
+                && s.title.contains("health checks off")
+                && !s.title.contains("live")
+        }) {
             if let (Some(cpu), Some(kib)) = (s.cpu_share(), s.kib_per_endpoint()) {
                 self.goals.push(Goal {
                     text: format!("{}, {}: CPU ≤ 2 % of one core", s.title, s.server),
@@ -517,6 +559,16 @@ impl Report {
                     text: format!("{}, {}: ≤ 10 KiB per endpoint", s.title, s.server),
                     measured: format!("{kib:.2} KiB"),
                     holds: kib <= 10.0,
+                });
+            }
+            if let Some(r) = s.cpu_over_hickory(&scales) {
+                self.goals.push(Goal {
+                    text: format!(
+                        "{}, {}: CPU ≤ {OVER_HICKORY}× hickory lookups alone",
+                        s.title, s.server
+                    ),
+                    measured: format!("{r:.3}×"),
+                    holds: r <= OVER_HICKORY,
                 });
             }
             if let Some((q, _)) = s.queries {
