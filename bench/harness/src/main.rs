@@ -208,8 +208,20 @@ fn build_ginepro() -> anyhow::Result<PathBuf> {
         .join("ginepro-client"))
 }
 
+/// This program, for its child processes. `/proc/self/exe` names the binary this process
+/// runs even after a build in the shared target directory has replaced the file, which
+/// `current_exe()` would then name instead.
+fn own_exe() -> anyhow::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        Ok(running.to_owned())
+    } else {
+        Ok(std::env::current_exe()?)
+    }
+}
+
 fn pod_proc(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<Proc> {
-    let me = std::env::current_exe()?;
+    let me = own_exe()?;
     let mut args = vec!["pod".to_owned(), "--port".to_owned(), port.to_string()];
     args.extend(pods.iter().map(|(name, ip)| format!("{name}={ip}")));
     Proc::spawn(&format!("pods {}", pods[0].0), &me, &args)
@@ -254,7 +266,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let service = format!("user-svc.bench:{port}");
     let pods: Vec<SocketAddr> = listed.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
 
-    let me = std::env::current_exe()?;
+    let me = own_exe()?;
     let systems = [
         System::Single,
         System::BalanceList,
