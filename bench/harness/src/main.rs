@@ -14,6 +14,7 @@
 
 mod lookups;
 mod proc;
+mod progress;
 mod report;
 mod roles;
 
@@ -136,6 +137,14 @@ const FAULT_CALLERS: usize = 16;
 const LIGHT_CALLS: usize = 300;
 const INTERVAL: Duration = Duration::from_secs(1);
 const ANSWER: Duration = Duration::from_secs(60);
+/// The uncounted run each system makes before a throughput measurement.
+const WARM_UP: Duration = Duration::from_millis(300);
+/// Rough wall times, for the progress bar: a light-traffic run, one system's reaction trial
+/// (two random waits within the interval, two reactions and 2 s without a call), and a scale
+/// client's start and discovery.
+const LIGHT_STEP: Duration = Duration::from_secs(1);
+const REACTION_STEP: Duration = Duration::from_secs(4);
+const SCALE_START: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -198,7 +207,9 @@ fn build_ginepro() -> anyhow::Result<PathBuf> {
     if release {
         build.arg("--release");
     }
-    eprintln!("building the ginepro client (tonic 0.13): {build:?}");
+    progress::line(&format!(
+        "building the ginepro client (tonic 0.13): {build:?}"
+    ));
     let status = build.status().context("running cargo")?;
     if !status.success() {
         bail!("building bench/ginepro-client failed: {status}");
@@ -247,7 +258,40 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         (args.rounds, args.run, args.trials)
     };
     let runs = |m: Measure| args.only.is_empty() || args.only.contains(&m);
+    let fast_callers: Vec<usize> = CALLERS
+        .into_iter()
+        .filter(|c| runs(Measure::Fast) || (runs(Measure::Slow) && *c == FAULT_CALLERS))
+        .collect();
+    // One pod killed: the length of the run it dies in.
+    let window = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let light_calls = if quick { 30 } else { LIGHT_CALLS };
     let ginepro = build_ginepro()?;
+
+    // The work ahead, for the progress bar: five systems, four of them discovering (all but
+    // the single pod), three of those in the reaction (not balance_list).
+    let throughput = |systems: u32| (WARM_UP + run * rounds as u32) * systems;
+    let mut planned = Duration::ZERO;
+    if runs(Measure::Light) {
+        planned += LIGHT_STEP * 4;
+    }
+    planned += throughput(5) * fast_callers.len() as u32;
+    if runs(Measure::Slow) {
+        planned += throughput(4);
+    }
+    if runs(Measure::Killed) {
+        planned += (window + Duration::from_secs(1)) * 4;
+    }
+    if runs(Measure::Reaction) {
+        planned += REACTION_STEP * 3 * trials as u32;
+    }
+    if runs(Measure::Scale) {
+        planned += scale_planned(quick);
+    }
+    progress::start(planned);
     let started = std::time::Instant::now();
     let dns = DnsServer::start().await?;
 
@@ -323,21 +367,21 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // 0. Light traffic, first of all, while every client is fresh: one sequential caller.
     if runs(Measure::Light) {
-        let calls = if quick { 30 } else { LIGHT_CALLS };
+        let calls = light_calls;
         let mut spreads = Vec::new();
         for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+            progress::stage(format!("light traffic: {}", system.label()));
             let line = client.ask(&format!("spread {calls}"), ANSWER).await?;
             spreads.push((*system, report::Spread::parse(&line, &names[..3])?));
+            progress::advance(LIGHT_STEP);
         }
         report.light(calls, spreads);
     }
 
     // 1. All pods fast, at each concurrency. The slow pod's ratios need the 16-caller run.
-    for callers in CALLERS
-        .into_iter()
-        .filter(|c| runs(Measure::Fast) || (runs(Measure::Slow) && *c == FAULT_CALLERS))
-    {
-        let runs = interleaved(&mut clients, |_| true, callers, rounds, run).await?;
+    for callers in fast_callers {
+        let what = format!("all pods fast, {callers} callers");
+        let runs = interleaved(&mut clients, &what, |_| true, callers, rounds, run).await?;
         report.fast(callers, runs);
     }
 
@@ -346,6 +390,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         slow_pod.ask("delay 20", ANSWER).await?;
         let runs = interleaved(
             &mut clients,
+            "one pod +20 ms",
             |s| s != System::Single,
             FAULT_CALLERS,
             rounds,
@@ -358,15 +403,11 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // 3. One pod killed while DNS still lists it: for each system in turn, (re)start the pod,
     // wait until the system calls it, kill it 50 ms into a 5 s run, count the failures.
-    let window = if quick {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(5)
-    };
     let mut victim_pod = victim_pod;
     if runs(Measure::Killed) {
         let mut killed = Vec::new();
         for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+            progress::stage(format!("one pod killed: {}", system.label()));
             client.begin(&format!("first {} 30000", names[2].0)).await?;
             client
                 .expect("ok", ANSWER)
@@ -381,6 +422,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             killed.push((*system, r));
             // A new pod on the same address, for the next system and for what follows.
             victim_pod = start_pods(port, &names[2..3]).await?.0;
+            progress::advance(window + Duration::from_secs(1));
         }
         report.killed(window, killed);
     }
@@ -388,7 +430,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     // 4. Discovery reaction: bench-3 added to DNS, then removed.
     let extra_ip = names[3].1;
     let mut reactions: Vec<(System, Vec<Reaction>)> = Vec::new();
-    for _ in 0..if runs(Measure::Reaction) { trials } else { 0 } {
+    for trial in 0..if runs(Measure::Reaction) { trials } else { 0 } {
         for (system, client) in clients.iter_mut() {
             if !matches!(
                 system,
@@ -396,6 +438,11 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             ) {
                 continue;
             }
+            progress::stage(format!(
+                "discovery reaction: trial {}/{trials}, {}",
+                trial + 1,
+                system.label()
+            ));
             // Each change lands at a random point of the refresh cycle, not in step with it.
             tokio::time::sleep(INTERVAL.mul_f64(fastrand::f64())).await;
             client.begin(&format!("first {} 20000", names[3].0)).await?;
@@ -421,6 +468,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
                 Some((_, v)) => v.push(reaction),
                 None => reactions.push((*system, vec![reaction])),
             }
+            progress::advance(REACTION_STEP);
         }
     }
     if runs(Measure::Reaction) {
@@ -440,6 +488,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         report.scale(scales);
     }
 
+    progress::finish();
     let text = report.finish(started.elapsed());
     print!("{text}");
     let target = args
@@ -468,9 +517,11 @@ fn args_line() -> String {
     line
 }
 
-/// `rounds` rounds; each round runs every system that `include` takes once, in turn.
+/// `rounds` rounds; each round runs every system that `include` takes once, in turn. `what`
+/// names the measurement on the progress bar.
 async fn interleaved(
     clients: &mut [(System, Proc)],
+    what: &str,
     include: impl Fn(System) -> bool,
     callers: usize,
     rounds: usize,
@@ -479,10 +530,14 @@ async fn interleaved(
     let mut runs: Vec<(System, Vec<Run>)> = Vec::new();
     // One short warm-up run each, not counted.
     for (system, client) in clients.iter_mut().filter(|(s, _)| include(*s)) {
-        client.ask(&format!("run {callers} 300"), ANSWER).await?;
+        progress::stage(format!("{what}: warm-up, {}", system.label()));
+        client
+            .ask(&format!("run {callers} {}", WARM_UP.as_millis()), ANSWER)
+            .await?;
         runs.push((*system, Vec::new()));
+        progress::advance(WARM_UP);
     }
-    for _ in 0..rounds {
+    for round in 0..rounds {
         // A new order each round, so that no system always follows the same one.
         let mut order: Vec<usize> = (0..clients.len())
             .filter(|&i| include(clients[i].0))
@@ -490,9 +545,15 @@ async fn interleaved(
         fastrand::shuffle(&mut order);
         for i in order {
             let (system, client) = &mut clients[i];
+            progress::stage(format!(
+                "{what}: round {}/{rounds}, {}",
+                round + 1,
+                system.label()
+            ));
             let line = client
                 .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
                 .await?;
+            progress::advance(run);
             let r = Run::parse(&line)?;
             if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
                 v.push(r);
@@ -532,12 +593,7 @@ type QueryCount<'a> = &'a (dyn Fn() -> (u64, Option<u64>) + Sync);
 /// (health checks off), each followed by hickory's resolver alone asking the same names at the
 /// same rate; health checks against live pods; and one service with many pods.
 async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Result<Vec<Scale>> {
-    // A quick window still spans one refresh interval, so that both clients ask something.
-    let (services, pods, window) = if quick {
-        (20, 50, SCALE_INTERVAL)
-    } else {
-        (1000, 50, Duration::from_secs(30))
-    };
+    let (services, pods, window) = scale_sizes(quick);
     let mut out = Vec::new();
     let in_process: QueryCount<'_> = &|| (dns.queries(), Some(dns.tcp_queries()));
 
@@ -577,7 +633,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
                 out.push(measure_scale(me, dnsmasq.addr(), run, count).await?);
             }
         }
-        Err(e) => eprintln!("skipping the dnsmasq scale run: {e}"),
+        Err(e) => progress::line(&format!("skipping the dnsmasq scale run: {e}")),
     }
 
     // Health checks' added cost: services × the same live pods, off and then on.
@@ -638,6 +694,29 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
 /// Refreshes every 5 s (the default) in every scale run.
 const SCALE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Services and pods of the many-services runs, and the window every scale run measures
+/// over. A quick window still spans one refresh interval, so that every client asks something.
+fn scale_sizes(quick: bool) -> (usize, usize, Duration) {
+    if quick {
+        (20, 50, SCALE_INTERVAL)
+    } else {
+        (1000, 50, Duration::from_secs(30))
+    }
+}
+
+/// How long a scale run waits after discovery before its window: the first refreshes, and an
+/// empty address family confirmed (3 answers and 5 s).
+fn scale_settle(window: Duration) -> Duration {
+    (SCALE_INTERVAL * 4).min(window)
+}
+
+/// The scale part's rough wall time, for the progress bar: six measured runs (ours and
+/// hickory's loop against two servers, health checks off and on) and one timed discovery.
+fn scale_planned(quick: bool) -> Duration {
+    let window = scale_sizes(quick).2;
+    (SCALE_START + scale_settle(window) + window) * 6 + SCALE_START
+}
+
 async fn measure_scale(
     me: &Path,
     dns: SocketAddr,
@@ -665,6 +744,13 @@ async fn measure_scale(
     if run.tcp {
         args.push("--tcp".to_owned());
     }
+    let what = format!(
+        "discovery at scale: {}, {}, {}",
+        run.title,
+        run.client.label(),
+        run.server
+    );
+    progress::stage(format!("{what}: discovering"));
     let mut p = Proc::spawn(&format!("{role} {}", run.namespace), me, &args)?;
     let baseline: u64 = p.expect("baseline", ANSWER).await?.parse()?;
     let ready: u64 = p.expect("ready", Duration::from_secs(120)).await?.parse()?;
@@ -683,9 +769,13 @@ async fn measure_scale(
         baseline_kib: baseline,
     };
     if let Some(window) = run.window {
-        // Let the first refreshes settle, and an empty address family be confirmed (3
-        // answers and 5 s), then measure one window.
-        tokio::time::sleep((SCALE_INTERVAL * 4).min(window)).await;
+        // Let the first refreshes settle, and an empty address family be confirmed, then
+        // measure one window.
+        progress::advance(SCALE_START);
+        progress::stage(format!("{what}: settling"));
+        tokio::time::sleep(scale_settle(window)).await;
+        progress::advance(scale_settle(window));
+        progress::stage(format!("{what}: measuring for {window:?}"));
         let ((user0, sys0), q0, t0) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
         tokio::time::sleep(window).await;
         let ((user1, sys1), q1, t1) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
@@ -698,6 +788,9 @@ async fn measure_scale(
         let tcp = q0.1.zip(q1.1).map(|(a, b)| b - a);
         scale.queries = Some(((q1.0 - q0.0) as f64 / refreshes, tcp));
         scale.rss_kib = Some(proc::rss_kib(pid)?);
+        progress::advance(window);
+    } else {
+        progress::advance(SCALE_START);
     }
     p.close().await;
     Ok(scale)
