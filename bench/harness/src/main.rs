@@ -9,9 +9,13 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
+//! The report's tables come with SVG charts ([`charts`]): throughput, the slow pod's p99, the
+//! discovery reaction and discovery's CPU.
+//!
 //! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
 //! `--quick` is a smoke run of the harness, with no meaningful figures.
 
+mod charts;
 mod lookups;
 mod proc;
 mod progress;
@@ -66,8 +70,10 @@ struct Args {
     /// Our two kinds with health checks off (`HealthCheck::Off`): what the gate costs.
     #[arg(long)]
     no_health: bool,
-    /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
-    /// for a full run, nowhere for `--quick`.
+    /// Where to write the results (between the markers in the file), with SVG charts beside
+    /// it that it links: `bench/charts/` for BENCHMARKS.md, `NAME-charts/` for `NAME.md`.
+    /// Default: BENCHMARKS.md for a full run, nowhere for `--quick` (its charts go to a
+    /// temporary folder).
     #[arg(long)]
     write: Option<PathBuf>,
 }
@@ -489,16 +495,51 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
 
     progress::finish();
-    let text = report.finish(started.elapsed());
-    print!("{text}");
     let target = args
         .write
         .or_else(|| (!quick && args.only.is_empty()).then(|| root().join("BENCHMARKS.md")));
+    let charts = report.charts()?;
+    let (dir, link) = chart_place(target.as_deref());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for chart in &charts {
+        let path = dir.join(chart.file);
+        std::fs::write(&path, &chart.svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let links = link.as_deref().map(|link| (link, charts.as_slice()));
+    let text = report.finish(started.elapsed(), links);
+    print!("{text}");
     if let Some(path) = target {
         report::write_between_markers(&path, &text)?;
         eprintln!("wrote {}", path.display());
     }
+    let plural = if charts.len() == 1 { "" } else { "s" };
+    eprintln!(
+        "wrote {} chart{plural} into {}",
+        charts.len(),
+        dir.display()
+    );
     Ok(())
+}
+
+/// Where a run's charts go, and the folder its report links them by (relative to the report):
+/// `bench/charts/` beside BENCHMARKS.md, `NAME-charts/` beside any other report `NAME.md`,
+/// and a temporary folder, not linked, when no report is written.
+fn chart_place(report: Option<&Path>) -> (PathBuf, Option<String>) {
+    let Some(report) = report else {
+        return (std::env::temp_dir().join("bench-charts"), None);
+    };
+    let beside = report.parent().unwrap_or(Path::new("."));
+    let link = match report.file_name().and_then(|n| n.to_str()) {
+        Some("BENCHMARKS.md") => "bench/charts".to_owned(),
+        _ => {
+            let stem = report
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("report");
+            format!("{stem}-charts")
+        }
+    };
+    (beside.join(&link), Some(link))
 }
 
 /// The command line as typed, for the report.
@@ -759,6 +800,7 @@ async fn measure_scale(
         title: run.title,
         client: run.client,
         server: run.server,
+        services: run.services,
         endpoints: run.services * run.pods,
         // hickory's loop spreads even its first lookups over the interval: no comparable
         // discovery time.
