@@ -27,8 +27,10 @@ pub fn start(planned: Duration) {
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    // The elapsed time moves during a 30 s window too.
-    bar.enable_steady_tick(Duration::from_millis(500));
+    // The elapsed time moves during a 30 s window too; a hidden bar needs no ticking thread.
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(Duration::from_millis(500));
+    }
     let _ = BAR.set(bar);
 }
 
