@@ -3,14 +3,22 @@
 //! Systems, each in a client process of its own (see [`roles::System`]): a plain `Channel` to
 //! one pod, tonic's `balance_list`, both of this crate's kinds, and ginepro 0.9.3, built from
 //! `bench/ginepro-client` (tonic 0.13) by this program. The pods are processes too, and the DNS
-//! server is in this one. Every measurement runs the systems in turn, interleaved
+//! server is in this one. At scale, hickory's resolver alone asks the same names at the same
+//! rate in a loop of lookups ([`lookups`]), which tells hickory's cost from what our layers add.
+//! Every measurement runs the systems in turn, interleaved
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
+//!
+//! The report's tables come with SVG charts ([`charts`]): throughput, the slow pod's p99, the
+//! discovery reaction and discovery's CPU.
 //!
 //! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
 //! `--quick` is a smoke run of the harness, with no meaningful figures.
 
+mod charts;
+mod lookups;
 mod proc;
+mod progress;
 mod report;
 mod roles;
 
@@ -25,7 +33,7 @@ use clap::{Parser, Subcommand};
 use k8s_headless_svc::HeadlessService;
 use proc::Proc;
 use report::{Reaction, Run, Scale};
-use roles::System;
+use roles::{Discoverer, System};
 use testkit::{DnsServer, svc_fqdn};
 
 #[derive(Debug, Parser)]
@@ -62,8 +70,10 @@ struct Args {
     /// Our two kinds with health checks off (`HealthCheck::Off`): what the gate costs.
     #[arg(long)]
     no_health: bool,
-    /// Where to write the results (between the markers in the file). Default: BENCHMARKS.md
-    /// for a full run, nowhere for `--quick`.
+    /// Where to write the results (between the markers in the file), with SVG charts beside
+    /// it that it links: `bench/charts/` for BENCHMARKS.md, `NAME-charts/` for `NAME.md`.
+    /// Default: BENCHMARKS.md for a full run, nowhere for `--quick` (its charts go to a
+    /// temporary folder).
     #[arg(long)]
     write: Option<PathBuf>,
 }
@@ -114,6 +124,9 @@ enum Role {
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
     Scale(roles::ScaleClient),
+    /// hickory's resolver alone, asked what the scale client asks (used by the harness).
+    #[command(hide = true)]
+    Lookups(lookups::Lookups),
     /// The spread of every goal's figure over several full runs written with `--write`:
     /// `bench noise run1.md run2.md run3.md`.
     Noise {
@@ -130,6 +143,14 @@ const FAULT_CALLERS: usize = 16;
 const LIGHT_CALLS: usize = 300;
 const INTERVAL: Duration = Duration::from_secs(1);
 const ANSWER: Duration = Duration::from_secs(60);
+/// The uncounted run each system makes before a throughput measurement.
+const WARM_UP: Duration = Duration::from_millis(300);
+/// Rough wall times, for the progress bar: a light-traffic run, one system's reaction trial
+/// (two random waits within the interval, two reactions and 2 s without a call), and a scale
+/// client's start and discovery.
+const LIGHT_STEP: Duration = Duration::from_secs(1);
+const REACTION_STEP: Duration = Duration::from_secs(4);
+const SCALE_START: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -146,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             tuning,
         }) => roles::client(system, dns, service, pods, interval, tuning).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
+        Some(Role::Lookups(lookups)) => lookups::run(lookups).await,
         Some(Role::Noise { files }) => {
             let reports = files
                 .iter()
@@ -191,7 +213,9 @@ fn build_ginepro() -> anyhow::Result<PathBuf> {
     if release {
         build.arg("--release");
     }
-    eprintln!("building the ginepro client (tonic 0.13): {build:?}");
+    progress::line(&format!(
+        "building the ginepro client (tonic 0.13): {build:?}"
+    ));
     let status = build.status().context("running cargo")?;
     if !status.success() {
         bail!("building bench/ginepro-client failed: {status}");
@@ -201,8 +225,20 @@ fn build_ginepro() -> anyhow::Result<PathBuf> {
         .join("ginepro-client"))
 }
 
+/// This program, for its child processes. `/proc/self/exe` names the binary this process
+/// runs even after a build in the shared target directory has replaced the file, which
+/// `current_exe()` would then name instead.
+fn own_exe() -> anyhow::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        Ok(running.to_owned())
+    } else {
+        Ok(std::env::current_exe()?)
+    }
+}
+
 fn pod_proc(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<Proc> {
-    let me = std::env::current_exe()?;
+    let me = own_exe()?;
     let mut args = vec!["pod".to_owned(), "--port".to_owned(), port.to_string()];
     args.extend(pods.iter().map(|(name, ip)| format!("{name}={ip}")));
     Proc::spawn(&format!("pods {}", pods[0].0), &me, &args)
@@ -228,7 +264,40 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         (args.rounds, args.run, args.trials)
     };
     let runs = |m: Measure| args.only.is_empty() || args.only.contains(&m);
+    let fast_callers: Vec<usize> = CALLERS
+        .into_iter()
+        .filter(|c| runs(Measure::Fast) || (runs(Measure::Slow) && *c == FAULT_CALLERS))
+        .collect();
+    // One pod killed: the length of the run it dies in.
+    let window = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let light_calls = if quick { 30 } else { LIGHT_CALLS };
     let ginepro = build_ginepro()?;
+
+    // The work ahead, for the progress bar: five systems, four of them discovering (all but
+    // the single pod), three of those in the reaction (not balance_list).
+    let throughput = |systems: u32| (WARM_UP + run * rounds as u32) * systems;
+    let mut planned = Duration::ZERO;
+    if runs(Measure::Light) {
+        planned += LIGHT_STEP * 4;
+    }
+    planned += throughput(5) * fast_callers.len() as u32;
+    if runs(Measure::Slow) {
+        planned += throughput(4);
+    }
+    if runs(Measure::Killed) {
+        planned += (window + Duration::from_secs(1)) * 4;
+    }
+    if runs(Measure::Reaction) {
+        planned += REACTION_STEP * 3 * trials as u32;
+    }
+    if runs(Measure::Scale) {
+        planned += scale_planned(quick);
+    }
+    progress::start(planned);
     let started = std::time::Instant::now();
     let dns = DnsServer::start().await?;
 
@@ -247,7 +316,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let service = format!("user-svc.bench:{port}");
     let pods: Vec<SocketAddr> = listed.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
 
-    let me = std::env::current_exe()?;
+    let me = own_exe()?;
     let systems = [
         System::Single,
         System::BalanceList,
@@ -304,21 +373,21 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // 0. Light traffic, first of all, while every client is fresh: one sequential caller.
     if runs(Measure::Light) {
-        let calls = if quick { 30 } else { LIGHT_CALLS };
+        let calls = light_calls;
         let mut spreads = Vec::new();
         for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+            progress::stage(format!("light traffic: {}", system.label()));
             let line = client.ask(&format!("spread {calls}"), ANSWER).await?;
             spreads.push((*system, report::Spread::parse(&line, &names[..3])?));
+            progress::advance(LIGHT_STEP);
         }
         report.light(calls, spreads);
     }
 
     // 1. All pods fast, at each concurrency. The slow pod's ratios need the 16-caller run.
-    for callers in CALLERS
-        .into_iter()
-        .filter(|c| runs(Measure::Fast) || (runs(Measure::Slow) && *c == FAULT_CALLERS))
-    {
-        let runs = interleaved(&mut clients, |_| true, callers, rounds, run).await?;
+    for callers in fast_callers {
+        let what = format!("all pods fast, {callers} callers");
+        let runs = interleaved(&mut clients, &what, |_| true, callers, rounds, run).await?;
         report.fast(callers, runs);
     }
 
@@ -327,6 +396,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         slow_pod.ask("delay 20", ANSWER).await?;
         let runs = interleaved(
             &mut clients,
+            "one pod +20 ms",
             |s| s != System::Single,
             FAULT_CALLERS,
             rounds,
@@ -339,15 +409,11 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // 3. One pod killed while DNS still lists it: for each system in turn, (re)start the pod,
     // wait until the system calls it, kill it 50 ms into a 5 s run, count the failures.
-    let window = if quick {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(5)
-    };
     let mut victim_pod = victim_pod;
     if runs(Measure::Killed) {
         let mut killed = Vec::new();
         for (system, client) in clients.iter_mut().filter(|(s, _)| *s != System::Single) {
+            progress::stage(format!("one pod killed: {}", system.label()));
             client.begin(&format!("first {} 30000", names[2].0)).await?;
             client
                 .expect("ok", ANSWER)
@@ -362,6 +428,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             killed.push((*system, r));
             // A new pod on the same address, for the next system and for what follows.
             victim_pod = start_pods(port, &names[2..3]).await?.0;
+            progress::advance(window + Duration::from_secs(1));
         }
         report.killed(window, killed);
     }
@@ -369,7 +436,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     // 4. Discovery reaction: bench-3 added to DNS, then removed.
     let extra_ip = names[3].1;
     let mut reactions: Vec<(System, Vec<Reaction>)> = Vec::new();
-    for _ in 0..if runs(Measure::Reaction) { trials } else { 0 } {
+    for trial in 0..if runs(Measure::Reaction) { trials } else { 0 } {
         for (system, client) in clients.iter_mut() {
             if !matches!(
                 system,
@@ -377,6 +444,11 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             ) {
                 continue;
             }
+            progress::stage(format!(
+                "discovery reaction: trial {}/{trials}, {}",
+                trial + 1,
+                system.label()
+            ));
             // Each change lands at a random point of the refresh cycle, not in step with it.
             tokio::time::sleep(INTERVAL.mul_f64(fastrand::f64())).await;
             client.begin(&format!("first {} 20000", names[3].0)).await?;
@@ -402,6 +474,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
                 Some((_, v)) => v.push(reaction),
                 None => reactions.push((*system, vec![reaction])),
             }
+            progress::advance(REACTION_STEP);
         }
     }
     if runs(Measure::Reaction) {
@@ -421,16 +494,52 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         report.scale(scales);
     }
 
-    let text = report.finish(started.elapsed());
-    print!("{text}");
+    progress::finish();
     let target = args
         .write
         .or_else(|| (!quick && args.only.is_empty()).then(|| root().join("BENCHMARKS.md")));
+    let charts = report.charts()?;
+    let (dir, link) = chart_place(target.as_deref());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for chart in &charts {
+        let path = dir.join(chart.file);
+        std::fs::write(&path, &chart.svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let links = link.as_deref().map(|link| (link, charts.as_slice()));
+    let text = report.finish(started.elapsed(), links);
+    print!("{text}");
     if let Some(path) = target {
         report::write_between_markers(&path, &text)?;
         eprintln!("wrote {}", path.display());
     }
+    let plural = if charts.len() == 1 { "" } else { "s" };
+    eprintln!(
+        "wrote {} chart{plural} into {}",
+        charts.len(),
+        dir.display()
+    );
     Ok(())
+}
+
+/// Where a run's charts go, and the folder its report links them by (relative to the report):
+/// `bench/charts/` beside BENCHMARKS.md, `NAME-charts/` beside any other report `NAME.md`,
+/// and a temporary folder, not linked, when no report is written.
+fn chart_place(report: Option<&Path>) -> (PathBuf, Option<String>) {
+    let Some(report) = report else {
+        return (std::env::temp_dir().join("bench-charts"), None);
+    };
+    let beside = report.parent().unwrap_or(Path::new("."));
+    let link = match report.file_name().and_then(|n| n.to_str()) {
+        Some("BENCHMARKS.md") => "bench/charts".to_owned(),
+        _ => {
+            let stem = report
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("report");
+            format!("{stem}-charts")
+        }
+    };
+    (beside.join(&link), Some(link))
 }
 
 /// The command line as typed, for the report.
@@ -449,9 +558,11 @@ fn args_line() -> String {
     line
 }
 
-/// `rounds` rounds; each round runs every system that `include` takes once, in turn.
+/// `rounds` rounds; each round runs every system that `include` takes once, in turn. `what`
+/// names the measurement on the progress bar.
 async fn interleaved(
     clients: &mut [(System, Proc)],
+    what: &str,
     include: impl Fn(System) -> bool,
     callers: usize,
     rounds: usize,
@@ -460,10 +571,14 @@ async fn interleaved(
     let mut runs: Vec<(System, Vec<Run>)> = Vec::new();
     // One short warm-up run each, not counted.
     for (system, client) in clients.iter_mut().filter(|(s, _)| include(*s)) {
-        client.ask(&format!("run {callers} 300"), ANSWER).await?;
+        progress::stage(format!("{what}: warm-up, {}", system.label()));
+        client
+            .ask(&format!("run {callers} {}", WARM_UP.as_millis()), ANSWER)
+            .await?;
         runs.push((*system, Vec::new()));
+        progress::advance(WARM_UP);
     }
-    for _ in 0..rounds {
+    for round in 0..rounds {
         // A new order each round, so that no system always follows the same one.
         let mut order: Vec<usize> = (0..clients.len())
             .filter(|&i| include(clients[i].0))
@@ -471,9 +586,15 @@ async fn interleaved(
         fastrand::shuffle(&mut order);
         for i in order {
             let (system, client) = &mut clients[i];
+            progress::stage(format!(
+                "{what}: round {}/{rounds}, {}",
+                round + 1,
+                system.label()
+            ));
             let line = client
                 .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
                 .await?;
+            progress::advance(run);
             let r = Run::parse(&line)?;
             if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
                 v.push(r);
@@ -492,6 +613,7 @@ fn scale_ip(service: usize, pod: usize, pods: usize) -> IpAddr {
 /// One scale measurement's setup.
 struct ScaleRun {
     title: String,
+    client: Discoverer,
     server: &'static str,
     /// DNS over TCP only.
     tcp: bool,
@@ -509,20 +631,18 @@ struct ScaleRun {
 type QueryCount<'a> = &'a (dyn Fn() -> (u64, Option<u64>) + Sync);
 
 /// Discovery cost: many services at once against the in-process server and against dnsmasq
-/// (health checks off), health checks against live pods, and one service with many pods.
+/// (health checks off), each followed by hickory's resolver alone asking the same names at the
+/// same rate; health checks against live pods; and one service with many pods.
 async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Result<Vec<Scale>> {
-    let (services, pods, window) = if quick {
-        (20, 50, Duration::from_secs(2))
-    } else {
-        (1000, 50, Duration::from_secs(30))
-    };
+    let (services, pods, window) = scale_sizes(quick);
     let mut out = Vec::new();
     let in_process: QueryCount<'_> = &|| (dns.queries(), Some(dns.tcp_queries()));
 
     // Many services, health checks off: nothing but discovery, no connections.
     let over = if tcp { ", DNS over TCP" } else { "" };
-    let many = |server| ScaleRun {
+    let many = |server, client| ScaleRun {
         title: format!("{services} services × {pods} pods, health checks off{over}"),
+        client,
         tcp,
         server,
         namespace: "scale",
@@ -537,15 +657,10 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
         dns.set_addrs(&svc_fqdn(&format!("s{s}"), "scale"), &ips)
             .await;
     }
-    out.push(
-        measure_scale(
-            me,
-            dns.addr(),
-            many("in-process hickory-server"),
-            in_process,
-        )
-        .await?,
-    );
+    for client in [Discoverer::Registry, Discoverer::HickoryAlone] {
+        let run = many("in-process hickory-server", client);
+        out.push(measure_scale(me, dns.addr(), run, in_process).await?);
+    }
     // The same against a DNS server no one here wrote, when it is installed.
     match testkit::Dnsmasq::start("bench-scale", true) {
         Ok(dnsmasq) => {
@@ -554,9 +669,12 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
                 dnsmasq.set(&svc_fqdn(&format!("s{s}"), "scale"), &ips)?;
             }
             let count: QueryCount<'_> = &|| (dnsmasq.queries("A") + dnsmasq.queries("AAAA"), None);
-            out.push(measure_scale(me, dnsmasq.addr(), many("dnsmasq"), count).await?);
+            for client in [Discoverer::Registry, Discoverer::HickoryAlone] {
+                let run = many("dnsmasq", client);
+                out.push(measure_scale(me, dnsmasq.addr(), run, count).await?);
+            }
         }
-        Err(e) => eprintln!("skipping the dnsmasq scale run: {e}"),
+        Err(e) => progress::line(&format!("skipping the dnsmasq scale run: {e}")),
     }
 
     // Health checks' added cost: services × the same live pods, off and then on.
@@ -580,6 +698,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
                     "off"
                 }
             ),
+            client: Discoverer::Registry,
             server: "in-process hickory-server",
             tcp,
             namespace: "health",
@@ -599,6 +718,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
     dns.set_addrs(&svc_fqdn("s0", "big"), &ips).await;
     let run = ScaleRun {
         title: format!("1 service × {big} pods"),
+        client: Discoverer::Registry,
         server: "in-process hickory-server",
         tcp,
         namespace: "big",
@@ -615,45 +735,89 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
 /// Refreshes every 5 s (the default) in every scale run.
 const SCALE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Services and pods of the many-services runs, and the window every scale run measures
+/// over. A quick window still spans one refresh interval, so that every client asks something.
+fn scale_sizes(quick: bool) -> (usize, usize, Duration) {
+    if quick {
+        (20, 50, SCALE_INTERVAL)
+    } else {
+        (1000, 50, Duration::from_secs(30))
+    }
+}
+
+/// How long a scale run waits after discovery before its window: the first refreshes, and an
+/// empty address family confirmed (3 answers and 5 s).
+fn scale_settle(window: Duration) -> Duration {
+    (SCALE_INTERVAL * 4).min(window)
+}
+
+/// The scale part's rough wall time, for the progress bar: six measured runs (ours and
+/// hickory's loop against two servers, health checks off and on) and one timed discovery.
+fn scale_planned(quick: bool) -> Duration {
+    let window = scale_sizes(quick).2;
+    (SCALE_START + scale_settle(window) + window) * 6 + SCALE_START
+}
+
 async fn measure_scale(
     me: &Path,
     dns: SocketAddr,
     run: ScaleRun,
     count: QueryCount<'_>,
 ) -> anyhow::Result<Scale> {
+    let role = match run.client {
+        Discoverer::Registry => "scale",
+        Discoverer::HickoryAlone => "lookups",
+    };
     let mut args = vec![
-        "scale".to_owned(),
+        role.to_owned(),
         format!("--dns={dns}"),
         format!("--namespace={}", run.namespace),
         format!("--services={}", run.services),
-        format!("--port={}", run.port),
         format!("--interval={}ms", SCALE_INTERVAL.as_millis()),
         format!("--expect={}", run.pods),
     ];
+    if run.client == Discoverer::Registry {
+        args.push(format!("--port={}", run.port));
+    }
     if run.health {
         args.push("--health".to_owned());
     }
     if run.tcp {
         args.push("--tcp".to_owned());
     }
-    let mut p = Proc::spawn(&format!("scale {}", run.namespace), me, &args)?;
+    let what = format!(
+        "discovery at scale: {}, {}, {}",
+        run.title,
+        run.client.label(),
+        run.server
+    );
+    progress::stage(format!("{what}: discovering"));
+    let mut p = Proc::spawn(&format!("{role} {}", run.namespace), me, &args)?;
     let baseline: u64 = p.expect("baseline", ANSWER).await?.parse()?;
     let ready: u64 = p.expect("ready", Duration::from_secs(120)).await?.parse()?;
     let pid = p.pid().context("the scale client's pid")?;
     let mut scale = Scale {
         title: run.title,
+        client: run.client,
         server: run.server,
+        services: run.services,
         endpoints: run.services * run.pods,
-        discovered: Duration::from_micros(ready),
+        // hickory's loop spreads even its first lookups over the interval: no comparable
+        // discovery time.
+        discovered: (run.client == Discoverer::Registry).then(|| Duration::from_micros(ready)),
         cpu: None,
         queries: None,
         rss_kib: None,
         baseline_kib: baseline,
     };
     if let Some(window) = run.window {
-        // Let the first refreshes settle, and an empty address family be confirmed (3
-        // answers and 5 s), then measure one window.
-        tokio::time::sleep((SCALE_INTERVAL * 4).min(window)).await;
+        // Let the first refreshes settle, and an empty address family be confirmed, then
+        // measure one window.
+        progress::advance(SCALE_START);
+        progress::stage(format!("{what}: settling"));
+        tokio::time::sleep(scale_settle(window)).await;
+        progress::advance(scale_settle(window));
+        progress::stage(format!("{what}: measuring for {window:?}"));
         let ((user0, sys0), q0, t0) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
         tokio::time::sleep(window).await;
         let ((user1, sys1), q1, t1) = (proc::cpu_time(pid)?, count(), std::time::Instant::now());
@@ -666,6 +830,9 @@ async fn measure_scale(
         let tcp = q0.1.zip(q1.1).map(|(a, b)| b - a);
         scale.queries = Some(((q1.0 - q0.0) as f64 / refreshes, tcp));
         scale.rss_kib = Some(proc::rss_kib(pid)?);
+        progress::advance(window);
+    } else {
+        progress::advance(SCALE_START);
     }
     p.close().await;
     Ok(scale)

@@ -17,17 +17,26 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args…` with piped stdin and stdout (stderr goes to ours).
+    /// Starts `program args…` with piped stdin and stdout; its stderr comes out on ours, each
+    /// line after the child's name and above the progress bar.
     pub fn spawn(name: &str, program: &std::path::Path, args: &[String]) -> anyhow::Result<Proc> {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name}: {}", program.display()))?;
         let stdin = child.stdin.take().context("a piped stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("a piped stdout")?).lines();
+        let mut stderr = BufReader::new(child.stderr.take().context("a piped stderr")?).lines();
+        let prefix = format!("[{name}] ");
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                crate::progress::line(&format!("{prefix}{line}"));
+            }
+        });
         Ok(Proc {
             name: name.to_owned(),
             child,

@@ -4,7 +4,10 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Context;
 
-use crate::roles::System;
+use crate::{
+    charts::{self, Bar, Chart, Line, Series},
+    roles::{Discoverer, System},
+};
 
 /// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,10 +97,13 @@ impl Spread {
 #[derive(Clone, Debug)]
 pub struct Scale {
     pub title: String,
+    pub client: Discoverer,
     /// The DNS server that answered.
     pub server: &'static str,
+    pub services: usize,
     pub endpoints: usize,
-    pub discovered: Duration,
+    /// `None` where it means nothing (hickory's loop spreads its first lookups too).
+    pub discovered: Option<Duration>,
     /// Shares of one core over the window: user, then system.
     pub cpu: Option<(f64, f64)>,
     /// DNS queries per refresh per service over the window, and how many came over TCP.
@@ -111,11 +117,29 @@ impl Scale {
         self.cpu.map(|(user, system)| user + system)
     }
 
+    /// Memory growth per endpoint; `None` for hickory's loop, which keeps no endpoints.
     fn kib_per_endpoint(&self) -> Option<f64> {
+        if self.client != Discoverer::Registry {
+            return None;
+        }
         self.rss_kib
             .map(|rss| rss.saturating_sub(self.baseline_kib) as f64 / self.endpoints as f64)
     }
+
+    /// Our CPU over hickory's loop alone on the same setup and server, in `scales`.
+    fn cpu_over_hickory(&self, scales: &[Scale]) -> Option<f64> {
+        if self.client != Discoverer::Registry {
+            return None;
+        }
+        let alone = scales.iter().find(|b| {
+            b.client == Discoverer::HickoryAlone && b.title == self.title && b.server == self.server
+        })?;
+        Some(self.cpu_share()? / alone.cpu_share()?)
+    }
 }
+
+/// Discovery's CPU ÷ hickory's lookups alone: the goal.
+const OVER_HICKORY: f64 = 1.15;
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.retain(|x| x.is_finite());
@@ -195,7 +219,34 @@ pub struct Report {
     body: String,
     goals: Vec<Goal>,
     all_fast: Vec<(System, Summary)>,
+    plots: Plots,
+    /// Where in `body` each chart's link goes: after the last section the chart draws.
+    anchors: Vec<(&'static str, usize)>,
 }
+
+/// What the charts draw, gathered as the sections are written.
+#[derive(Debug, Default)]
+struct Plots {
+    /// Median calls/s of each system, per number of callers.
+    throughput: Vec<(usize, Vec<(System, f64)>)>,
+    /// The slow pod's callers, and each system's p99s.
+    slow_p99: Option<(usize, Vec<P99s>)>,
+    /// Each system's record added → first call and removed → last call.
+    reaction: Vec<(System, [Option<MedianRange>; 2])>,
+    scale: Vec<Scale>,
+}
+
+/// A system's p99 in ms with all pods fast, and with one pod slow.
+type P99s = (System, f64, f64);
+
+/// The median, smallest and largest of some trials, in ms.
+type MedianRange = (f64, f64, f64);
+
+/// The files of the charts.
+const THROUGHPUT: &str = "throughput.svg";
+const SLOW_P99: &str = "slow-pod-p99.svg";
+const REACTION: &str = "reaction.svg";
+const DISCOVERY_CPU: &str = "discovery-cpu.svg";
 
 impl Report {
     pub fn new(command: &str, rounds: usize, run: Duration, trials: usize) -> Report {
@@ -214,7 +265,15 @@ impl Report {
             body: String::new(),
             goals: Vec::new(),
             all_fast: Vec::new(),
+            plots: Plots::default(),
+            anchors: Vec::new(),
         }
+    }
+
+    /// Puts `chart`'s link at the end of the body as it is now.
+    fn anchor(&mut self, chart: &'static str) {
+        self.anchors.retain(|(c, _)| *c != chart);
+        self.anchors.push((chart, self.body.len()));
     }
 
     fn goal(&mut self, text: &str, measured: String, holds: bool) {
@@ -273,11 +332,13 @@ impl Report {
             if callers == 1 { "" } else { "s" }
         );
         let mut checks = Vec::new();
+        let mut plotted = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
             let vs_list = list.map_or(f64::NAN, |l| paired_ratio(r, l));
             let vs_ginepro = ginepro.map_or(f64::NAN, |g| paired_ratio(r, g));
             summary_row(b, *system, &s, [vs_list, vs_ginepro]);
+            plotted.push((*system, s.throughput));
             // The slow pod's runs compare with these.
             if callers == crate::FAULT_CALLERS {
                 self.all_fast.push((*system, s));
@@ -285,6 +346,8 @@ impl Report {
             checks.push((*system, vs_list, vs_ginepro));
         }
         b.push('\n');
+        self.plots.throughput.push((callers, plotted));
+        self.anchor(THROUGHPUT);
         let single = runs_of(&runs, System::Single);
         for (system, vs_list, vs_ginepro) in checks {
             if system == System::Channel {
@@ -327,6 +390,7 @@ impl Report {
             "### One pod +20 ms per reply, {callers} callers\n\n| system | calls/s | × own all-fast | p99 × own all-fast p99 | p50 ms | p99 ms | failed |\n|---|---|---|---|---|---|---|"
         );
         let mut checks = Vec::new();
+        let mut plotted = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
             let own = self
@@ -338,11 +402,14 @@ impl Report {
                 (s.throughput / o.throughput, s.p99_ms / o.p99_ms)
             });
             summary_row(b, *system, &s, [tput, p99]);
+            plotted.push((*system, own.map_or(f64::NAN, |o| o.p99_ms), s.p99_ms));
             if *system == System::LoadAware {
                 checks.push((tput, p99));
             }
         }
         b.push('\n');
+        self.plots.slow_p99 = Some((callers, plotted));
+        self.anchor(SLOW_P99);
         for (tput, p99) in checks {
             self.goal(
                 "one pod +20 ms: load_balanced() throughput ≥ 0.9× its all-fast",
@@ -413,10 +480,18 @@ impl Report {
             })
         };
         let goals = medians(System::LoadAware).zip(medians(System::Channel));
+        let range = |xs: &[f64]| {
+            let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (!xs.is_empty()).then(|| (median(xs.to_vec()), lo, hi))
+        };
         for (system, t) in &trials {
             let first: Vec<f64> = t.iter().filter_map(|r| r.first_call).map(ms).collect();
             let last: Vec<f64> = t.iter().filter_map(|r| r.last_call).map(ms).collect();
             let missed = t.len() * 2 - first.len() - last.len();
+            self.plots
+                .reaction
+                .push((*system, [range(&first), range(&last)]));
             let _ = writeln!(
                 b,
                 "| {} | {} | {} | {} ({missed}) |",
@@ -427,6 +502,7 @@ impl Report {
             );
         }
         b.push('\n');
+        self.anchor(REACTION);
         if let Some(((lb_first, lb_last), (ch_first, ch_last))) = goals {
             self.goal(
                 "record added → first call: load_balanced() median ≤ channel() median",
@@ -446,23 +522,28 @@ impl Report {
         let b = &mut self.body;
         let _ = writeln!(
             b,
-            "### Discovery at scale (ours: one registry, a `channel()` per service, refresh every 5 s)\n\n\
-             | setup | DNS server | endpoints | all discovered in | CPU, % of one core (user + system) | queries per refresh per service (over TCP) | resident MiB | KiB per endpoint over the idle process |\n|---|---|---|---|---|---|---|---|"
+            "### Discovery at scale (ours: one registry, a `channel()` per service; hickory lookups alone: \
+             the A record of each service's name from hickory's resolver, cache off; refresh every 5 s)\n\n\
+             | setup | client | DNS server | endpoints | all discovered in | CPU, % of one core (user + system) | CPU × hickory lookups alone | queries per refresh per service (over TCP) | resident MiB | KiB per endpoint over the idle process |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &scales {
             let _ = writeln!(
                 b,
-                "| {} | {} | {} | {:.0} ms | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.title,
+                s.client.label(),
                 s.server,
                 s.endpoints,
-                ms(s.discovered),
+                s.discovered
+                    .map_or("–".into(), |d| format!("{:.0} ms", ms(d))),
                 s.cpu.map_or("–".into(), |(u, sy)| format!(
                     "{:.2} ({:.2} + {:.2})",
                     (u + sy) * 100.0,
                     u * 100.0,
                     sy * 100.0
                 )),
+                s.cpu_over_hickory(&scales)
+                    .map_or("–".into(), |r| format!("{r:.2}×")),
                 s.queries.map_or("–".into(), |(q, tcp)| match tcp {
                     Some(tcp) => format!("{q:.3} ({tcp})"),
                     None => format!("{q:.3} (–)"),
@@ -471,6 +552,22 @@ impl Report {
                     .map_or("–".into(), |r| format!("{:.1}", r as f64 / 1024.0)),
                 s.kib_per_endpoint()
                     .map_or("–".into(), |k| format!("{k:.2}")),
+            );
+        }
+        // What our layers add over hickory's own lookups, server by server.
+        let over: Vec<String> = scales
+            .iter()
+            .filter_map(|s| {
+                let r = s.cpu_over_hickory(&scales)?;
+                Some(format!("{r:.2}× against {}", s.server))
+            })
+            .collect();
+        if !over.is_empty() {
+            let _ = writeln!(
+                b,
+                "\nOur discovery's CPU ÷ hickory's lookups alone of the same names at the same \
+                 rate, in this run: {}.",
+                over.join(", ")
             );
         }
         // Health checks' added cost: the two runs on live pods.
@@ -502,11 +599,12 @@ impl Report {
             });
         }
         b.push('\n');
-        // The goals: the many-services run against each server.
-        for s in scales
-            .iter()
-            .filter(|s| s.title.contains("health checks off") && !s.title.contains("live"))
-        {
+        // The goals: our many-services run against each server.
+        for s in scales.iter().filter(|s| {
+            s.client == Discoverer::Registry
+                && s.title.contains("health checks off")
+                && !s.title.contains("live")
+        }) {
             if let (Some(cpu), Some(kib)) = (s.cpu_share(), s.kib_per_endpoint()) {
                 self.goals.push(Goal {
                     text: format!("{}, {}: CPU ≤ 2 % of one core", s.title, s.server),
@@ -517,6 +615,16 @@ impl Report {
                     text: format!("{}, {}: ≤ 10 KiB per endpoint", s.title, s.server),
                     measured: format!("{kib:.2} KiB"),
                     holds: kib <= 10.0,
+                });
+            }
+            if let Some(r) = s.cpu_over_hickory(&scales) {
+                self.goals.push(Goal {
+                    text: format!(
+                        "{}, {}: CPU ≤ {OVER_HICKORY}× hickory lookups alone",
+                        s.title, s.server
+                    ),
+                    measured: format!("{r:.3}×"),
+                    holds: r <= OVER_HICKORY,
                 });
             }
             if let Some((q, _)) = s.queries {
@@ -531,10 +639,130 @@ impl Report {
                 });
             }
         }
+        self.plots.scale = scales;
+        self.anchor(DISCOVERY_CPU);
     }
 
-    /// The whole report.
-    pub fn finish(self, took: Duration) -> String {
+    /// The charts of what this run measured, as SVG.
+    pub fn charts(&self) -> anyhow::Result<Vec<Chart>> {
+        let p = &self.plots;
+        let mut out = Vec::new();
+        if !p.throughput.is_empty() {
+            let groups: Vec<String> = p
+                .throughput
+                .iter()
+                .map(|(c, _)| format!("{c} caller{}", if *c == 1 { "" } else { "s" }))
+                .collect();
+            let mut systems: Vec<System> = Vec::new();
+            for (_, runs) in &p.throughput {
+                for (s, _) in runs {
+                    if !systems.contains(s) {
+                        systems.push(*s);
+                    }
+                }
+            }
+            let series: Vec<Series> = systems
+                .iter()
+                .map(|system| Series {
+                    name: system.label().to_owned(),
+                    bars: p
+                        .throughput
+                        .iter()
+                        .map(|(_, runs)| {
+                            let (_, t) = runs.iter().find(|(s, _)| s == system)?;
+                            Bar::new(*t)
+                        })
+                        .collect(),
+                })
+                .collect();
+            out.push(Chart {
+                file: THROUGHPUT,
+                alt: "throughput, all pods fast".to_owned(),
+                svg: charts::grouped_bars(
+                    "All pods fast: throughput (median over rounds)",
+                    "calls/s",
+                    &groups,
+                    &series,
+                )?,
+            });
+        }
+        if let Some((callers, slow)) = &p.slow_p99 {
+            let groups: Vec<String> = slow.iter().map(|(s, _, _)| s.label().to_owned()).collect();
+            let series = [
+                Series {
+                    name: "all pods fast".to_owned(),
+                    bars: slow.iter().map(|(_, fast, _)| Bar::new(*fast)).collect(),
+                },
+                Series {
+                    name: "one pod +20 ms".to_owned(),
+                    bars: slow.iter().map(|(_, _, slow)| Bar::new(*slow)).collect(),
+                },
+            ];
+            out.push(Chart {
+                file: SLOW_P99,
+                alt: "p99 with one slow pod".to_owned(),
+                svg: charts::grouped_bars(
+                    &format!("p99 latency, {callers} callers (median over rounds)"),
+                    "p99, ms",
+                    &groups,
+                    &series,
+                )?,
+            });
+        }
+        if !p.reaction.is_empty() {
+            let groups: Vec<String> = p
+                .reaction
+                .iter()
+                .map(|(s, _)| s.label().to_owned())
+                .collect();
+            let series: Vec<Series> = ["record added → first call", "record removed → last call"]
+                .iter()
+                .enumerate()
+                .map(|(k, name)| Series {
+                    name: (*name).to_owned(),
+                    bars: p
+                        .reaction
+                        .iter()
+                        .map(|(_, r)| {
+                            r[k].map(|(median, lo, hi)| Bar {
+                                value: median,
+                                range: Some((lo, hi)),
+                            })
+                        })
+                        .collect(),
+                })
+                .collect();
+            out.push(Chart {
+                file: REACTION,
+                alt: "discovery reaction".to_owned(),
+                svg: charts::grouped_bars(
+                    "Discovery reaction: median, whiskers from the smallest to the largest",
+                    "ms",
+                    &groups,
+                    &series,
+                )?,
+            });
+        }
+        if let Some(chart) = discovery_cpu(&p.scale)? {
+            out.push(chart);
+        }
+        Ok(out)
+    }
+
+    /// The whole report; with `charts`, a link to each of them (`![…](FOLDER/FILE)`) after
+    /// the tables it draws.
+    pub fn finish(self, took: Duration, charts: Option<(&str, &[Chart])>) -> String {
+        let mut body = self.body;
+        if let Some((folder, charts)) = charts {
+            let mut anchors = self.anchors;
+            // From the end, so that each insertion leaves the places before it where they are.
+            anchors.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+            for (file, at) in anchors {
+                if let Some(c) = charts.iter().find(|c| c.file == file) {
+                    body.insert_str(at, &format!("![{}]({folder}/{})\n\n", c.alt, c.file));
+                }
+            }
+        }
         let mut out = String::new();
         let _ = writeln!(out, "{}- Took: {:.0} s\n", self.header, took.as_secs_f64());
         let _ = writeln!(
@@ -551,9 +779,106 @@ impl Report {
             );
         }
         out.push('\n');
-        out.push_str(&self.body);
+        out.push_str(&body);
         out
     }
+}
+
+/// Discovery's CPU, ours beside hickory's lookups alone on the same setups: against the number
+/// of Services when several were measured, else per DNS server.
+fn discovery_cpu(scales: &[Scale]) -> anyhow::Result<Option<Chart>> {
+    let paired: Vec<&Scale> = scales
+        .iter()
+        .filter(|s| {
+            s.cpu_share().is_some()
+                && scales.iter().any(|o| {
+                    o.client != s.client
+                        && o.title == s.title
+                        && o.server == s.server
+                        && o.cpu_share().is_some()
+                })
+        })
+        .collect();
+    let Some(first) = paired.first() else {
+        return Ok(None);
+    };
+    let mut sizes: Vec<usize> = paired.iter().map(|s| s.services).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let cpu = |s: &Scale| s.cpu_share().unwrap_or(f64::NAN) * 100.0;
+    let mut servers: Vec<&str> = Vec::new();
+    for s in &paired {
+        if !servers.contains(&s.server) {
+            servers.push(s.server);
+        }
+    }
+    let clients = [Discoverer::Registry, Discoverer::HickoryAlone];
+    let svg = if sizes.len() > 1 {
+        let lines: Vec<Line> = clients
+            .iter()
+            .flat_map(|client| servers.iter().map(move |server| (client, server)))
+            .map(|(client, server)| {
+                let mut points: Vec<(f64, f64)> = paired
+                    .iter()
+                    .filter(|s| s.client == *client && s.server == *server)
+                    .map(|s| (s.services as f64, cpu(s)))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Line {
+                    name: format!("{}, {server}", client.label()),
+                    points,
+                }
+            })
+            .filter(|l| !l.points.is_empty())
+            .collect();
+        charts::lines(
+            "Discovery CPU against the number of Services (refresh every 5 s)",
+            "Services",
+            "CPU, % of one core",
+            &lines,
+        )?
+    } else {
+        // Each server's ratio under its name, as in the table.
+        let groups: Vec<String> = servers
+            .iter()
+            .map(|server| {
+                let ratio = paired
+                    .iter()
+                    .find(|s| s.server == *server)
+                    .and_then(|s| s.cpu_over_hickory(scales));
+                match ratio {
+                    Some(r) => format!("{server} (ours {r:.2}× hickory alone)"),
+                    None => (*server).to_owned(),
+                }
+            })
+            .collect();
+        let series: Vec<Series> = clients
+            .iter()
+            .map(|client| Series {
+                name: client.label().to_owned(),
+                bars: servers
+                    .iter()
+                    .map(|server| {
+                        let s = paired
+                            .iter()
+                            .find(|s| s.client == *client && s.server == *server)?;
+                        Bar::new(cpu(s))
+                    })
+                    .collect(),
+            })
+            .collect();
+        charts::grouped_bars(
+            &format!("Discovery CPU: {}, refresh every 5 s", first.title),
+            "CPU, % of one core",
+            &groups,
+            &series,
+        )?
+    };
+    Ok(Some(Chart {
+        file: DISCOVERY_CPU,
+        alt: "discovery CPU".to_owned(),
+        svg,
+    }))
 }
 
 /// The spread of every goal over several runs' reports: the first number each run measured,
@@ -746,6 +1071,162 @@ mod tests {
         assert_eq!(s.shares(), (0.0, 198.0 / 298.0));
         assert!(Spread::parse("x bench-0=1", &pods).is_err());
         assert!(Spread::parse("0 bench-0", &pods).is_err());
+    }
+
+    /// What the `<text>` elements of an SVG say.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                let (_, rest) = t.split_once('>')?;
+                Some(rest.split_once("</text>")?.0.trim())
+            })
+            .collect()
+    }
+
+    fn scale(client: Discoverer, server: &'static str, services: usize, cpu: f64) -> Scale {
+        Scale {
+            title: format!("{services} services × 50 pods, health checks off"),
+            client,
+            server,
+            services,
+            endpoints: services * 50,
+            discovered: Some(Duration::from_millis(900)),
+            cpu: Some((cpu * 0.75, cpu * 0.25)),
+            queries: Some((0.97, Some(0))),
+            rss_kib: Some(80_000),
+            baseline_kib: 8_000,
+        }
+    }
+
+    #[test]
+    fn renders_every_chart_with_its_series_and_links_each_after_its_tables() {
+        let run = |calls, p99_ms| Run {
+            calls,
+            p99: Duration::from_millis(p99_ms),
+            elapsed: Duration::from_secs(1),
+            ..Run::default()
+        };
+        let systems = [
+            System::Single,
+            System::BalanceList,
+            System::Channel,
+            System::LoadAware,
+            System::Ginepro,
+        ];
+        let mut report = Report::new("test", 1, Duration::from_secs(1), 2);
+        for callers in crate::CALLERS {
+            let runs = systems.iter().map(|s| (*s, vec![run(9000, 4)])).collect();
+            report.fast(callers, runs);
+        }
+        let runs = systems[1..]
+            .iter()
+            .map(|s| (*s, vec![run(8000, 25)]))
+            .collect();
+        report.slow(crate::FAULT_CALLERS, runs);
+        let trial = |first, last| Reaction {
+            first_call: Some(Duration::from_millis(first)),
+            last_call: Some(Duration::from_millis(last)),
+        };
+        let trials = [System::Channel, System::LoadAware, System::Ginepro]
+            .map(|s| (s, vec![trial(300, 500), trial(700, 200), trial(500, 400)]));
+        report.reaction(Duration::from_secs(1), trials.into());
+        report.scale(vec![
+            scale(
+                Discoverer::Registry,
+                "in-process hickory-server",
+                1000,
+                0.014,
+            ),
+            scale(
+                Discoverer::HickoryAlone,
+                "in-process hickory-server",
+                1000,
+                0.012,
+            ),
+            scale(Discoverer::Registry, "dnsmasq", 1000, 0.015),
+            scale(Discoverer::HickoryAlone, "dnsmasq", 1000, 0.013),
+        ]);
+
+        let charts = report.charts().unwrap();
+        let files: Vec<&str> = charts.iter().map(|c| c.file).collect();
+        assert_eq!(files, [THROUGHPUT, SLOW_P99, REACTION, DISCOVERY_CPU]);
+        let svg = |file| &charts.iter().find(|c| c.file == file).unwrap().svg;
+        let has =
+            |file, text: &str| assert!(texts(svg(file)).contains(&text), "{file} lacks {text:?}");
+        for s in systems {
+            has(THROUGHPUT, s.label());
+        }
+        for groups in ["1 caller", "16 callers", "128 callers"] {
+            has(THROUGHPUT, groups);
+        }
+        for series in ["all pods fast", "one pod +20 ms", "ours: load_balanced()"] {
+            has(SLOW_P99, series);
+        }
+        for series in [
+            "record added → first call",
+            "record removed → last call",
+            "ginepro 0.9.3",
+        ] {
+            has(REACTION, series);
+        }
+        for series in [
+            "ours",
+            "hickory lookups alone",
+            "in-process hickory-server (ours 1.17× hickory alone)",
+            "dnsmasq (ours 1.15× hickory alone)",
+        ] {
+            has(DISCOVERY_CPU, series);
+        }
+        for c in &charts {
+            assert!(c.svg.starts_with("<svg") && c.svg.trim_end().ends_with("</svg>"));
+        }
+
+        // Each link right after the last table its chart draws.
+        let text = report.finish(Duration::from_secs(1), Some(("bench/charts", &charts)));
+        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        let order = [
+            "### All pods fast, 128 callers",
+            "](bench/charts/throughput.svg)",
+            "### One pod +20 ms",
+            "](bench/charts/slow-pod-p99.svg)",
+            "### Discovery reaction",
+            "](bench/charts/reaction.svg)",
+            "### Discovery at scale",
+            "](bench/charts/discovery-cpu.svg)",
+        ];
+        for pair in order.windows(2) {
+            assert!(at(pair[0]) < at(pair[1]), "{pair:?}");
+        }
+        assert_eq!(text.matches("![").count(), 4);
+    }
+
+    #[test]
+    fn discovery_cpu_is_drawn_against_the_services_when_several_were_measured() {
+        let server = "in-process hickory-server";
+        let scales = [100, 1000]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    scale(Discoverer::Registry, server, n, n as f64 * 1.4e-5),
+                    scale(Discoverer::HickoryAlone, server, n, n as f64 * 1.3e-5),
+                ]
+            })
+            .collect::<Vec<_>>();
+        let chart = discovery_cpu(&scales).unwrap().unwrap();
+        for series in [
+            "ours, in-process hickory-server",
+            "hickory lookups alone, in-process hickory-server",
+        ] {
+            assert!(texts(&chart.svg).contains(&series), "{series}");
+        }
+        assert!(chart.svg.contains("<polyline"), "lines, not bars");
+        // Without hickory's loop beside ours there is nothing to compare: no chart.
+        let ours: Vec<Scale> = scales
+            .into_iter()
+            .filter(|s| s.client == Discoverer::Registry)
+            .collect();
+        assert!(discovery_cpu(&ours).unwrap().is_none());
     }
 
     #[test]

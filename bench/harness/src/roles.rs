@@ -38,6 +38,25 @@ impl System {
     }
 }
 
+/// What discovers in a scale run, each in a client process of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discoverer {
+    /// Ours: one registry, a `channel()` per Service (`bench scale`).
+    Registry,
+    /// hickory's stock resolver alone, in a loop of lookups of the same names at the same
+    /// rate (`bench lookups`).
+    HickoryAlone,
+}
+
+impl Discoverer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Discoverer::Registry => "ours",
+            Discoverer::HickoryAlone => "hickory lookups alone",
+        }
+    }
+}
+
 /// `bench pod`: pods named and placed as given, on one port; `delay MS` on stdin sets every
 /// pod's added reply delay; the end of input shuts them down.
 pub async fn pod(port: u16, pods: Vec<String>) -> anyhow::Result<()> {
