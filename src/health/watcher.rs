@@ -103,13 +103,17 @@ pub(crate) async fn watch(
                 continue;
             }
         };
-        let mut client = HealthClient::new(channel);
+        let mut client = HealthClient::new(channel)
+            .max_decoding_message_size(MAX_HEALTH_REPLY)
+            .max_encoding_message_size(MAX_HEALTH_REPLY);
         if !poll {
             match stream(&mut client, service, &config, &report).await {
-                Streamed::Broke { served } => {
-                    // Re-establish at once after a stream that lived; back off after breaks
-                    // in a row.
-                    pacer.record(served);
+                Streamed::Broke { served, lived } => {
+                    // A break is looked at again at once: the pod may be gone, and the reconnect
+                    // tells. A stream that lived less than an interval, or gave no status,
+                    // counts toward the backoff, so that a pod (or a proxy) that ends every
+                    // stream is not watched again at round-trip speed from its second break.
+                    pacer.record(served && lived >= config.interval);
                     if pacer.failures > 1 {
                         pacer.wait().await;
                     }
@@ -132,9 +136,18 @@ pub(crate) async fn watch(
     }
 }
 
+/// The largest health message taken: a reply is a few bytes, so tonic's 4 MiB default would
+/// only let a pod make us decode megabytes.
+const MAX_HEALTH_REPLY: usize = 1024;
+
+/// How much of a pod's own text (a `grpc-message`) goes into logs and [`EndpointHealth`]
+/// (crate::EndpointHealth).
+const MAX_POD_TEXT: usize = 200;
+
 enum Streamed {
-    /// The stream ended or broke; `served`: it delivered at least one status first.
-    Broke { served: bool },
+    /// The stream ended or broke; `served`: it delivered at least one status first, `lived`
+    /// that long after opening.
+    Broke { served: bool, lived: Duration },
     /// The pod has no `Watch`: poll `Check` instead.
     Unimplemented,
     /// The gate is gone.
@@ -155,6 +168,7 @@ where
     let request = HealthCheckRequest {
         service: service.to_owned(),
     };
+    let started = tokio::time::Instant::now();
     let opened = tokio::time::timeout(config.timeout, client.watch(request)).await;
     let mut statuses = match opened {
         Ok(Ok(response)) => response.into_inner(),
@@ -162,7 +176,10 @@ where
         Ok(Err(status)) => {
             let down = from_status(&status);
             return if report(down).await {
-                Streamed::Broke { served: false }
+                Streamed::Broke {
+                    served: false,
+                    lived: started.elapsed(),
+                }
             } else {
                 Streamed::Gone
             };
@@ -173,7 +190,10 @@ where
                 format!("health watch: no answer within {:?}", config.timeout),
             );
             return if report(down).await {
-                Streamed::Broke { served: false }
+                Streamed::Broke {
+                    served: false,
+                    lived: started.elapsed(),
+                }
             } else {
                 Streamed::Gone
             };
@@ -181,7 +201,28 @@ where
     };
     let mut served = false;
     loop {
-        match statuses.message().await {
+        // The first status must come within the timeout: a pod that accepts the call and then
+        // says nothing is an ambiguous failure, not an endpoint unknown for good.
+        let next = if served {
+            Ok(statuses.message().await)
+        } else {
+            tokio::time::timeout(config.timeout, statuses.message()).await
+        };
+        let Ok(next) = next else {
+            let down = Observation::down(
+                false,
+                format!("health watch: no status within {:?}", config.timeout),
+            );
+            return if report(down).await {
+                Streamed::Broke {
+                    served,
+                    lived: started.elapsed(),
+                }
+            } else {
+                Streamed::Gone
+            };
+        };
+        match next {
             Ok(Some(reply)) => {
                 served = true;
                 let observation = match reply.status() {
@@ -192,11 +233,23 @@ where
                     return Streamed::Gone;
                 }
             }
-            // The stream ended or the connection closed: look again at once.
-            Ok(None) => return Streamed::Broke { served },
+            // The stream ended or the connection closed.
+            Ok(None) => {
+                return Streamed::Broke {
+                    served,
+                    lived: started.elapsed(),
+                };
+            }
             Err(status) => {
-                tracing::debug!(code = ?status.code(), "health stream broke: {}", status.message());
-                return Streamed::Broke { served };
+                tracing::debug!(
+                    code = ?status.code(),
+                    "health stream broke: {}",
+                    pod_text(status.message())
+                );
+                return Streamed::Broke {
+                    served,
+                    lived: started.elapsed(),
+                };
             }
         }
     }
@@ -266,8 +319,26 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> Observation {
 fn from_status(status: &tonic::Status) -> Observation {
     Observation::down(
         refused(status),
-        format!("health: {}: {}", status.code(), status.message()),
+        format!("health: {}: {}", status.code(), pod_text(status.message())),
     )
+}
+
+/// A pod's own text, as it may go into a log line or a public type: at most
+/// [`MAX_POD_TEXT`] characters, control characters (newlines, escape codes) escaped.
+fn pod_text(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_POD_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether anything in the error's chain is a refused connection.
@@ -299,6 +370,15 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_text_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(pod_text("plain"), "plain");
+        assert_eq!(pod_text("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        let long = pod_text(&"é".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_POD_TEXT + 1);
+        assert!(long.ends_with('…'));
+    }
 
     #[test]
     fn a_refused_connection_is_found_anywhere_in_the_chain() {

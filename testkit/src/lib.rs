@@ -4,6 +4,7 @@
 //! - [`dnsmasq::Dnsmasq`]: Debian's dnsmasq as an external DNS server, when it is installed;
 //! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
 //!   own so it can be killed abruptly;
+//! - [`hostile::HostilePod`]: a health service that misbehaves on purpose;
 //! - [`eventually`]: wait for a condition with a deadline;
 //! - [`init_tracing`]: the programs' logging to stderr.
 
@@ -12,6 +13,7 @@
 
 pub mod dns;
 pub mod dnsmasq;
+pub mod hostile;
 pub mod pod;
 pub mod user;
 
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use dns::{DnsServer, Fault, svc_fqdn};
 pub use dnsmasq::Dnsmasq;
+pub use hostile::{Behaviour, HostilePod};
 pub use pod::{Pod, loopback};
 pub use user::{PodStats, UserService, pb};
 

@@ -7,6 +7,7 @@ mod dns_faults;
 mod external_dns;
 mod health;
 mod hostile_dns;
+mod hostile_pods;
 mod lifecycle;
 mod settings;
 mod support;

@@ -1,0 +1,204 @@
+//! Pods that misbehave on purpose: a health service that is silent, flaps, breaks its stream
+//! after every status, or answers with a bloated error text. Each runs on a runtime of its own,
+//! like a [`Pod`](crate::Pod), and counts the health calls it received.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_check_response::ServingStatus,
+    health_server::{Health, HealthServer},
+};
+
+/// How a [`HostilePod`]'s health service misbehaves.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Accepts `Watch` (its response headers go out) and never sends a status; `Check` never
+    /// answers.
+    Silent,
+    /// `Watch` sends `SERVING` and `NOT_SERVING` in turn, one every `period`, forever.
+    Flapping {
+        /// Time between two statuses.
+        period: Duration,
+    },
+    /// `Watch` sends `SERVING`, then ends the stream with `UNAVAILABLE` at once.
+    ServesThenResets,
+    /// Every call fails `UNAVAILABLE` with this text as its `grpc-message`.
+    Fails(String),
+}
+
+/// What a [`HostilePod`] counts.
+#[derive(Debug, Default)]
+pub struct HostileStats {
+    watches: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl HostileStats {
+    /// `Watch` calls received so far.
+    pub fn watches(&self) -> u64 {
+        self.watches.load(Ordering::SeqCst)
+    }
+
+    /// `Check` calls received so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::SeqCst)
+    }
+}
+
+/// A pod serving only `grpc.health.v1.Health`, as [`Behaviour`] says.
+#[derive(Debug)]
+pub struct HostilePod {
+    addr: SocketAddr,
+    stats: Arc<HostileStats>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl HostilePod {
+    /// Starts it on `addr` (port 0 picks one).
+    pub fn start(addr: SocketAddr, behaviour: Behaviour) -> io::Result<HostilePod> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let stats = Arc::new(HostileStats::default());
+        let service = HostileHealth {
+            behaviour,
+            stats: stats.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        thread::Builder::new()
+            .name(format!("hostile-{addr}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(std_listener).expect("a tokio listener");
+                    let incoming = TcpIncoming::from(listener);
+                    let server = tonic::transport::Server::builder()
+                        .add_service(HealthServer::new(service))
+                        .serve_with_incoming(incoming);
+                    tokio::select! {
+                        _ = server => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime closes every connection at once.
+            })?;
+        Ok(HostilePod {
+            addr,
+            stats,
+            stop: Some(stop),
+        })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What it counted.
+    pub fn stats(&self) -> &HostileStats {
+        &self.stats
+    }
+}
+
+impl Drop for HostilePod {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct HostileHealth {
+    behaviour: Behaviour,
+    stats: Arc<HostileStats>,
+}
+
+type Statuses = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+fn reply(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HostileHealth {
+    async fn check(
+        &self,
+        _: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.stats.checks.fetch_add(1, Ordering::SeqCst);
+        match &self.behaviour {
+            Behaviour::Silent => std::future::pending().await,
+            Behaviour::Fails(text) => Err(Status::unavailable(text.clone())),
+            _ => Ok(Response::new(reply(ServingStatus::Serving))),
+        }
+    }
+
+    type WatchStream = Statuses;
+
+    async fn watch(&self, _: Request<HealthCheckRequest>) -> Result<Response<Statuses>, Status> {
+        self.stats.watches.fetch_add(1, Ordering::SeqCst);
+        let statuses: Statuses = match &self.behaviour {
+            Behaviour::Silent => Box::pin(tokio_stream::pending()),
+            Behaviour::Flapping { period } => {
+                let period = *period;
+                Box::pin(futures_stream(move |n: u64| async move {
+                    if n > 0 {
+                        tokio::time::sleep(period).await;
+                    }
+                    let status = if n.is_multiple_of(2) {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    Some(Ok(reply(status)))
+                }))
+            }
+            Behaviour::ServesThenResets => Box::pin(tokio_stream::iter([
+                Ok(reply(ServingStatus::Serving)),
+                Err(Status::unavailable("reset")),
+            ])),
+            Behaviour::Fails(text) => return Err(Status::unavailable(text.clone())),
+        };
+        Ok(Response::new(statuses))
+    }
+}
+
+/// The stream of `next(0)`, `next(1)`, … until one gives `None`.
+fn futures_stream<F, Fut, T>(next: F) -> impl Stream<Item = T> + Send
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(item) = next(n).await {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            n += 1;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
