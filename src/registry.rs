@@ -191,11 +191,7 @@ impl Registry {
     pub fn health<K: ServiceKey>(&self, service: K) -> Result<Vec<EndpointHealth>, Error> {
         let pipeline = self.pipeline(service)?;
         Ok(match &pipeline.gated {
-            Some(gate) => gate
-                .report
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            Some(gate) => gate.report(),
             None => pipeline
                 .listed
                 .endpoints

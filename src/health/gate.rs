@@ -17,6 +17,11 @@
 //!   as in Envoy. Before every endpoint has answered, nothing is decided for the silent ones.
 //! - Every endpoint entry has a generation; an observation made for an earlier entry of the
 //!   same address (removed, then added again) is ignored.
+//! - Flap damping: an endpoint ejected on a definitive "down" that had been in for less than
+//!   the ejected-probe maximum has flapped. From its second flap in a row it is not re-admitted
+//!   before a hold-down that starts at the probe interval and doubles with every further flap,
+//!   up to that maximum, as Envoy's outlier detection lengthens an ejection. A single flap, or
+//!   an ejection after a longer stay, holds nothing back.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +30,7 @@ use std::{
 };
 
 use super::{EndpointHealth, HealthSettings, HealthState};
-use crate::ejection::ejection_cap;
+use crate::{backoff::Backoff, ejection::ejection_cap};
 
 /// What a watcher saw of one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +80,13 @@ struct Member {
     ejected_at: Option<Instant>,
     last: Option<Observation>,
     last_at: Option<SystemTime>,
+    /// When it last went in.
+    admitted_at: Option<Instant>,
+    /// Flaps in a row: ejections on a definitive "down" soon after going in.
+    flaps: u32,
+    /// Not re-admitted before this; `deferred`: it would have been, and goes in then.
+    held_until: Option<Instant>,
+    deferred: bool,
 }
 
 /// Per-service health state.
@@ -83,6 +95,10 @@ pub(crate) struct Gate {
     config: HealthSettings,
     entries: BTreeMap<SocketAddr, Member>,
     generations: u64,
+    /// Deferred re-admissions, by the end of their hold-down.
+    releases: BTreeSet<(Instant, SocketAddr)>,
+    /// Some endpoint's state changed since [`Gate::take_changed`] was last called.
+    changed: bool,
 }
 
 impl Gate {
@@ -91,6 +107,8 @@ impl Gate {
             config,
             entries: BTreeMap::new(),
             generations: 0,
+            releases: BTreeSet::new(),
+            changed: false,
         }
     }
 
@@ -107,7 +125,13 @@ impl Gate {
             .copied()
             .collect();
         for addr in &removed {
-            self.entries.remove(addr);
+            if let Some(Member {
+                held_until: Some(until),
+                ..
+            }) = self.entries.remove(addr)
+            {
+                self.releases.remove(&(until, *addr));
+            }
         }
         let mut added = Vec::new();
         for addr in dns {
@@ -125,12 +149,23 @@ impl Gate {
                         ejected_at: None,
                         last: None,
                         last_at: None,
+                        admitted_at: None,
+                        flaps: 0,
+                        held_until: None,
+                        deferred: false,
                     },
                 );
                 added.push((*addr, generation));
             }
         }
+        self.changed |= !added.is_empty() || !removed.is_empty();
         (added, removed)
+    }
+
+    /// Whether any endpoint's state changed since the last call: only then can the serving
+    /// set differ.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Takes an observation of the entry `generation` of `addr`.
@@ -151,6 +186,7 @@ impl Gate {
         entry.last = Some(observation);
         let before = entry.state;
         let was_healthy = entry.ever_healthy;
+        let held = entry.held_until.filter(|until| *until > now);
         if up {
             entry.oks = entry.oks.saturating_add(1);
             entry.fails = 0;
@@ -161,9 +197,18 @@ impl Gate {
                 }
                 HealthState::Healthy => false,
             };
-            if admit {
-                entry.state = HealthState::Healthy;
-                entry.ejected_at = None;
+            match held {
+                // Still held down: it goes in when the hold ends, if nothing says otherwise.
+                Some(until) if admit => {
+                    entry.deferred = true;
+                    self.releases.insert((until, addr));
+                }
+                _ if admit => {
+                    entry.state = HealthState::Healthy;
+                    entry.ejected_at = None;
+                    entry.admitted_at = Some(now);
+                }
+                _ => {}
             }
             if entry.state == HealthState::Healthy {
                 entry.ever_healthy = true;
@@ -171,16 +216,38 @@ impl Gate {
         } else {
             entry.fails = entry.fails.saturating_add(1);
             entry.oks = 0;
+            if let Some(until) = held.filter(|_| entry.deferred) {
+                entry.deferred = false;
+                self.releases.remove(&(until, addr));
+            }
             let eject = match entry.state {
                 HealthState::Unknown => true,
                 HealthState::Healthy => definitive || entry.fails >= config.unhealthy_after,
                 HealthState::Ejected => false,
             };
             if eject {
+                if before == HealthState::Healthy && definitive {
+                    let damping = Backoff {
+                        base: config.interval,
+                        max: config.ejected_backoff_max,
+                    };
+                    let flapped = entry
+                        .admitted_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < damping.max);
+                    entry.flaps = if flapped {
+                        entry.flaps.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    // One quick ejection is no pattern yet: the hold starts with the second.
+                    entry.held_until =
+                        (entry.flaps > 1).then(|| now + damping.delay(entry.flaps - 1));
+                }
                 entry.state = HealthState::Ejected;
                 entry.ejected_at = Some(now);
             }
         }
+        self.changed |= entry.state != before;
         match (before, entry.state) {
             (HealthState::Unknown, HealthState::Healthy) => Some(GateEvent::Admitted),
             (HealthState::Ejected, HealthState::Healthy) if !was_healthy => {
@@ -190,6 +257,46 @@ impl Gate {
             (HealthState::Healthy, HealthState::Ejected) => Some(GateEvent::Ejected),
             _ => None,
         }
+    }
+
+    /// When the next deferred re-admission is due.
+    pub(crate) fn next_release(&self) -> Option<Instant> {
+        self.releases.first().map(|(at, _)| *at)
+    }
+
+    /// Re-admits the endpoints whose hold-down ended by `now` and whose last word was "up";
+    /// returns them.
+    pub(crate) fn release(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let mut admitted = Vec::new();
+        while let Some(&(at, addr)) = self.releases.first() {
+            if at > now {
+                break;
+            }
+            self.releases.pop_first();
+            let Some(entry) = self.entries.get_mut(&addr) else {
+                continue;
+            };
+            if entry.deferred && entry.state == HealthState::Ejected {
+                entry.deferred = false;
+                entry.state = HealthState::Healthy;
+                entry.ejected_at = None;
+                entry.admitted_at = Some(now);
+                self.changed = true;
+                admitted.push(addr);
+            }
+        }
+        admitted
+    }
+
+    /// How many endpoints are healthy and how many ejected, for the gauges.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        self.entries
+            .values()
+            .fold((0, 0), |(healthy, ejected), e| match e.state {
+                HealthState::Healthy => (healthy + 1, ejected),
+                HealthState::Ejected => (healthy, ejected + 1),
+                HealthState::Unknown => (healthy, ejected),
+            })
     }
 
     /// The set the balancers should hold.

@@ -138,10 +138,41 @@ impl EndpointHealth {
 #[derive(Debug)]
 pub(crate) struct Gated {
     pub(crate) serving: watch::Sender<Endpoints>,
-    pub(crate) report: Mutex<Vec<EndpointHealth>>,
+    /// The gate itself: the task drives it, and [`Gated::report`] reads it when asked.
+    pub(crate) gate: Mutex<Gate>,
 }
 
+impl Gated {
+    pub(crate) fn new(config: HealthSettings) -> Self {
+        Self {
+            serving: watch::Sender::new(Arc::default()),
+            gate: Mutex::new(Gate::new(config)),
+        }
+    }
+
+    /// Every endpoint's health, built now: the gate task builds no report on its own.
+    pub(crate) fn report(&self) -> Vec<EndpointHealth> {
+        let serving = self.serving.borrow().clone();
+        self.lock().report(&serving)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reports taken in one wake-up of the gate task, at most: a pod that floods its health stream
+/// is read in batches, and its flips in one batch cost one publication.
+const BATCH: usize = 256;
+
+/// An endpoint's ejections and re-admissions are logged at most this often; the ones in
+/// between are counted in the next line.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Gates `dns` into `shared.serving` until aborted; the watchers end with it.
+///
+/// Work follows what changed: a DNS set is diffed when it changes, a report costs a lookup,
+/// and the serving set is rebuilt and published only after a change of membership.
 pub(crate) async fn run(
     label: String,
     mut dns: watch::Receiver<Endpoints>,
@@ -151,61 +182,87 @@ pub(crate) async fn run(
     refresh_now: impl Fn() + Send,
 ) {
     let config = Arc::new(config);
-    let mut gate = Gate::new((*config).clone());
-    let (tx, mut reports) = mpsc::channel(256);
+    let (tx, mut reports) = mpsc::channel(BATCH);
     // Dropping the set (this task aborted) aborts every watcher.
     let mut watchers = JoinSet::new();
     let mut handles: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
+    let mut logged: HashMap<SocketAddr, (Instant, u32)> = HashMap::new();
     let mut last_refresh: Option<Instant> = None;
     let mut dns_open = true;
-    let mut set = dns.borrow_and_update().clone();
+    let mut set = Some(dns.borrow_and_update().clone());
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut changed = true;
     loop {
-        let (added, removed) = gate.set_dns(&set);
-        for addr in removed {
-            if let Some(handle) = handles.remove(&addr) {
-                handle.abort();
+        if let Some(set) = set.take() {
+            let (added, removed) = shared.lock().set_dns(&set);
+            for addr in removed {
+                logged.remove(&addr);
+                if let Some(handle) = handles.remove(&addr) {
+                    handle.abort();
+                }
             }
+            for (addr, generation) in added {
+                let handle = watchers.spawn(watcher::watch(
+                    addr,
+                    generation,
+                    config.clone(),
+                    template.clone(),
+                    tx.clone(),
+                ));
+                handles.insert(addr, handle);
+            }
+            changed |= shared.lock().take_changed();
         }
-        for (addr, generation) in added {
-            let handle = watchers.spawn(watcher::watch(
-                addr,
-                generation,
-                config.clone(),
-                template.clone(),
-                tx.clone(),
-            ));
-            handles.insert(addr, handle);
+        if changed {
+            publish(&label, &shared);
+            changed = false;
         }
-        publish(&label, &gate, &shared);
+        let release = shared.lock().next_release();
+        let wake = async {
+            match release {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = dns.changed(), if dns_open => {
-                if changed.is_err() {
+            result = dns.changed(), if dns_open => {
+                if result.is_err() {
                     dns_open = false;
                 }
-                set = dns.borrow_and_update().clone();
+                set = Some(dns.borrow_and_update().clone());
             }
-            Some((addr, generation, observation)) = reports.recv() => {
-                if !observation.up {
-                    tracing::debug!(endpoint = %addr, reason = %observation.detail, "probe failed");
+            taken = reports.recv_many(&mut batch, BATCH) => {
+                if taken == 0 {
+                    continue;
                 }
-                let reason = observation.detail.clone();
-                match gate.observe(addr, generation, observation, Instant::now()) {
-                    Some(GateEvent::Admitted) => tracing::debug!(endpoint = %addr, "healthy"),
-                    Some(GateEvent::Readmitted) => {
-                        crate::metrics::health_transition(&label, false);
-                        tracing::info!(endpoint = %addr, "Re-admitting endpoint: healthy again");
+                let now = Instant::now();
+                let mut gate = shared.lock();
+                for (addr, generation, observation) in batch.drain(..) {
+                    if !observation.up {
+                        tracing::debug!(endpoint = %addr, reason = %observation.detail, "probe failed");
                     }
-                    Some(GateEvent::Ejected) => {
-                        crate::metrics::health_transition(&label, true);
-                        tracing::warn!(endpoint = %addr, %reason, "Ejecting endpoint");
-                        // The pod may have been replaced: look again soon, at most once a second.
-                        if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                            last_refresh = Some(Instant::now());
-                            refresh_now();
-                        }
+                    let reason = observation.detail.clone();
+                    let Some(event) = gate.observe(addr, generation, observation, now) else {
+                        continue;
+                    };
+                    log_event(&label, addr, event, &reason, now, &mut logged);
+                    // The pod may have been replaced: look again soon, at most once a second.
+                    if event == GateEvent::Ejected
+                        && last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        last_refresh = Some(now);
+                        refresh_now();
                     }
-                    None => {}
                 }
+                changed |= gate.take_changed();
+            }
+            () = wake => {
+                let now = Instant::now();
+                let mut gate = shared.lock();
+                for addr in gate.release(now) {
+                    log_event(&label, addr, GateEvent::Readmitted, "", now, &mut logged);
+                }
+                changed |= gate.take_changed();
             }
             // Reap finished watchers (only `Off` ends by itself).
             Some(_) = watchers.join_next(), if !watchers.is_empty() => {}
@@ -213,10 +270,45 @@ pub(crate) async fn run(
     }
 }
 
-/// Publishes the serving set (only when it changed) and the report.
-fn publish(label: &str, gate: &Gate, shared: &Gated) {
-    let serving = gate.serving();
-    let report = gate.report(&serving);
+/// Counts and logs a change of membership, each endpoint's at most once per [`LOG_EVERY`].
+fn log_event(
+    label: &str,
+    addr: SocketAddr,
+    event: GateEvent,
+    reason: &str,
+    now: Instant,
+    logged: &mut HashMap<SocketAddr, (Instant, u32)>,
+) {
+    match event {
+        GateEvent::Admitted => {
+            tracing::debug!(endpoint = %addr, "healthy");
+            return;
+        }
+        GateEvent::Readmitted => crate::metrics::health_transition(label, false),
+        GateEvent::Ejected => crate::metrics::health_transition(label, true),
+    }
+    let (last, skipped) = logged.entry(addr).or_insert((now - LOG_EVERY, 0));
+    if now.saturating_duration_since(*last) < LOG_EVERY {
+        *skipped += 1;
+        return;
+    }
+    let unlogged = std::mem::take(skipped);
+    *last = now;
+    match event {
+        GateEvent::Ejected => {
+            tracing::warn!(endpoint = %addr, %reason, unlogged, "Ejecting endpoint");
+        }
+        _ => tracing::info!(endpoint = %addr, unlogged, "Re-admitting endpoint: healthy again"),
+    }
+}
+
+/// Publishes the serving set (only when it changed) and the health gauges.
+fn publish(label: &str, shared: &Gated) {
+    let (serving, healthy, ejected) = {
+        let gate = shared.lock();
+        let (healthy, ejected) = gate.counts();
+        (gate.serving(), healthy, ejected)
+    };
     shared.serving.send_if_modified(|current| {
         if **current == serving {
             return false;
@@ -224,11 +316,5 @@ fn publish(label: &str, gate: &Gate, shared: &Gated) {
         *current = Arc::new(serving);
         true
     });
-    let count = |state| report.iter().filter(|e| e.state == state).count();
-    crate::metrics::health(
-        label,
-        count(HealthState::Healthy),
-        count(HealthState::Ejected),
-    );
-    *shared.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
+    crate::metrics::health(label, healthy, ejected);
 }

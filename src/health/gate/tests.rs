@@ -236,3 +236,96 @@ fn dns_removal_forgets_health() {
     );
     assert_eq!(g.report(&g.serving()).len(), 1);
 }
+
+fn pushed(up: bool) -> Observation {
+    if up {
+        Observation::up(true)
+    } else {
+        Observation::down(true, "health: NOT_SERVING")
+    }
+}
+
+/// A pod that flips `SERVING` / `NOT_SERVING` is held down from its second quick ejection on,
+/// for the probe interval (1 s), then 2, 4 and 8 s (the ejected-probe maximum), and goes in
+/// when the hold ends if its last word was `SERVING`.
+#[test]
+fn a_flapping_endpoint_is_held_down_longer_each_time() {
+    let (mut g, gens) = gate(&[1, 2, 3]);
+    let t0 = Instant::now();
+    for a in [1, 2, 3] {
+        see(&mut g, &gens, a, pushed(true), t0);
+    }
+    let mut t = t0 + S / 10;
+    // The first quick ejection is one flap: back at once.
+    assert_eq!(
+        see(&mut g, &gens, 1, pushed(false), t),
+        Some(GateEvent::Ejected)
+    );
+    assert_eq!(
+        see(&mut g, &gens, 1, pushed(true), t),
+        Some(GateEvent::Readmitted)
+    );
+    // The second is a pattern: held 1 s, then doubling.
+    t += S / 10;
+    assert_eq!(
+        see(&mut g, &gens, 1, pushed(false), t),
+        Some(GateEvent::Ejected)
+    );
+    let mut holds = Vec::new();
+    for _ in 0..5 {
+        // SERVING at once: deferred, not admitted.
+        assert_eq!(see(&mut g, &gens, 1, pushed(true), t), None);
+        assert!(!g.serving().contains(&addr(1)));
+        let due = g.next_release().expect("a deferred re-admission");
+        holds.push(due - t);
+        assert!(g.release(due - S / 1000).is_empty(), "released early");
+        assert_eq!(g.release(due), vec![addr(1)]);
+        assert!(g.serving().contains(&addr(1)));
+        t = due + S / 10;
+        assert_eq!(
+            see(&mut g, &gens, 1, pushed(false), t),
+            Some(GateEvent::Ejected)
+        );
+    }
+    assert_eq!(holds, [S, 2 * S, 4 * S, 8 * S, 8 * S]);
+}
+
+/// One ejection of an endpoint that had been in for longer than the maximum holds nothing
+/// back: a draining pod that comes back is re-admitted at once.
+#[test]
+fn a_steady_endpoint_is_readmitted_at_once() {
+    let (mut g, gens) = gate(&[1, 2]);
+    let t0 = Instant::now();
+    for a in [1, 2] {
+        see(&mut g, &gens, a, pushed(true), t0);
+    }
+    let t = t0 + 9 * S;
+    assert_eq!(
+        see(&mut g, &gens, 1, pushed(false), t),
+        Some(GateEvent::Ejected)
+    );
+    assert_eq!(
+        see(&mut g, &gens, 1, pushed(true), t + S / 10),
+        Some(GateEvent::Readmitted)
+    );
+    assert_eq!(g.next_release(), None);
+}
+
+/// A `NOT_SERVING` during the hold-down cancels the deferred re-admission.
+#[test]
+fn a_down_during_the_hold_cancels_the_readmission() {
+    let (mut g, gens) = gate(&[1, 2]);
+    let t0 = Instant::now();
+    for a in [1, 2] {
+        see(&mut g, &gens, a, pushed(true), t0);
+    }
+    // Two quick flaps: the second is held down.
+    see(&mut g, &gens, 1, pushed(false), t0 + S / 10);
+    see(&mut g, &gens, 1, pushed(true), t0 + S / 10);
+    see(&mut g, &gens, 1, pushed(false), t0 + S / 5);
+    see(&mut g, &gens, 1, pushed(true), t0 + S / 5);
+    let due = g.next_release().unwrap();
+    see(&mut g, &gens, 1, pushed(false), t0 + S / 2);
+    assert!(g.release(due).is_empty());
+    assert!(!g.serving().contains(&addr(1)));
+}
