@@ -119,6 +119,22 @@ impl Builder {
         self
     }
 
+    /// The most endpoints one DNS answer may give a Service: an answer with more is cut to the
+    /// lowest addresses (the same ones every time), with a warning, and so are the records and
+    /// the targets of an SRV answer, so that a buggy or hostile answer cannot multiply the
+    /// connections and health streams. With [`IpFamily::Both`] it applies to each family.
+    /// Default: 2,000, twice the largest Services this crate is measured with. Valid: 1 to
+    /// 100,000.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder().max_endpoints(5_000);
+    /// ```
+    pub fn max_endpoints(mut self, max: usize) -> Self {
+        self.config.max_endpoints = max;
+        self
+    }
+
     /// Which address families to discover. Default: [`IpFamily::Both`], A and AAAA queried
     /// separately. Most clusters are single-stack: with `Both`, a family whose answers have
     /// been empty (NODATA) while the other family had records, for the empty confirmation

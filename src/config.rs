@@ -59,6 +59,8 @@ pub struct Config {
     pub dns_timeout: Duration,
     /// Tries of each nameserver per query.
     pub dns_attempts: usize,
+    /// The most endpoints one answer may give a Service.
+    pub max_endpoints: usize,
     /// Which address families to discover.
     pub ip_family: IpFamily,
     /// Time between resolutions.
@@ -142,6 +144,7 @@ impl Default for Config {
             dns_transport: DnsTransport::Udp,
             dns_timeout: Duration::from_secs(1),
             dns_attempts: 2,
+            max_endpoints: 2_000,
             ip_family: IpFamily::Both,
             refresh_interval: Duration::from_secs(5),
             follow_ttl: false,
@@ -193,6 +196,7 @@ impl Config {
             timeout: self.dns_timeout,
             attempts: self.dns_attempts,
             transport: self.dns_transport,
+            max_endpoints: self.max_endpoints,
         }
     }
 

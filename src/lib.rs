@@ -73,6 +73,7 @@
 //! | [`jitter`](Builder::jitter) | ±10 % |
 //! | [`dns_timeout`](Builder::dns_timeout) × [`dns_attempts`](Builder::dns_attempts) | 1 s × 2 |
 //! | [`dns_transport`](Builder::dns_transport) | UDP, TCP when truncated |
+//! | [`max_endpoints`](Builder::max_endpoints) | 2,000 per answer |
 //! | [`failure_backoff`](Builder::failure_backoff), [`failure_backoff_max`](Builder::failure_backoff_max) | 500 ms doubling to 10 s |
 //! | [`empty_confirmation_count`](Builder::empty_confirmation_count), [`_grace`](Builder::empty_confirmation_grace), [`_recheck`](Builder::empty_confirmation_recheck) | 3 answers and 5 s, re-checked every 1 s |
 //! | [`connect_timeout`](Builder::connect_timeout) | 1 s |

@@ -157,23 +157,30 @@ impl Plan {
             ),
             QueryKind::Srv { family } => Families::new(family, 1, Duration::ZERO, 0),
         };
-        started.refreshes.push((
-            service.clone(),
-            Box::pin(refresh::run(
-                service.clone(),
-                query,
-                dns.clone(),
-                Schedule::new(timing.clone()),
-                families,
-                jitter,
-                listed.clone(),
-            )),
-        ));
+        let start = {
+            let (service, dns, timing, listed) =
+                (service.clone(), dns.clone(), timing.clone(), listed.clone());
+            // A restarted loop resumes from the set it had published.
+            move || -> refresh::Refresh {
+                let current = listed.endpoints.borrow().as_ref().clone();
+                Box::pin(refresh::run(
+                    service.clone(),
+                    query.clone(),
+                    dns.clone(),
+                    Schedule::resume(timing.clone(), current),
+                    families.clone(),
+                    jitter,
+                    listed.clone(),
+                ))
+            }
+        };
+        started.refreshes.push(refresh::Loop {
+            service: service.clone(),
+            listed: listed.clone(),
+            start: Box::new(start),
+        });
         let gated = (health.check != HealthCheck::Off).then(|| {
-            let gate = Arc::new(Gated {
-                serving: watch::Sender::new(Arc::default()),
-                report: Mutex::default(),
-            });
+            let gate = Arc::new(Gated::new(health.clone()));
             let refresh = listed.clone();
             let span = tracing::info_span!("health", service = %service);
             started.tasks.push(
@@ -206,7 +213,7 @@ impl Plan {
 /// the handles of the tasks already spawned.
 #[derive(Default)]
 pub(crate) struct Started {
-    pub(crate) refreshes: Vec<(HeadlessService, refresh::Refresh)>,
+    pub(crate) refreshes: Vec<refresh::Loop>,
     pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 

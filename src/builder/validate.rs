@@ -36,6 +36,7 @@ impl Builder {
         )?;
         duration_in("dns_timeout", c.dns_timeout, MIN_PERIOD, MAX_DNS_TIMEOUT)?;
         count_in("dns_attempts", c.dns_attempts, 1, MAX_DNS_ATTEMPTS)?;
+        count_in("max_endpoints", c.max_endpoints, 1, MAX_ENDPOINTS)?;
         count_in(
             "empty_confirmation_count",
             c.empty_confirmation_count,
@@ -129,6 +130,9 @@ const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most tries per DNS query. One resolution may take `timeout × (attempts + 1)`, so the
 /// worst case stays at 11 minutes; glibc caps `resolv.conf`'s `attempts:` at 5.
 const MAX_DNS_ATTEMPTS: usize = 10;
+
+/// The largest endpoint cap: far above what one DNS message over TCP (64 KiB) can hold.
+const MAX_ENDPOINTS: usize = 100_000;
 
 /// The most empty answers in a row that confirm a Service is empty.
 const MAX_CONFIRMATIONS: u32 = 100;

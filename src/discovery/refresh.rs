@@ -7,10 +7,12 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex, OnceLock},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+
+use crate::backoff::Backoff;
 
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
@@ -67,31 +69,68 @@ pub struct DiscoveryStatus {
     pub consecutive_failures: u32,
     /// Authoritative empty answers in a row not yet confirmed (the set is kept meanwhile).
     pub empty_streak: u32,
+    /// Times the refresh loop panicked and was started again.
+    pub restarts: u64,
 }
 
-/// One service's refresh loop, as [`drive`] takes it.
+/// One service's refresh loop, as [`drive`] runs it.
 pub(crate) type Refresh = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What [`drive`] needs of one service: a way to start its loop again after a panic, and
+/// where to count that.
+pub(crate) struct Loop {
+    pub(crate) service: HeadlessService,
+    pub(crate) listed: Arc<Listed>,
+    pub(crate) start: Box<dyn FnMut() -> Refresh + Send>,
+}
+
+/// How soon a loop that panicked starts again: after 1 s, doubling while it keeps panicking.
+const RESTART: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
 
 /// Drives every service's refresh loop in this one task until aborted.
 ///
 /// One task rather than one per service: the loops mostly wait, and the short work between
 /// waits then runs on one worker, so refreshes falling due on the same grid step ([`on_grid`])
 /// neither wake every worker nor contend for the allocator (figures in BENCHMARKS.md). A loop
-/// that panicked is logged and ends alone; the others go on.
-pub(crate) async fn drive(loops: Vec<(HeadlessService, Refresh)>) {
-    let mut running: FuturesUnordered<_> = loops
-        .into_iter()
-        .map(|(service, refresh)| {
-            AssertUnwindSafe(refresh)
-                .catch_unwind()
-                .map(move |r| (service, r))
-        })
-        .collect();
-    while let Some((service, result)) = running.next().await {
-        if result.is_err() {
-            tracing::error!(service = %service, "discovery of this service panicked and stopped");
-        }
+/// that panicked is logged, counted in its status and started again after a backoff
+/// ([`RESTART`]); the others go on meanwhile.
+pub(crate) async fn drive(mut loops: Vec<Loop>) {
+    let mut running = FuturesUnordered::new();
+    for (i, l) in loops.iter_mut().enumerate() {
+        running.push(launch(i, (l.start)(), Duration::ZERO));
     }
+    // Per loop: panics in a row, and when it last started.
+    let mut panics = vec![(0u32, tokio::time::Instant::now()); loops.len()];
+    while let Some((i, result)) = running.next().await {
+        let Err(_) = result else { continue };
+        let l = &mut loops[i];
+        let (count, since) = &mut panics[i];
+        // A loop that ran longer than the longest backoff starts over from the shortest.
+        *count = if since.elapsed() > RESTART.max {
+            1
+        } else {
+            count.saturating_add(1)
+        };
+        let delay = RESTART.delay(*count);
+        *since = tokio::time::Instant::now() + delay;
+        tracing::error!(service = %l.service, ?delay, "discovery of this service panicked; restarting it");
+        {
+            let mut status = l.listed.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.restarts += 1;
+            status.last_error = Some("the refresh loop panicked".into());
+            status.last_error_at = Some(SystemTime::now());
+        }
+        running.push(launch(i, (l.start)(), delay));
+    }
+}
+
+/// Runs loop `i` after `delay`, catching a panic.
+async fn launch(i: usize, refresh: Refresh, delay: Duration) -> (usize, std::thread::Result<()>) {
+    tokio::time::sleep(delay).await;
+    (i, AssertUnwindSafe(refresh).catch_unwind().await)
 }
 
 /// Resolves `query` until aborted, publishing every change of the set into `shared`.
@@ -108,10 +147,26 @@ pub(crate) async fn run(
     let label = service.to_string();
     async move {
         let mut noted_tcp = false;
+        let mut last_cut = None;
         loop {
             let started = Instant::now();
             let ask = families.ask();
-            let Resolution { answers, truncated } = dns.resolve(&query, ask).await;
+            let Resolution {
+                answers,
+                truncated,
+                cut,
+            } = dns.resolve(&query, ask).await;
+            // One warning when an answer starts being cut, or is cut to another count.
+            if cut != last_cut {
+                if let Some(records) = cut {
+                    tracing::warn!(
+                        records,
+                        "an answer held more endpoints than max_endpoints allows; \
+                         keeping the lowest addresses"
+                    );
+                }
+                last_cut = cut;
+            }
             match families.on_answers(&answers, Instant::now()) {
                 Some(Switch::Skipping(question)) => tracing::info!(
                     family = ?question,
@@ -220,5 +275,50 @@ fn record(shared: &Listed, event: &Event, schedule: &Schedule) {
         }
         None if !matches!(event, Event::EmptyUnconfirmed { .. }) => status.last_success = Some(now),
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A loop that panics on its first three starts is started again after 1, 2 and 4 s, and
+    /// each restart is counted; the fourth start runs on.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_panics_is_restarted_with_backoff() {
+        let listed = Arc::new(Listed::new());
+        let origin = tokio::time::Instant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicU32::new(0));
+        let start = {
+            let (starts, count) = (starts.clone(), count.clone());
+            move || -> Refresh {
+                let (starts, n) = (starts.clone(), count.fetch_add(1, Ordering::SeqCst));
+                Box::pin(async move {
+                    starts.lock().unwrap().push(origin.elapsed());
+                    if n < 3 {
+                        panic!("a refresh loop made to panic");
+                    }
+                    std::future::pending::<()>().await;
+                })
+            }
+        };
+        let service: HeadlessService = "user-svc.default:8080".parse().unwrap();
+        let driver = tokio::spawn(drive(vec![Loop {
+            service,
+            listed: listed.clone(),
+            start: Box::new(start),
+        }]));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(
+            *starts.lock().unwrap(),
+            [secs(0), secs(1), secs(3), secs(7)]
+        );
+        assert_eq!(listed.status().restarts, 3);
+        assert!(!driver.is_finished());
+        driver.abort();
     }
 }

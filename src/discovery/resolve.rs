@@ -3,13 +3,13 @@
 //! [`screen`]ed, into an [`Answer`] for the schedule.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -63,6 +63,8 @@ pub(crate) struct Resolution {
     pub(crate) answers: Vec<(Question, Answer)>,
     /// An answer was truncated over UDP and came again over TCP.
     pub(crate) truncated: bool,
+    /// An answer held more endpoints than the cap: how many, before it was cut.
+    pub(crate) cut: Option<usize>,
 }
 
 /// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
@@ -124,6 +126,8 @@ pub(crate) struct Dns {
     client: Arc<client::Client>,
     /// An outer bound on one lookup, in case the client's own timers overrun.
     deadline: Duration,
+    /// The most endpoints, SRV records and SRV targets one answer may give.
+    max_endpoints: usize,
 }
 
 impl fmt::Debug for Dns {
@@ -141,6 +145,8 @@ pub(crate) struct DnsSettings {
     pub(crate) timeout: Duration,
     pub(crate) attempts: usize,
     pub(crate) transport: DnsTransport,
+    /// The most endpoints one answer may give a Service.
+    pub(crate) max_endpoints: usize,
 }
 
 impl Dns {
@@ -206,6 +212,7 @@ impl Dns {
                 options,
             )),
             deadline,
+            max_endpoints: config.max_endpoints.max(1),
         })
     }
 
@@ -214,18 +221,20 @@ impl Dns {
     pub(crate) async fn resolve(&self, query: &ServiceQuery, ask: IpFamily) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
         let truncated = AtomicBool::new(false);
+        let cut = AtomicUsize::new(0);
         let answers = match query.kind {
             QueryKind::Addresses { port, .. } => {
                 ask.each_question(|question| {
-                    self.addresses(asked, domain, question, port, &truncated)
+                    self.addresses(asked, domain, question, port, &truncated, &cut)
                 })
                 .await
             }
-            QueryKind::Srv { family } => self.srv(asked, domain, family, &truncated).await,
+            QueryKind::Srv { family } => self.srv(asked, domain, family, &truncated, &cut).await,
         };
         Resolution {
             answers,
             truncated: truncated.into_inner(),
+            cut: Some(cut.into_inner()).filter(|n| *n > 0),
         }
     }
 
@@ -258,6 +267,7 @@ impl Dns {
         question: Question,
         port: u16,
         truncated: &AtomicBool,
+        cut: &AtomicUsize,
     ) -> Answer {
         let rtype = match question {
             Question::V6 => RecordType::AAAA,
@@ -271,11 +281,12 @@ impl Dns {
         let screened = screen_addresses(asked, domain, rtype, &lookup.answers, &mut skipped);
         warn_skipped(asked, &skipped);
         match screened {
-            Ok(Screened { found: ips, ttl }) => records_or_nodata(
+            Ok(Screened { found: ips, ttl }) => self.records_or_nodata(
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect(),
                 ttl,
+                cut,
             ),
             Err(refused) => {
                 refused.warn(asked, domain);
@@ -296,6 +307,7 @@ impl Dns {
         domain: &Name,
         family: IpFamily,
         truncated: &AtomicBool,
+        cut: &AtomicUsize,
     ) -> Vec<(Question, Answer)> {
         let lookup = match self.lookup(asked, RecordType::SRV, truncated).await {
             Ok(lookup) => lookup,
@@ -303,7 +315,10 @@ impl Dns {
         };
         let mut skipped = Vec::new();
         let screened = screen_srv(asked, domain, &lookup.answers, &mut skipped);
-        let Screened { found: wanted, ttl } = match screened {
+        let Screened {
+            found: mut wanted,
+            ttl,
+        } = match screened {
             Ok(screened) => screened,
             Err(refused) => {
                 warn_skipped(asked, &skipped);
@@ -311,10 +326,19 @@ impl Dns {
                 return vec![(Question::Srv, Answer::Empty(Negative::NoData))];
             }
         };
+        // At most the cap of records, the same ones every time; so at most that many targets,
+        // each found in O(1) among the additional records.
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.len() > self.max_endpoints {
+            cut.fetch_max(wanted.len(), Ordering::Relaxed);
+            wanted.truncate(self.max_endpoints);
+        }
+        let targets: HashSet<&Name> = wanted.iter().map(|(t, _)| *t).collect();
         let mut ips: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
         for r in &lookup.additionals {
             let Some(ip) = r.data.ip_addr() else { continue };
-            let Some((target, _)) = wanted.iter().find(|(t, _)| **t == r.name) else {
+            let Some(target) = targets.get(&r.name) else {
                 continue;
             };
             match unusable(ip) {
@@ -344,7 +368,7 @@ impl Dns {
                 found.map(|ip| SocketAddr::new(*ip, *port))
             })
             .collect();
-        let records = records_or_nodata(addrs, ttl);
+        let records = self.records_or_nodata(addrs, ttl, cut);
         let Some(first) = failures.first() else {
             return vec![(Question::Srv, records)];
         };
@@ -359,6 +383,24 @@ impl Dns {
         match records {
             Answer::Records { .. } => vec![(Question::Srv, records), (Question::Srv, failed)],
             _ => vec![(Question::Srv, failed)],
+        }
+    }
+
+    /// The records of one answer, sorted and without duplicates, at most the cap of them (the
+    /// lowest, so that the same ones are kept every time); `cut` keeps the largest count cut.
+    fn records_or_nodata(&self, mut addrs: Vec<SocketAddr>, ttl: u32, cut: &AtomicUsize) -> Answer {
+        if addrs.is_empty() {
+            return Answer::Empty(Negative::NoData);
+        }
+        addrs.sort_unstable();
+        addrs.dedup();
+        if addrs.len() > self.max_endpoints {
+            cut.fetch_max(addrs.len(), Ordering::Relaxed);
+            addrs.truncate(self.max_endpoints);
+        }
+        Answer::Records {
+            addrs,
+            ttl: Duration::from_secs(u64::from(ttl)),
         }
     }
 
@@ -405,10 +447,10 @@ impl Dns {
         family: IpFamily,
         domain: &Name,
     ) -> Result<Vec<IpAddr>, Failure> {
-        // A target's answers are small; whether one came over TCP is not reported.
-        let truncated = AtomicBool::new(false);
+        // A target's answers are small; whether one came over TCP or was cut is not reported.
+        let (truncated, cut) = (AtomicBool::new(false), AtomicUsize::new(0));
         let answers = family
-            .each_question(|question| self.addresses(target, domain, question, 0, &truncated))
+            .each_question(|question| self.addresses(target, domain, question, 0, &truncated, &cut))
             .await;
         let mut ips = Vec::new();
         for (_, answer) in answers {
@@ -429,18 +471,6 @@ impl Dns {
 
 /// SRV targets resolved at the same time, at most.
 const MAX_TARGET_LOOKUPS: usize = 16;
-
-fn records_or_nodata(mut addrs: Vec<SocketAddr>, ttl: u32) -> Answer {
-    if addrs.is_empty() {
-        return Answer::Empty(Negative::NoData);
-    }
-    addrs.sort_unstable();
-    addrs.dedup();
-    Answer::Records {
-        addrs,
-        ttl: Duration::from_secs(u64::from(ttl)),
-    }
-}
 
 /// Sorts a resolver error into authoritative-empty or transient.
 fn classify(err: &NetError) -> Answer {

@@ -72,6 +72,14 @@ impl Schedule {
         }
     }
 
+    /// A schedule that goes on from `current`, the set last published.
+    pub(crate) fn resume(timing: RefreshSettings, current: BTreeSet<SocketAddr>) -> Self {
+        Self {
+            current,
+            ..Self::new(timing)
+        }
+    }
+
     /// Consecutive resolutions that failed, wholly or in part.
     pub(crate) fn failures(&self) -> u32 {
         self.failures

@@ -81,7 +81,7 @@ pub(super) enum BreakerEvent {
     Opened(u32),
     /// The trial failed: ejected again, for this long.
     Reopened(Duration),
-    /// A call succeeded on a ejected pod.
+    /// A call succeeded on an ejected pod.
     Closed,
 }
 
@@ -142,7 +142,7 @@ impl Breaker {
         }
     }
 
-    /// Lets a call through, or says no. With `panic`, a ejected pod takes calls too.
+    /// Lets a call through, or says no. With `panic`, an ejected pod takes calls too.
     pub(super) fn admit(&mut self, now: Instant, panic: bool) -> Option<Ticket> {
         if let State::Open { until, trials } = self.state
             && now >= until
@@ -200,14 +200,14 @@ impl Breaker {
                 if ticket.admission == Admission::Trial =>
             {
                 let trials = trials.saturating_add(1);
-                let ejection = accrual.ejection.delay(trials + 1);
+                let ejection = accrual.ejection.delay(trials.saturating_add(1));
                 let until = later(now, ejection);
                 (
                     State::Open { until, trials },
                     Some(BreakerEvent::Reopened(ejection)),
                 )
             }
-            // A panic-mode call failed on a ejected pod: it is ejected already.
+            // A panic-mode call failed on an ejected pod: it is ejected already.
             (state, Outcome::Failure) => (state, None),
         };
         self.state = state;
@@ -280,6 +280,23 @@ mod tests {
         }
         assert!(b.is_closed());
         let _ = open(now);
+    }
+
+    #[test]
+    fn a_trial_failing_after_any_number_of_trials_ejects_for_the_maximum() {
+        let now = Instant::now();
+        let mut b = Breaker {
+            state: State::HalfOpen {
+                trials: u32::MAX,
+                trial: false,
+            },
+            epoch: 7,
+        };
+        let t = b.admit(now, false).expect("the trial is due");
+        assert_eq!(
+            fail(&mut b, t, now),
+            Some(BreakerEvent::Reopened(ACCRUAL.ejection.max))
+        );
     }
 
     #[test]
