@@ -136,6 +136,8 @@
 //! - `tls-aws-lc` (off): the same with aws-lc-rs, through tonic's `tls-aws-lc`.
 //! - `serde` (off): `Deserialize` and `Serialize` on [`Config`] and the types of its fields
 //!   (from a ConfigMap's YAML, say); [`Builder::build`] validates it like the setters.
+//! - `debug` (off): [`debug::routes`](crate::debug), an axum router serving
+//!   [`Registry::snapshot`] as JSON and as a page that refreshes itself; turns on `serde`.
 //! - `metrics` (off): metrics through the [`metrics`](https://docs.rs/metrics) facade, so any
 //!   exporter works. Every name starts with `k8s_headless_svc_` and carries a `service` label:
 //!   - `k8s_headless_svc_endpoints` (gauge; `state` = `discovered`, `healthy`, `ejected`);
@@ -156,6 +158,8 @@
 mod backoff;
 mod builder;
 mod config;
+#[cfg(feature = "debug")]
+pub mod debug;
 mod discover;
 mod discovery;
 mod ejection;
@@ -166,6 +170,7 @@ mod health;
 mod key;
 mod load_balanced;
 mod metrics;
+mod observe;
 mod pipeline;
 mod registry;
 mod service;
@@ -185,6 +190,9 @@ pub use crate::error::Error;
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::key::ServiceKey;
 pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure};
+pub use crate::observe::{
+    BreakerView, EndpointSnapshot, PodLoad, RegistrySnapshot, ServiceSnapshot,
+};
 pub use crate::registry::Registry;
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
 pub use crate::watch::{Update, Watch};

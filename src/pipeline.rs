@@ -259,6 +259,14 @@ impl Pipeline {
             .clone()
     }
 
+    /// The pods of the load-aware channel and their load, when that channel was made.
+    pub(crate) fn loads(&self) -> Vec<(SocketAddr, crate::observe::PodLoad)> {
+        self.balanced
+            .get()
+            .map(LoadBalancedChannel::loads)
+            .unwrap_or_default()
+    }
+
     /// The load-aware channel of this service, made on first use.
     pub(crate) fn load_balanced(
         &self,

@@ -13,6 +13,7 @@ use crate::{
     health::EndpointHealth,
     key::ServiceKey,
     load_balanced::{BalanceSettings, LoadBalancedChannel},
+    observe::{EndpointSnapshot, RegistrySnapshot, ServiceSnapshot},
     pipeline::Pipeline,
     service::HeadlessService,
     watch::Watch,
@@ -200,6 +201,57 @@ impl Registry {
                 .map(|addr| EndpointHealth::unchecked(*addr))
                 .collect(),
         })
+    }
+
+    /// Everything the registry knows now, for an operator to look at: per Service its
+    /// discovery, what DNS lists, and per endpoint its health and, once the Service's
+    /// load-aware channel is made, its calls, load estimate and breaker. Taking it never makes
+    /// a call wait (see [`PodLoad`](crate::PodLoad)).
+    ///
+    /// ```no_run
+    /// # fn f(registry: k8s_headless_svc::Registry) {
+    /// for service in registry.snapshot().services {
+    ///     println!("{}: {} listed", service.service, service.listed.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn snapshot(&self) -> RegistrySnapshot {
+        let services = self
+            .services
+            .iter()
+            .map(|pipeline| {
+                let listed: Vec<SocketAddr> =
+                    pipeline.listed.endpoints.borrow().iter().copied().collect();
+                let health = match &pipeline.gated {
+                    Some(gate) => gate.report(),
+                    None => listed
+                        .iter()
+                        .map(|a| EndpointHealth::unchecked(*a))
+                        .collect(),
+                };
+                let loads = pipeline.loads();
+                let endpoints = health
+                    .into_iter()
+                    .map(|health| {
+                        let load = loads
+                            .binary_search_by_key(&health.addr, |(addr, _)| *addr)
+                            .ok()
+                            .map(|i| loads[i].1.clone());
+                        EndpointSnapshot { health, load }
+                    })
+                    .collect();
+                ServiceSnapshot {
+                    service: pipeline.service.clone(),
+                    discovery: pipeline.listed.status(),
+                    listed,
+                    endpoints,
+                }
+            })
+            .collect();
+        RegistrySnapshot {
+            taken_at: std::time::SystemTime::now(),
+            services,
+        }
     }
 
     /// The discovery state of a service: failures, last success, last error.

@@ -877,3 +877,142 @@ async fn watch_output_stays_consistent_after_a_stall() {
         want.len()
     );
 }
+
+/// A pod's row of `/debug/registry`'s JSON: the text from its address to the next endpoint.
+fn endpoint_json(json: &str, addr: SocketAddr) -> Option<&str> {
+    let at = json.find(&format!("\"addr\":\"{addr}\""))?;
+    let rest = &json[at..];
+    let end = rest[1..].find("\"addr\":\"").map_or(rest.len(), |i| i + 1);
+    Some(&rest[..end])
+}
+
+/// The frontend serves the registry's snapshot at `/debug/registry` and a page at `/debug`:
+/// every pod healthy with its calls counted, then a killed pod ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_debug_json_shows_each_pod_and_a_killed_one_ejected() {
+    let dns = DnsServer::start().await.unwrap();
+    let mut pods = Pod::start_many(59, 3, "user").unwrap();
+    dns.set_addrs(
+        &svc_fqdn("user-svc", "ns59"),
+        &pods.iter().map(|p| p.addr().ip()).collect::<Vec<_>>(),
+    )
+    .await;
+    let (_proc, addr) = frontend(&dns, 58, "ns59", pods[0].addr().port(), "3s", "load-aware").await;
+    for _ in 0..30 {
+        let _ = get(addr, "/index");
+    }
+    let json = || get(addr, "/debug/registry").unwrap().1;
+    let all_healthy = eventually(SLACK, || {
+        let json = json();
+        let ok = pods.iter().all(|p| {
+            endpoint_json(&json, p.addr())
+                .is_some_and(|e| e.contains("\"state\":\"healthy\"") && e.contains("\"calls\":"))
+        });
+        async move { ok }
+    })
+    .await;
+    assert!(all_healthy, "{}", json());
+    assert!(
+        json().contains("\"service\":\"user-svc.ns59:"),
+        "{}",
+        json()
+    );
+    let (status, page) = get(addr, "/debug").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<title>k8s-headless-svc: registry</title>"),
+        "{page}"
+    );
+
+    let dead = pods.remove(0);
+    let dead_addr = dead.addr();
+    dead.kill().await;
+    let ejected = eventually(SLACK, || {
+        let json = json();
+        let ok =
+            endpoint_json(&json, dead_addr).is_some_and(|e| e.contains("\"state\":\"ejected\""));
+        async move { ok }
+    })
+    .await;
+    assert!(ejected, "{}", json());
+}
+
+/// Headless Chromium loads `/debug` while the frontend calls real pods: the page shows every
+/// pod healthy, then a killed pod ejected, and a screenshot is saved to
+/// `target/debug-page.png`. Run by `.ci/run`, which installs Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium; .ci/run installs it and runs this"]
+async fn browser_shows_the_debug_page_and_a_killed_pod_ejected() {
+    let dns = DnsServer::start().await.unwrap();
+    let mut pods = Pod::start_many(60, 3, "user").unwrap();
+    dns.set_addrs(
+        &svc_fqdn("user-svc", "ns60"),
+        &pods.iter().map(|p| p.addr().ip()).collect::<Vec<_>>(),
+    )
+    .await;
+    let (_proc, addr) = frontend(&dns, 61, "ns60", pods[0].addr().port(), "3s", "load-aware").await;
+    for _ in 0..60 {
+        let _ = get(addr, "/index");
+    }
+    let profile =
+        std::env::temp_dir().join(format!("k8s-headless-svc-chromium-{}", std::process::id()));
+    let chromium = |extra: &[String]| {
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend_from_slice(extra);
+        args.push(format!("http://{addr}/debug"));
+        Command::new("chromium")
+            .args(&args)
+            .output()
+            .expect("chromium runs")
+    };
+    let rows = |dom: &str, state: &str| dom.matches(&format!("data-state=\"{state}\"")).count();
+    let dom = || String::from_utf8_lossy(&chromium(&["--dump-dom".into()]).stdout).into_owned();
+    let mut seen = String::new();
+    let healthy = eventually(SLACK, || {
+        seen = dom();
+        let ok = rows(&seen, "healthy") == 3;
+        async move { ok }
+    })
+    .await;
+    assert!(healthy, "the page never showed 3 healthy pods:\n{seen}");
+    assert!(seen.contains("user-svc.ns60:"), "{seen}");
+
+    let dead = pods.remove(0);
+    let dead_addr = dead.addr().to_string();
+    dead.kill().await;
+    let ejected = eventually(SLACK, || {
+        seen = dom();
+        let ok = seen.contains(&format!("data-addr=\"{dead_addr}\" data-state=\"ejected\""));
+        async move { ok }
+    })
+    .await;
+    assert!(
+        ejected,
+        "the page never showed {dead_addr} ejected:\n{seen}"
+    );
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug-page.png");
+    let out = chromium(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1300,700".into(),
+    ]);
+    assert!(
+        shot.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+}

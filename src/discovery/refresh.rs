@@ -55,6 +55,7 @@ impl Listed {
 
 /// The discovery state of one service, as the observation API shows it.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DiscoveryStatus {
     /// Resolutions finished so far.

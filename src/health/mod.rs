@@ -91,6 +91,11 @@ pub(crate) struct HealthSettings {
 
 /// The health state of one endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum HealthState {
     /// Not observed yet: not in the balancer.
@@ -104,6 +109,7 @@ pub enum HealthState {
 
 /// One endpoint's health, from [`Registry::health`](crate::Registry::health).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct EndpointHealth {
     /// The endpoint.

@@ -227,6 +227,22 @@ impl Breaker {
         }
     }
 
+    /// Its state as the observation API shows it.
+    pub(super) fn view(&self, now: Instant) -> crate::observe::BreakerView {
+        use crate::observe::BreakerView;
+        match self.state {
+            State::Closed { failures } => BreakerView::Closed { failures },
+            State::Open { until, trials } => BreakerView::Ejected {
+                for_ms: until.saturating_duration_since(now).as_millis() as u64,
+                failed_trials: trials,
+            },
+            State::HalfOpen { trials, trial } => BreakerView::Trial {
+                in_flight: trial,
+                failed_trials: trials,
+            },
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed { .. })

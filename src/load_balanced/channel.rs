@@ -57,6 +57,20 @@ impl fmt::Debug for LoadBalancedChannel {
 }
 
 impl LoadBalancedChannel {
+    /// Each pod the channel holds, with its load and breaker, in address order.
+    pub(crate) fn loads(&self) -> Vec<(std::net::SocketAddr, crate::observe::PodLoad)> {
+        let now = tokio::time::Instant::now();
+        let decay = self.picker.settings.decay();
+        let mut loads: Vec<_> = self
+            .picker
+            .snapshot()
+            .iter()
+            .map(|pod| (pod.addr, pod.load(now, decay)))
+            .collect();
+        loads.sort_by_key(|(addr, _)| *addr);
+        loads
+    }
+
     /// How many endpoints of the serving set the channel holds now, whether or not calls are
     /// flowing ([`Registry::serving`](crate::Registry::serving) lists them).
     pub fn serving_count(&self) -> usize {

@@ -40,6 +40,8 @@ pub(super) struct Pod {
     pub(super) addr: SocketAddr,
     channel: Channel,
     in_flight: AtomicUsize,
+    /// Calls it has been given, for the observation API.
+    calls: AtomicU64,
     /// The pick number of its last pick.
     last_pick: AtomicU64,
     /// Its breaker is open or half-open; read without the lock.
@@ -68,6 +70,7 @@ impl Pod {
             addr,
             channel,
             in_flight: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
             last_pick: AtomicU64::new(0),
             ejected: AtomicBool::new(false),
             state: Mutex::new(PodState {
@@ -79,6 +82,21 @@ impl Pod {
 
     fn state(&self) -> MutexGuard<'_, PodState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the observation API shows of it. The pod's lock is only tried, so a reader never
+    /// makes a call wait: a pod busy at that instant shows no estimate and no breaker state.
+    pub(super) fn load(&self, now: Instant, decay: Duration) -> crate::observe::PodLoad {
+        let state = self.state.try_lock().ok();
+        crate::observe::PodLoad {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
+            ejected: self.ejected.load(Ordering::Relaxed),
+            estimate_ms: state
+                .as_ref()
+                .map(|s| s.estimate.at(now, decay) / 1_000_000.0),
+            breaker: state.as_ref().map(|s| s.breaker.view(now)),
+        }
     }
 
     /// Its latency estimate now, in nanoseconds.
@@ -249,6 +267,7 @@ impl Picker {
     fn take(self: &Arc<Self>, pod: &Arc<Pod>, now: Instant, panic: bool) -> Option<Pick> {
         let ticket = pod.state().breaker.admit(now, panic)?;
         pod.in_flight.fetch_add(1, Ordering::AcqRel);
+        pod.calls.fetch_add(1, Ordering::Relaxed);
         let number = self.picks.fetch_add(1, Ordering::Relaxed) + 1;
         pod.last_pick.store(number, Ordering::Relaxed);
         Some(Pick {

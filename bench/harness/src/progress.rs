@@ -3,7 +3,7 @@
 //! The bar counts the run's work in estimated seconds (a 30 s scale window moves it as far as
 //! thirty 1 s throughput runs), and its message names the measurement, the round and the
 //! system at hand. Lines the harness prints while it is shown, its children's stderr among
-//! them, go through [`line`], which writes them above the bar; with no bar they go to stderr
+//! them, go through [`line()`], which writes them above the bar; with no bar they go to stderr
 //! as they are.
 
 use std::{io::IsTerminal, sync::OnceLock, time::Duration};

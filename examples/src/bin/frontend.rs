@@ -65,7 +65,7 @@ struct Args {
 
 struct App {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    registry: Registry,
+    registry: Arc<Registry>,
     service: HeadlessService,
     client: Client,
     timeout: Duration,
@@ -115,9 +115,10 @@ async fn main() -> anyhow::Result<()> {
         _ => Client::LoadAware(UserClient::new(registry.load_balanced(&service)?)),
     };
     tracing::info!(balancer = %args.balancer, "calling {service}");
+    let registry = Arc::new(registry);
     let app = Arc::new(App {
         metrics,
-        registry,
+        registry: registry.clone(),
         service,
         client,
         timeout: args.timeout,
@@ -130,7 +131,9 @@ async fn main() -> anyhow::Result<()> {
             "/robots.txt",
             get(|| async { "User-agent: *\nDisallow: /\n" }),
         )
-        .with_state(app);
+        .with_state(app)
+        // What the registry knows, for an operator: JSON at /debug/registry, a page at /debug.
+        .merge(k8s_headless_svc::debug::routes(registry));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

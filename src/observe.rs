@@ -1,0 +1,93 @@
+//! [`RegistrySnapshot`]: one value with everything a registry knows, for an operator to look
+//! at (Envoy's `/clusters`, gRPC's channelz): per Service, the last resolution, what DNS lists,
+//! and per endpoint its health, whether the balancers hold it and, for a load-aware channel,
+//! its calls, load estimate and breaker. With the `serde` feature it serializes (the `debug`
+//! feature serves it as JSON and as a page).
+
+use std::{net::SocketAddr, time::SystemTime};
+
+#[cfg(feature = "serde")]
+use serde::Serialize;
+
+use crate::{discovery::DiscoveryStatus, health::EndpointHealth, service::HeadlessService};
+
+/// Everything a [`Registry`](crate::Registry) knows, at one moment.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct RegistrySnapshot {
+    /// When it was taken.
+    pub taken_at: SystemTime,
+    /// Each Service, in the order the registry was given them.
+    pub services: Vec<ServiceSnapshot>,
+}
+
+/// One Service in a [`RegistrySnapshot`].
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct ServiceSnapshot {
+    /// The Service.
+    pub service: HeadlessService,
+    /// Its discovery: resolutions, the last success and the last error.
+    pub discovery: DiscoveryStatus,
+    /// What DNS lists, in address order.
+    pub listed: Vec<SocketAddr>,
+    /// Each endpoint DNS lists, in address order.
+    pub endpoints: Vec<EndpointSnapshot>,
+}
+
+/// One endpoint in a [`ServiceSnapshot`].
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct EndpointSnapshot {
+    /// Its health, and whether the balancers hold it.
+    pub health: EndpointHealth,
+    /// Its load on the Service's load-aware channel, once that channel is made and holds it.
+    pub load: Option<PodLoad>,
+}
+
+/// One pod's load on a load-aware channel.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct PodLoad {
+    /// Calls in flight on it now.
+    pub in_flight: usize,
+    /// Calls it has been given since the channel took it.
+    pub calls: u64,
+    /// Its breaker has ejected it.
+    pub ejected: bool,
+    /// Its latency estimate (Peak-EWMA), in milliseconds; `None` when the pod was busy at the
+    /// instant it was read (a reader never makes a call wait).
+    pub estimate_ms: Option<f64>,
+    /// Its breaker; `None` likewise.
+    pub breaker: Option<BreakerView>,
+}
+
+/// A breaker's state, as a [`PodLoad`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize), serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum BreakerView {
+    /// Calls go; `failures` failed in a row so far.
+    Closed {
+        /// Failed calls in a row.
+        failures: u32,
+    },
+    /// Ejected: no call for `for_ms` more.
+    Ejected {
+        /// Milliseconds until a trial call is due.
+        for_ms: u64,
+        /// Trials that failed since it was ejected.
+        failed_trials: u32,
+    },
+    /// The ejection is over: one trial call tests the pod.
+    Trial {
+        /// The trial call is under way.
+        in_flight: bool,
+        /// Trials that failed since it was ejected.
+        failed_trials: u32,
+    },
+}
