@@ -4,6 +4,7 @@
 //! - [`dnsmasq::Dnsmasq`]: Debian's dnsmasq as an external DNS server, when it is installed;
 //! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
 //!   own so it can be killed abruptly;
+//! - [`relay::Relay`]: a TCP relay in front of a pod that can black-hole it;
 //! - [`eventually`]: wait for a condition with a deadline;
 //! - [`init_tracing`]: the programs' logging to stderr.
 
@@ -13,6 +14,7 @@
 pub mod dns;
 pub mod dnsmasq;
 pub mod pod;
+pub mod relay;
 pub mod user;
 
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use dns::{DnsServer, Fault, svc_fqdn};
 pub use dnsmasq::Dnsmasq;
 pub use pod::{Pod, loopback};
+pub use relay::Relay;
 pub use user::{PodStats, UserService, pb};
 
 /// Polls `condition` every 20 ms until it holds or `deadline` passes; returns whether it held.
