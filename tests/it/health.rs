@@ -22,12 +22,20 @@ fn health_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
         .ejected_probe_backoff(Duration::from_millis(800))
 }
 
-/// A registry that polls only every 5 s: what ejects a pod within a second must be its
-/// health stream.
-fn slow_probes(fx: &Fixture) -> Registry {
+/// Probes once an hour: nothing is polled within a test, so only what the pod pushes on its
+/// health stream, or the stream breaking, can change an endpoint's state.
+const HOURLY: Duration = Duration::from_secs(3600);
+
+/// How soon "at once" must be. No probe lands within the hour, so any bound shows the push
+/// path; this one leaves room for a loaded machine (the tests measured 21-56 ms).
+const AT_ONCE: Duration = Duration::from_secs(2);
+
+/// A registry whose health gate polls once an hour: what ejects a pod in a test is its health
+/// stream.
+fn hourly_probes(fx: &Fixture) -> Registry {
     builder(&fx.dns)
         .service(fx.service.clone())
-        .health_interval(Duration::from_secs(5))
+        .health_interval(HOURLY)
         .health_timeout(Duration::from_secs(1))
         .build()
         .unwrap()
@@ -60,10 +68,17 @@ fn state_of(registry: &Registry, fx: &Fixture, addr: SocketAddr) -> Option<(Heal
 async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(70, 3).await;
-    let registry = health_builder(&fx).build().unwrap();
+    // Probes every 10 s: k = 2 failed probes take 20 s, so what ejects the pod within a second
+    // is its broken stream and refused reconnect.
+    let probe = Duration::from_secs(10);
+    let registry = health_builder(&fx)
+        .health_interval(probe)
+        .health_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let channel = registry.channel(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
-    let load = Load::start(&channel, 4, Duration::from_secs(30));
+    let load = Load::start(&channel, 4, Duration::from_secs(90));
     assert!(eventually(SLACK, || async { load.ok() > 200 }).await);
 
     let Fixture {
@@ -77,7 +92,6 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
     let failed_before = load.failed();
     let killed = Instant::now();
     victim.kill().await;
-    // Ejected after k = 2 failed probes: within 2 × 200 ms + slack.
     let fx_view = Fixture {
         dns,
         pods,
@@ -85,7 +99,7 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
         fqdn,
     };
     assert!(
-        eventually(PROBE * 2 + SLACK, || async {
+        eventually(SLACK, || async {
             state_of(&registry, &fx_view, addr) == Some((HealthState::Ejected, false))
         })
         .await
@@ -114,22 +128,25 @@ async fn crashed_pod_still_in_dns_is_ejected_then_readmitted() {
     eprintln!(
         "crash: ejected {ejected_after:?} after the kill; {failed_during_crash} calls failed before that"
     );
-    // The broken health stream and the refused reconnect, not k probes, eject it: well within
-    // one probe interval; and few calls meet the dead pod meanwhile.
+    // The broken health stream and the refused reconnect, not k probes, eject it: within a
+    // second, where the next probe is up to 10 s away; and few calls meet the dead pod
+    // meanwhile.
     assert!(
-        ejected_after < PROBE + Duration::from_millis(500),
-        "{ejected_after:?}"
+        ejected_after < Duration::from_secs(1),
+        "{ejected_after:?}: not the broken stream"
     );
     assert!(
         failed_during_crash <= 20,
         "{failed_during_crash} calls failed"
     );
 
-    // The pod comes back on the same address: re-admitted after m = 2 good probes.
+    // The pod comes back on the same address: re-admitted when its new stream reports SERVING,
+    // which the watcher opens at its next reconnect, a probe interval at most after the pod's
+    // return.
     let back = Pod::start(addr, "reborn").unwrap();
     let restarted = Instant::now();
     assert!(
-        eventually(SLACK, || async {
+        eventually(probe + SLACK, || async {
             state_of(&registry, &fx_view, addr) == Some((HealthState::Healthy, true))
         })
         .await
@@ -330,7 +347,7 @@ async fn rolling_update_loses_no_call_on_either_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_pod_is_out_of_both_kinds_at_once() {
     let fx = Fixture::start(75, 3).await;
-    let registry = slow_probes(&fx);
+    let registry = hourly_probes(&fx);
     let channel = registry.channel(&fx.service).unwrap();
     let balanced = registry.load_balanced(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
@@ -346,11 +363,8 @@ async fn a_draining_pod_is_out_of_both_kinds_at_once() {
     .await;
     let took = started.elapsed();
     eprintln!("draining pod: out of both kinds {took:?} after it turned NOT_SERVING");
-    assert!(out, "{:?}", registry.health(&fx.service));
-    assert!(
-        took < Duration::from_secs(1),
-        "{took:?}: not the pushed status"
-    );
+    assert!(out, "still held: {:?}", registry.health(&fx.service));
+    assert!(took < AT_ONCE, "{took:?}: not the pushed status");
     // Neither kind calls it any more.
     let before = victim.stats().calls();
     let (_, errors) = spread(&channel, 60, 3).await;
@@ -372,7 +386,7 @@ async fn a_draining_pod_is_out_of_both_kinds_at_once() {
 async fn a_killed_pod_is_out_of_the_plain_kind_before_its_next_probe() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(76, 3).await;
-    let registry = slow_probes(&fx);
+    let registry = hourly_probes(&fx);
     let channel = registry.channel(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
     const CALLERS: usize = 16;
@@ -390,11 +404,8 @@ async fn a_killed_pod_is_out_of_the_plain_kind_before_its_next_probe() {
     victim.kill().await;
     let out = eventually(SLACK, || async { serving(&registry, &service) == 2 }).await;
     let took = killed.elapsed();
-    assert!(out);
-    assert!(
-        took < Duration::from_secs(1),
-        "{took:?}: not the broken stream"
-    );
+    assert!(out, "still held an hour's probe away from the kill");
+    assert!(took < AT_ONCE, "{took:?}: not the broken stream");
     // A window of 5 s from the kill.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
     let (ok1, failed1) = (load.ok(), load.failed());
