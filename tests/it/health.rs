@@ -168,8 +168,10 @@ async fn black_holed_pod_is_never_admitted() {
     let (hole, _fillers) = black_hole(hole_addr).await;
     fx.dns.add_addr(&fx.fqdn, hole_addr.ip()).await;
 
-    // With health checks: never admitted, shown as ejected.
-    let registry = health_builder(&fx).build().unwrap();
+    // With health checks: never admitted, shown as ejected. What the balancers hold is sampled
+    // from the build on, so that a hole admitted for a while, then ejected, is seen too.
+    let registry = std::sync::Arc::new(health_builder(&fx).build().unwrap());
+    let sampler = ServingSampler::start(registry.clone(), &fx.service, hole_addr);
     assert!(discovered(&registry, &fx.service, 3).await);
     assert!(
         eventually(SLACK, || async {
@@ -185,7 +187,52 @@ async fn black_holed_pod_is_never_admitted() {
     let (hits, errors) = spread(&balanced, 60, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(hits.len(), 2);
+    let (samples, held) = sampler.stop().await;
+    assert!(samples > 100, "sampled only {samples} times");
+    assert_eq!(
+        held, 0,
+        "the black hole was held in {held} of {samples} samples"
+    );
     drop(hole);
+}
+
+/// Samples what the balancers of a service hold, every millisecond or so, in the background;
+/// counts the samples that held `addr`.
+struct ServingSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl ServingSampler {
+    fn start(
+        registry: std::sync::Arc<Registry>,
+        service: &k8s_headless_svc::HeadlessService,
+        addr: SocketAddr,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let service = service.clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut samples, mut held) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    samples += 1;
+                    if registry.serving(&service).unwrap().contains(&addr) {
+                        held += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                (samples, held)
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sampling; how many samples were taken, and how many held the address.
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
 }
 
 /// A listener whose accept queue is full and never drained: SYNs to it are dropped, so a
