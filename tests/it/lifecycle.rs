@@ -125,6 +125,16 @@ fn dropping_the_registry_ends_every_task_it_started() {
         assert_eq!(first.added.len(), 2);
 
         drop(registry);
+        // Discovery ends with the registry, while the channels it handed out live on: the DNS
+        // server hears no more queries than were on the wire as it dropped (A and AAAA of each
+        // service), where ten more refresh intervals would bring dozens.
+        let queries = fx.dns.queries();
+        let asked = eventually(INTERVAL * 10, || async { fx.dns.queries() > queries + 4 }).await;
+        assert!(
+            !asked,
+            "DNS still asked after the registry was dropped: {} queries",
+            fx.dns.queries() - queries
+        );
         // Channels already handed out keep their last set.
         let (hits, errors) = spread(&channel, 20, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
