@@ -537,3 +537,207 @@ async fn tcp_probes_and_pods_without_health_service() {
     }
     bare.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_is_polled_where_watch_is_unimplemented() {
+    let fx = Fixture::start(78, 2).await;
+    // A third pod whose health service has `Check` alone: `Watch` answers UNIMPLEMENTED.
+    let addr = SocketAddr::new(loopback(78, 9), fx.pods[0].addr().port());
+    let pod = Pod::start_check_only(addr, "check-only").unwrap();
+    fx.dns.add_addr(&fx.fqdn, addr.ip()).await;
+    let registry = health_builder(&fx).build().unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Healthy, true))
+        })
+        .await,
+        "{:?}",
+        registry.health(&fx.service)
+    );
+    // Polled every interval.
+    let checks = pod.stats().checks();
+    assert!(checks >= 1, "admitted without a check");
+    assert!(eventually(SLACK, || async { pod.stats().checks() >= checks + 3 }).await);
+    // It turns NOT_SERVING: the next check says so and ejects it, a probe interval late.
+    let started = Instant::now();
+    pod.stats().set_serving(false);
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Ejected, false))
+        })
+        .await,
+        "a NOT_SERVING pod is still held: {:?}",
+        registry.health(&fx.service)
+    );
+    let took = started.elapsed();
+    eprintln!("Check-only pod: ejected {took:?} after it turned NOT_SERVING");
+    assert!(took < PROBE + Duration::from_secs(2), "{took:?}");
+    // SERVING again: re-admitted after m = 2 polled successes.
+    pod.stats().set_serving(true);
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Healthy, true))
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_probes_eject_a_dead_pod_at_its_refused_connect() {
+    let fx = Fixture::start(79, 3).await;
+    // 100 ambiguous failures would take over 20 s: only the refused connect, a definitive
+    // failure, ejects the pod within the bound.
+    let registry = health_builder(&fx)
+        .health_check(HealthCheck::Tcp)
+        .unhealthy_threshold(100)
+        .build()
+        .unwrap();
+    assert!(all_serving_as(&registry, &fx.service, 3, HealthState::Healthy).await);
+    let Fixture {
+        dns,
+        mut pods,
+        service,
+        fqdn,
+    } = fx;
+    let victim = pods.remove(2);
+    let addr = victim.addr();
+    let killed = Instant::now();
+    victim.kill().await;
+    let fx = Fixture {
+        dns,
+        pods,
+        service,
+        fqdn,
+    };
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Ejected, false))
+        })
+        .await,
+        "a dead pod is still held: {:?}",
+        registry.health(&fx.service)
+    );
+    let took = killed.elapsed();
+    eprintln!("TCP probes: dead pod ejected {took:?} after the kill");
+    assert!(took < PROBE + Duration::from_secs(2), "{took:?}");
+    // Still listed: the gate, not DNS, took it out.
+    assert_eq!(registry.listed(&fx.service).unwrap().len(), 3);
+    let (hits, errors) = spread(&registry.channel(&fx.service).unwrap(), 60, 6).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 2, "{hits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_black_holed_after_its_admission_is_ejected() {
+    let fx = Fixture::start(92, 2).await;
+    // A third pod behind a relay on the Service's port: the relay black-holes it later.
+    let hidden = Pod::start(SocketAddr::new(loopback(92, 10), 0), "hidden").unwrap();
+    let relay = Relay::start(
+        SocketAddr::new(loopback(92, 9), fx.pods[0].addr().port()),
+        hidden.addr(),
+    )
+    .await
+    .unwrap();
+    let addr = relay.addr();
+    fx.dns.add_addr(&fx.fqdn, addr.ip()).await;
+    let (interval, timeout, k) = (PROBE, Duration::from_millis(300), 2);
+    let registry = health_builder(&fx)
+        .health_interval(interval)
+        .health_timeout(timeout)
+        .unhealthy_threshold(k)
+        .build()
+        .unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Healthy, true))
+        })
+        .await,
+        "{:?}",
+        registry.health(&fx.service)
+    );
+    let holed = Instant::now();
+    relay.black_hole();
+    assert!(
+        eventually(SLACK, || async {
+            state_of(&registry, &fx, addr) == Some((HealthState::Ejected, false))
+        })
+        .await,
+        "a black-holed pod is still held: {:?}",
+        registry.health(&fx.service)
+    );
+    let took = holed.elapsed();
+    eprintln!("black hole after admission: ejected {took:?} later");
+    // The stream's connection PINGs every k intervals and gives up after the timeout; then k
+    // reconnects time out: k intervals and k + 1 timeouts, with room for a loaded machine.
+    let bound = interval * k + timeout * (k + 1) + Duration::from_secs(2);
+    assert!(took < bound, "{took:?}, bound {bound:?}");
+    assert!(registry.listed(&fx.service).unwrap().contains(&addr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pod_is_out_of_the_load_aware_kind_at_once() {
+    let fx = Fixture::start(93, 3).await;
+    let registry = hourly_probes(&fx);
+    let balanced = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 3 }).await);
+    let (hits, errors) = spread(&balanced, 60, 3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    let Fixture {
+        dns: _dns,
+        mut pods,
+        service,
+        ..
+    } = fx;
+    let victim = pods.remove(0);
+    let killed = Instant::now();
+    victim.kill().await;
+    let out = eventually(SLACK, || async { balanced.serving_count() == 2 }).await;
+    let took = killed.elapsed();
+    eprintln!("killed pod: out of the load-aware kind {took:?} after the kill");
+    assert!(out, "still held: {:?}", registry.health(&service));
+    assert!(took < AT_ONCE, "{took:?}: not the broken stream");
+    // Still listed: the health gate took it out of the channel.
+    assert_eq!(registry.listed(&service).unwrap().len(), 3);
+    let (hits, errors) = spread(&balanced, 60, 3).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 2, "{hits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_triggers_an_early_dns_refresh() {
+    let fx = Fixture::start(94, 3).await;
+    // The next refresh, and the next probe, are an hour away.
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .refresh_interval(HOURLY)
+        .health_interval(HOURLY)
+        .health_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    let resolutions = registry.status(&fx.service).unwrap().resolutions;
+    let queries = fx.dns.queries();
+    let Fixture {
+        dns,
+        mut pods,
+        service,
+        ..
+    } = fx;
+    let victim = pods.remove(1);
+    let killed = Instant::now();
+    victim.kill().await;
+    // Ejected: the pod may have been replaced, so DNS is asked again now.
+    let asked = eventually(SLACK, || async {
+        dns.queries() > queries && registry.status(&service).unwrap().resolutions > resolutions
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("an ejection: DNS asked again {took:?} after the kill");
+    assert!(
+        asked,
+        "no refresh after the ejection: {:?}",
+        registry.health(&service)
+    );
+    assert!(took < AT_ONCE, "{took:?}");
+}
