@@ -5,6 +5,7 @@
 //! - [`pod::Pod`]: a tonic server of `user.proto` on a loopback address, on a runtime of its
 //!   own so it can be killed abruptly;
 //! - [`hostile::HostilePod`]: a health service that misbehaves on purpose;
+//! - [`relay::Relay`]: a TCP relay in front of a pod that can black-hole it;
 //! - [`eventually`]: wait for a condition with a deadline;
 //! - [`init_tracing`]: the programs' logging to stderr.
 
@@ -15,6 +16,7 @@ pub mod dns;
 pub mod dnsmasq;
 pub mod hostile;
 pub mod pod;
+pub mod relay;
 pub mod user;
 
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ pub use dns::{DnsServer, Fault, svc_fqdn};
 pub use dnsmasq::Dnsmasq;
 pub use hostile::{Behaviour, HostilePod};
 pub use pod::{Pod, loopback};
+pub use relay::Relay;
 pub use user::{PodStats, UserService, pb};
 
 /// Polls `condition` every 20 ms until it holds or `deadline` passes; returns whether it held.

@@ -52,7 +52,14 @@ impl Pod {
     /// Starts a pod whose health service reports `NOT_SERVING` until
     /// [`PodStats::set_serving`] says otherwise: a pod that is up but not ready yet.
     pub fn start_not_serving(addr: SocketAddr, name: &str) -> io::Result<Pod> {
-        Self::start_inner(addr, name, None, false)
+        Self::start_inner(addr, UserService::new(name), None, false)
+    }
+
+    /// Starts a pod whose health service implements `Check` alone (`Watch` answers
+    /// `UNIMPLEMENTED`); [`PodStats::checks`] counts the checks it answers.
+    pub fn start_check_only(addr: SocketAddr, name: &str) -> io::Result<Pod> {
+        let service = UserService::new(name).check_only_health();
+        Self::start_inner(addr, service, None, true)
     }
 
     /// Starts a pod that serves TLS with `cert_pem` and `key_pem`.
@@ -72,19 +79,19 @@ impl Pod {
         name: &str,
         tls: Option<tonic::transport::ServerTlsConfig>,
     ) -> io::Result<Pod> {
-        Self::start_inner(addr, name, tls, true)
+        Self::start_inner(addr, UserService::new(name), tls, true)
     }
 
     fn start_inner(
         addr: SocketAddr,
-        name: &str,
+        service: UserService,
         tls: Option<tonic::transport::ServerTlsConfig>,
         serving: bool,
     ) -> io::Result<Pod> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let service = UserService::new(name);
+        let name = service.pod_name().to_owned();
         let stats = service.stats();
         stats.set_serving(serving);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,7 +111,7 @@ impl Pod {
             })?;
         Ok(Pod {
             addr,
-            name: name.to_owned(),
+            name,
             stats,
             control: Some(control_tx),
             done: Some(done_rx),

@@ -19,6 +19,12 @@ pub mod pb {
     tonic::include_proto!("user");
 }
 
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_check_response::ServingStatus,
+    health_server::{Health, HealthServer},
+};
+
 use pb::{
     BidiStreamRequest, BidiStreamResponse, CallRequest, CallResponse, ClientStreamRequest,
     ClientStreamResponse, ServerStreamRequest, ServerStreamResponse,
@@ -35,6 +41,8 @@ pub struct PodStats {
     fail_code: AtomicI32,
     /// What the health service reports for the whole server and for `user.User`.
     serving: tokio::sync::watch::Sender<bool>,
+    /// `Health/Check` calls answered by a Check-only health service.
+    checks: AtomicU64,
 }
 
 impl Default for PodStats {
@@ -45,6 +53,7 @@ impl Default for PodStats {
             delay_ms: AtomicU64::default(),
             fail_code: AtomicI32::default(),
             serving: tokio::sync::watch::Sender::new(true),
+            checks: AtomicU64::default(),
         }
     }
 }
@@ -72,6 +81,12 @@ impl PodStats {
         self.serving.send_replace(serving);
     }
 
+    /// `Health/Check` calls answered so far, counted only by a pod whose health service
+    /// implements `Check` alone ([`UserService::check_only_health`]).
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::SeqCst)
+    }
+
     /// Makes every unary call from now on fail with `code` (a trailers-only answer), or
     /// answer again with `None`.
     pub fn set_failing(&self, code: Option<tonic::Code>) {
@@ -85,6 +100,7 @@ impl PodStats {
 pub struct UserService {
     pod_name: Arc<str>,
     stats: Arc<PodStats>,
+    check_only: bool,
 }
 
 impl UserService {
@@ -93,7 +109,22 @@ impl UserService {
         Self {
             pod_name: pod_name.into(),
             stats: Arc::default(),
+            check_only: false,
         }
+    }
+
+    /// Serves a health service that implements `Check` only: `Watch` answers
+    /// `UNIMPLEMENTED`, as an older server's health service does.
+    pub fn check_only_health(self) -> Self {
+        Self {
+            check_only: true,
+            ..self
+        }
+    }
+
+    /// The pod name it answers as.
+    pub fn pod_name(&self) -> &str {
+        &self.pod_name
     }
 
     /// Its counters.
@@ -212,9 +243,53 @@ pub async fn serve(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
+    let (health, check_only) = if service.check_only {
+        let check_only = HealthServer::new(CheckOnly {
+            stats: service.stats.clone(),
+        });
+        (None, Some(check_only))
+    } else {
+        (Some(health), None)
+    };
     server
-        .add_service(health)
+        .add_optional_service(health)
+        .add_optional_service(check_only)
         .add_service(UserServer::new(service))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
+}
+
+/// A health service with `Check` alone: it answers from the pod's serving knob, and `Watch` is
+/// `UNIMPLEMENTED`.
+struct CheckOnly {
+    stats: Arc<PodStats>,
+}
+
+#[tonic::async_trait]
+impl Health for CheckOnly {
+    async fn check(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.stats.checks.fetch_add(1, Ordering::SeqCst);
+        let status = if *self.stats.serving.borrow() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = BoxStream<HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "this health service implements Check only",
+        ))
+    }
 }

@@ -1,4 +1,4 @@
-//! The load-aware channel: a slow pod gets a small share, a dead one is rested by its breaker,
+//! The load-aware channel: a slow pod gets a small share, a dead one is ejected by its breaker,
 //! discovery applies with no traffic, and calls fail fast when no pod is ready.
 
 use std::time::{Duration, Instant};
@@ -19,9 +19,13 @@ fn lb_builder(fx: &Fixture) -> k8s_headless_svc::Builder {
         .breaker_ejection_time_max(Duration::from_secs(4))
 }
 
-/// A registry whose load-aware kind must handle failing pods alone: no health checks.
+/// A registry whose load-aware kind must handle failing pods with its breakers alone: no
+/// health checks, and calls in flight as the only load measure. Peak-EWMA would keep a pod
+/// that fails fast out by itself (each failure counts as ten times its estimate); counting
+/// calls in flight favours such a pod instead, so only its breaker can eject it.
 fn breaker_only(fx: &Fixture) -> k8s_headless_svc::Registry {
     lb_builder(fx)
+        .load_measure(LoadMeasure::PendingRequests)
         .health_check(HealthCheck::Off)
         .build()
         .unwrap()
@@ -96,7 +100,7 @@ async fn slow_pod_gets_a_small_share_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
+async fn killed_pod_still_in_dns_is_ejected_by_its_breaker() {
     let _heavy = HEAVY.lock().await;
     let fx = Fixture::start(81, 3).await;
     // No health checks: the breaker alone must handle it.
@@ -127,8 +131,8 @@ async fn killed_pod_still_in_dns_is_rested_by_its_breaker() {
         window_failed as f64 * 100.0 / window_calls.max(1) as f64
     );
     assert!(window_calls > 1000, "too little load: {window_calls}");
-    // Only the breaker's trial calls may fail in the window: rests of 0.5, 1, 2 and 4 s give
-    // at most 4 trials in 5 s, and a call or two may meet the pod while its estimate decays.
+    // Only the breaker's trial calls may fail in the window: ejections of 0.5, 1, 2 and 4 s give
+    // at most 4 trials in 5 s, and a call or two may have been in flight when it opened.
     assert!(
         window_failed <= 6,
         "{window_failed} failed: {:?}",
@@ -186,29 +190,34 @@ async fn no_ready_pod_fails_fast_with_unavailable() {
     init_tracing();
     let dns = DnsServer::start().await.unwrap();
     let svc = HeadlessService::new("user-svc.ns84", 8080).unwrap();
+    // Far above the 3 s default: a channel that ignored the setting would fail too early.
+    let failfast = Duration::from_secs(5);
     let registry = builder(&dns)
         .service(svc.clone())
-        .failfast(Duration::from_millis(500))
+        .failfast(failfast)
         .build()
         .unwrap();
     let channel = registry.load_balanced(&svc).unwrap();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let err = tokio::time::timeout(SLACK, call(&channel))
-            .await
-            .unwrap()
-            .unwrap_err();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let reply = tokio::time::timeout(failfast + SLACK, call(&channel)).await;
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (reply, waited) = call.await.unwrap();
+        let err = reply.expect("failfast bounds the wait").unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
         // It waited for a pod for the failfast time, and not much longer.
-        let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(500),
+            waited >= failfast,
             "failed before the failfast time: {waited:?}"
         );
-        assert!(
-            waited < Duration::from_millis(500) + Duration::from_secs(3),
-            "{waited:?}"
-        );
+        assert!(waited < failfast + Duration::from_secs(3), "{waited:?}");
     }
 }
 
@@ -378,7 +387,7 @@ async fn grpc_failures_count_against_the_pod() {
     let total: u64 = calls.iter().sum();
     eprintln!("failing pod: {calls:?}");
     assert!(total > 500, "too little load: {calls:?}");
-    // Rests of 0.5, 1 and 2 s in a 2 s window: a handful of trials at most.
+    // Ejections of 0.5, 1 and 2 s in a 2 s window: a handful of trials at most.
     assert!(
         calls[2] <= 5,
         "a pod failing every call kept getting calls: {calls:?}"

@@ -1,6 +1,9 @@
 //! Building, looking up and shutting down a registry.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use k8s_headless_svc::{
     Error, HeadlessService, Registry,
@@ -125,6 +128,16 @@ fn dropping_the_registry_ends_every_task_it_started() {
         assert_eq!(first.added.len(), 2);
 
         drop(registry);
+        // Discovery ends with the registry, while the channels it handed out live on: the DNS
+        // server hears no more queries than were on the wire as it dropped (A and AAAA of each
+        // service), where ten more refresh intervals would bring dozens.
+        let queries = fx.dns.queries();
+        let asked = eventually(INTERVAL * 10, || async { fx.dns.queries() > queries + 4 }).await;
+        assert!(
+            !asked,
+            "DNS still asked after the registry was dropped: {} queries",
+            fx.dns.queries() - queries
+        );
         // Channels already handed out keep their last set.
         let (hits, errors) = spread(&channel, 20, 2).await;
         assert!(errors.is_empty(), "{errors:?}");
@@ -213,4 +226,44 @@ fn a_failed_build_leaves_no_task_behind() {
             );
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_serving_returns_once_a_pod_serves_and_fails_after_its_timeout() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let pod = Pod::start(SocketAddr::new(loopback(42, 2), 0), "late").unwrap();
+    let svc = HeadlessService::new("user-svc.ns42", pod.addr().port()).unwrap();
+    let fqdn = svc_fqdn("user-svc", "ns42");
+    // No record yet.
+    let registry = builder(&dns).service(svc.clone()).build().unwrap();
+    assert!(
+        eventually(SLACK, || async {
+            registry.status(&svc).unwrap().resolutions >= 1
+        })
+        .await
+    );
+    // Nothing to serve: the wait lasts its whole timeout, then fails.
+    let timeout = Duration::from_millis(1500);
+    let started = Instant::now();
+    let err = registry.wait_for_serving(&svc, timeout).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(&err, Error::NoEndpoints { service, waited: w }
+            if *service == svc.to_string() && *w == timeout),
+        "{err:?}"
+    );
+    assert!(waited >= timeout, "gave up before its timeout: {waited:?}");
+    assert!(waited < timeout + Duration::from_secs(3), "{waited:?}");
+    // The pod's record appears while a wait is on: the wait returns once the pod serves.
+    let started = Instant::now();
+    let ips = [pod.addr().ip()];
+    let (waited_for, ()) = tokio::join!(
+        registry.wait_for_serving(&svc, SLACK),
+        dns.set_addrs(&fqdn, &ips)
+    );
+    let took = started.elapsed();
+    eprintln!("wait_for_serving returned {took:?} after the record appeared");
+    waited_for.expect("a serving pod ends the wait");
+    assert_eq!(registry.serving(&svc).unwrap(), vec![pod.addr()]);
 }

@@ -904,16 +904,77 @@ impl Settings {
     }
 
     fn health_off(&self) -> bool {
-        self.settings
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Setting::HealthCheck(check) => Some(*check == HealthCheck::Off),
-                _ => None,
-            })
-            .unwrap_or(false)
+        self.last(|s| match s {
+            Setting::HealthCheck(check) => Some(*check == HealthCheck::Off),
+            _ => None,
+        })
+        .unwrap_or(false)
+    }
+
+    /// What the last setter that `pick` knows set; `None` when none did (the default holds).
+    fn last<T>(&self, pick: impl Fn(&Setting) -> Option<T>) -> Option<T> {
+        self.settings.iter().rev().find_map(pick)
+    }
+
+    /// Whether a resolution must finish within [`MUST`]: a DNS timeout the loopback server
+    /// meets on a loaded machine (the default is 1 s).
+    fn must_resolve(&self) -> bool {
+        let timeout = self.last(|s| match s {
+            Setting::DnsTimeout(d) => Some(*d),
+            _ => None,
+        });
+        timeout.is_none_or(|d| d >= SANE)
+    }
+
+    /// Whether the fixture's pod must be found, serve, and answer a call through each kind
+    /// within [`MUST`]: the known Service in `cluster.local`, asked for IPv4, with timeouts a
+    /// loopback pod meets on a loaded machine.
+    fn must_serve(&self) -> bool {
+        let known = self.spec.starts_with(&format!("{KNOWN}:"))
+            && self.domain.trim_end_matches('.') == "cluster.local";
+        let family = self.last(|s| match s {
+            Setting::IpFamily(f) => Some(*f),
+            _ => None,
+        });
+        let connect = self.last(|s| match s {
+            Setting::ConnectTimeout(d) => Some(*d),
+            _ => None,
+        });
+        let request = self.last(|s| match s {
+            Setting::RequestTimeout(d) => Some(*d),
+            _ => None,
+        });
+        let keepalive = self.last(|s| match s {
+            Setting::Http2Keepalive(k) => Some(k.map(|(_, timeout, _)| timeout)),
+            _ => None,
+        });
+        let at_least =
+            |set: Option<Option<Duration>>, min: Duration| set.flatten().is_none_or(|d| d >= min);
+        known
+            && family != Some(IpFamily::V6)
+            && self.must_resolve()
+            && at_least(connect, SANE)
+            && at_least(request, SEC)
+            && at_least(keepalive, SANE)
+    }
+
+    /// Whether the pod must pass its probes, not only be held (with one pod, the panic
+    /// threshold holds it whatever its probes say): health checks on, with a timeout the pod
+    /// meets on a loaded machine.
+    fn must_be_healthy(&self) -> bool {
+        let timeout = self.last(|s| match s {
+            Setting::HealthInterval(_, timeout) => Some(*timeout),
+            _ => None,
+        });
+        !self.health_off() && timeout.is_none_or(|d| d >= SANE)
     }
 }
+
+/// A timeout that loopback answers meet on a loaded machine.
+const SANE: Duration = Duration::from_millis(250);
+
+/// How long a case may take for what its settings say must happen.
+const MUST: Duration = SLACK;
 
 /// Every option the builder names in an [`Error::InvalidConfig`].
 const OPTIONS: &[&str] = &[
@@ -979,8 +1040,9 @@ impl Fx {
 }
 
 /// Builds `settings` on a runtime of this thread's own; if it builds, waits for the first
-/// resolution and probe, and makes one call through each channel kind. Fails if anything
-/// panicked on this thread, in a background task included.
+/// resolution and probe, and makes one call through each channel kind. Where the settings say
+/// these must succeed ([`Settings::must_serve`] and its kin), fails if they do not. Fails if
+/// anything panicked on this thread, in a background task included.
 fn run(fx: &Fx, settings: &Settings) -> Result<Outcome, TestCaseError> {
     let thread = std::thread::current()
         .name()
@@ -994,28 +1056,15 @@ fn run(fx: &Fx, settings: &Settings) -> Result<Outcome, TestCaseError> {
     let outcome = runtime.block_on(async {
         let (b, service) = match settings.builder(&fx.dns) {
             Ok(built) => built,
-            Err(e) => return Outcome::Refused(e),
+            Err(e) => return Ok(Outcome::Refused(e)),
         };
         let registry = match b.build() {
             Ok(registry) => registry,
-            Err(e) => return Outcome::Refused(e),
+            Err(e) => return Ok(Outcome::Refused(e)),
         };
-        let bound = Duration::from_secs(2);
-        eventually(bound, || async {
-            registry.status(&service).unwrap().resolutions >= 1
-        })
-        .await;
-        eventually(bound, || async {
-            let health = registry.health(&service).unwrap();
-            settings.health_off() || health.iter().all(|h| h.last_probe.is_some())
-        })
-        .await;
-        let channel = registry.channel(&service).unwrap();
-        let balanced = registry.load_balanced(&service).unwrap();
-        let _ = tokio::time::timeout(Duration::from_millis(200), call(&channel)).await;
-        let _ = tokio::time::timeout(Duration::from_millis(200), call(&balanced)).await;
+        let ran = exercise(fx, settings, &registry, &service).await;
         registry.shutdown().await;
-        Outcome::Ran
+        ran.map(|()| Outcome::Ran)
     });
     drop(runtime);
     prop_assert_eq!(
@@ -1024,7 +1073,71 @@ fn run(fx: &Fx, settings: &Settings) -> Result<Outcome, TestCaseError> {
         "something panicked with {:?}",
         settings
     );
-    Ok(outcome)
+    outcome
+}
+
+/// Waits for the first resolution and probe and makes one call through each kind; fails where
+/// the settings say these must succeed and they did not.
+async fn exercise(
+    fx: &Fx,
+    settings: &Settings,
+    registry: &Registry,
+    service: &HeadlessService,
+) -> Result<(), TestCaseError> {
+    let (must_resolve, must_serve) = (settings.must_resolve(), settings.must_serve());
+    let bound = Duration::from_secs(2);
+    let resolved = eventually(if must_resolve { MUST } else { bound }, || async {
+        registry.status(service).unwrap().resolutions >= 1
+    })
+    .await;
+    prop_assert!(
+        resolved || !must_resolve,
+        "never resolved: {:?}",
+        registry.status(service)
+    );
+    let pod = fx.pod.addr();
+    let serves = eventually(if must_serve { MUST } else { bound }, || async {
+        let health = registry.health(service).unwrap();
+        let probed = settings.health_off() || health.iter().all(|h| h.last_probe.is_some());
+        probed && (!must_serve || registry.serving(service).unwrap() == vec![pod])
+    })
+    .await;
+    prop_assert!(
+        serves || !must_serve,
+        "the pod is not served: listed {:?}, health {:?}",
+        registry.listed(service),
+        registry.health(service)
+    );
+    if must_serve && settings.must_be_healthy() {
+        let healthy = eventually(MUST, || async {
+            let health = registry.health(service).unwrap();
+            health.len() == 1 && health[0].state == k8s_headless_svc::HealthState::Healthy
+        })
+        .await;
+        prop_assert!(healthy, "never healthy: {:?}", registry.health(service));
+    }
+    let channel = registry.channel(service).unwrap();
+    let balanced = registry.load_balanced(service).unwrap();
+    if !must_serve {
+        let _ = tokio::time::timeout(Duration::from_millis(200), call(&channel)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), call(&balanced)).await;
+        return Ok(());
+    }
+    let reply = tokio::time::timeout(MUST, call(&channel)).await;
+    prop_assert!(
+        matches!(&reply, Ok(Ok(name)) if name == fx.pod.name()),
+        "channel(): {:?}",
+        reply
+    );
+    let held = eventually(MUST, || async { balanced.serving_count() == 1 }).await;
+    prop_assert!(held, "the load-aware channel holds no pod");
+    let reply = tokio::time::timeout(MUST, call(&balanced)).await;
+    prop_assert!(
+        matches!(&reply, Ok(Ok(name)) if name == fx.pod.name()),
+        "load_balanced(): {:?}",
+        reply
+    );
+    Ok(())
 }
 
 fn runner(cases: u32) -> TestRunner {
@@ -1043,10 +1156,13 @@ fn any_settings_build_or_give_a_typed_error() {
     watch_panics();
     init_tracing();
     let fx = Fx::start();
-    let ran = std::cell::Cell::new(0);
+    let (ran, served) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
     let result = runner(128).run(&arbitrary(fx.pod.addr().port()), |settings| {
         match run(&fx, &settings)? {
-            Outcome::Ran => ran.set(ran.get() + 1),
+            Outcome::Ran => {
+                ran.set(ran.get() + 1);
+                served.set(served.get() + usize::from(settings.must_serve()));
+            }
             Outcome::Refused(Error::InvalidConfig { option, reason }) => {
                 prop_assert!(
                     OPTIONS.contains(&option),
@@ -1062,24 +1178,37 @@ fn any_settings_build_or_give_a_typed_error() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    // The property is worth something only if some cases get past validation and run.
-    eprintln!("{} of 128 cases built and ran", ran.get());
+    // The property is worth something only if some cases get past validation and run, and
+    // some of those must serve calls.
+    eprintln!(
+        "{} of 128 cases built and ran, {} of them served calls",
+        ran.get(),
+        served.get()
+    );
     assert!(ran.get() >= 10, "only {} cases ran", ran.get());
+    assert!(served.get() >= 1, "no case had to serve calls");
 }
 
-/// Any values inside the documented ranges: the registry builds and runs.
+/// Any values inside the documented ranges: the registry builds and runs, and, with timeouts
+/// a loopback pod meets, finds the pod and serves calls through both kinds.
 #[test]
 fn settings_inside_the_ranges_always_build() {
     watch_panics();
     init_tracing();
     let fx = Fx::start();
+    let served = std::cell::Cell::new(0);
     let result = runner(24).run(&valid(fx.pod.addr().port()), |settings| {
         match run(&fx, &settings)? {
-            Outcome::Ran => Ok(()),
+            Outcome::Ran => {
+                served.set(served.get() + usize::from(settings.must_serve()));
+                Ok(())
+            }
             Outcome::Refused(e) => Err(TestCaseError::fail(format!("refused: {e}"))),
         }
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    eprintln!("{} of 24 cases served calls", served.get());
+    assert!(served.get() >= 1, "no case had to serve calls");
 }

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use k8s_headless_svc::{Builder, HeadlessService, Registry};
-pub use testkit::{DnsServer, Dnsmasq, Fault, Pod, eventually, loopback, pb, svc_fqdn};
+pub use testkit::{DnsServer, Dnsmasq, Fault, Pod, Relay, eventually, loopback, pb, svc_fqdn};
 use tonic::transport::Channel;
 
 /// The refresh interval the tests run with.
