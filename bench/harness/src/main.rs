@@ -12,7 +12,8 @@
 //! The report's tables come with SVG charts ([`charts`]): throughput, the slow pod's p99, the
 //! discovery reaction and discovery's CPU.
 //!
-//! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
+//! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md and the table in
+//! README.md's Benchmarks section);
 //! `--quick` is a smoke run of the harness, with no meaningful figures.
 
 mod charts;
@@ -73,7 +74,8 @@ struct Args {
     /// Where to write the results (between the markers in the file), with SVG charts beside
     /// it that it links: `bench/charts/` for BENCHMARKS.md, `NAME-charts/` for `NAME.md`.
     /// Default: BENCHMARKS.md for a full run, nowhere for `--quick` (its charts go to a
-    /// temporary folder).
+    /// temporary folder). Whenever a report inside the workspace is written, README.md's
+    /// table (between its `bench:readme` markers) is rewritten from the same run, linking it.
     #[arg(long)]
     write: Option<PathBuf>,
 }
@@ -506,11 +508,30 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         std::fs::write(&path, &chart.svg).with_context(|| format!("writing {}", path.display()))?;
     }
     let links = link.as_deref().map(|link| (link, charts.as_slice()));
+    // README.md's table, from this run too, when the report it links is in the workspace.
+    let readme = target
+        .as_deref()
+        .zip(link.as_deref())
+        .and_then(|(path, link)| readme_links(path, link))
+        .map(|(report_link, charts_link)| {
+            report.readme(started.elapsed(), &report_link, &charts_link)
+        });
     let text = report.finish(started.elapsed(), links);
     print!("{text}");
     if let Some(path) = target {
         report::write_between_markers(&path, &text)?;
         eprintln!("wrote {}", path.display());
+        let readme_path = root().join("README.md");
+        match readme {
+            Some(table) => match report::write_readme(&readme_path, &table) {
+                Ok(()) => eprintln!("wrote the table in {}", readme_path.display()),
+                Err(e) => eprintln!("left README.md as it was: {e:#}"),
+            },
+            None => eprintln!(
+                "left README.md as it was: {} is outside the workspace",
+                path.display()
+            ),
+        }
     }
     let plural = if charts.len() == 1 { "" } else { "s" };
     eprintln!(
@@ -540,6 +561,15 @@ fn chart_place(report: Option<&Path>) -> (PathBuf, Option<String>) {
         }
     };
     (beside.join(&link), Some(link))
+}
+
+/// How README.md (at the workspace root) links the report at `report` and its charts' folder
+/// (`link`, relative to the report); `None` for a report outside the workspace.
+fn readme_links(report: &Path, link: &str) -> Option<(String, String)> {
+    let report = std::path::absolute(report).ok()?;
+    let inside = report.strip_prefix(root()).ok()?;
+    let charts = inside.parent().unwrap_or(Path::new("")).join(link);
+    Some((inside.to_str()?.to_owned(), charts.to_str()?.to_owned()))
 }
 
 /// The command line as typed, for the report.

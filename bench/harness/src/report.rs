@@ -216,10 +216,15 @@ struct Goal {
 
 pub struct Report {
     header: String,
+    /// Date, command and machine, for README.md's table.
+    date: String,
+    command: String,
+    machine: String,
     body: String,
     goals: Vec<Goal>,
     all_fast: Vec<(System, Summary)>,
     plots: Plots,
+    headline: Headline,
     /// Where in `body` each chart's link goes: after the last section the chart draws.
     anchors: Vec<(&'static str, usize)>,
 }
@@ -236,6 +241,22 @@ struct Plots {
     scale: Vec<Scale>,
 }
 
+/// What README.md's table takes from the run besides the plots, gathered as the sections are
+/// written.
+#[derive(Debug, Default)]
+struct Headline {
+    /// Each system's throughput × ginepro, per number of callers.
+    vs_ginepro: Vec<(usize, Vec<(System, f64)>)>,
+    /// One pod slow: each system's throughput and p99 × its own all-fast.
+    slow: Vec<(System, f64, f64)>,
+    /// One pod killed: the run it died in, and each system's failed calls, in %.
+    killed: Option<(Duration, Vec<(System, f64)>)>,
+    /// The refresh interval of the discovery reaction.
+    interval: Option<Duration>,
+    /// Health checks' added CPU share and KiB per endpoint, and the endpoints.
+    health: Option<(usize, f64, f64)>,
+}
+
 /// A system's p99 in ms with all pods fast, and with one pod slow.
 type P99s = (System, f64, f64);
 
@@ -250,10 +271,11 @@ const DISCOVERY_CPU: &str = "discovery-cpu.svg";
 
 impl Report {
     pub fn new(command: &str, rounds: usize, run: Duration, trials: usize) -> Report {
+        let (date, machine) = (today(), machine());
         let mut header = String::new();
-        let _ = writeln!(header, "- Date: {}", today());
+        let _ = writeln!(header, "- Date: {date}");
         let _ = writeln!(header, "- Command: `{command}`");
-        let _ = writeln!(header, "- Machine: {}", machine());
+        let _ = writeln!(header, "- Machine: {machine}");
         let _ = writeln!(header, "- Versions: {}", versions());
         let _ = writeln!(
             header,
@@ -262,10 +284,14 @@ impl Report {
         );
         Report {
             header,
+            date,
+            command: command.to_owned(),
+            machine,
             body: String::new(),
             goals: Vec::new(),
             all_fast: Vec::new(),
             plots: Plots::default(),
+            headline: Headline::default(),
             anchors: Vec::new(),
         }
     }
@@ -333,12 +359,14 @@ impl Report {
         );
         let mut checks = Vec::new();
         let mut plotted = Vec::new();
+        let mut headline = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
             let vs_list = list.map_or(f64::NAN, |l| paired_ratio(r, l));
             let vs_ginepro = ginepro.map_or(f64::NAN, |g| paired_ratio(r, g));
             summary_row(b, *system, &s, [vs_list, vs_ginepro]);
             plotted.push((*system, s.throughput));
+            headline.push((*system, vs_ginepro));
             // The slow pod's runs compare with these.
             if callers == crate::FAULT_CALLERS {
                 self.all_fast.push((*system, s));
@@ -347,6 +375,7 @@ impl Report {
         }
         b.push('\n');
         self.plots.throughput.push((callers, plotted));
+        self.headline.vs_ginepro.push((callers, headline));
         self.anchor(THROUGHPUT);
         let single = runs_of(&runs, System::Single);
         for (system, vs_list, vs_ginepro) in checks {
@@ -403,6 +432,7 @@ impl Report {
             });
             summary_row(b, *system, &s, [tput, p99]);
             plotted.push((*system, own.map_or(f64::NAN, |o| o.p99_ms), s.p99_ms));
+            self.headline.slow.push((*system, tput, p99));
             if *system == System::LoadAware {
                 checks.push((tput, p99));
             }
@@ -435,6 +465,11 @@ impl Report {
         let mut checks = Vec::new();
         for (system, r) in &runs {
             let pct = r.failed as f64 * 100.0 / r.calls.max(1) as f64;
+            self.headline
+                .killed
+                .get_or_insert_with(|| (window, Vec::new()))
+                .1
+                .push((*system, pct));
             let _ = writeln!(
                 b,
                 "| {} | {} | {} | {pct:.3} |",
@@ -458,6 +493,7 @@ impl Report {
 
     /// Discovery reaction trials.
     pub fn reaction(&mut self, interval: Duration, trials: Vec<(System, Vec<Reaction>)>) {
+        self.headline.interval = Some(interval);
         let b = &mut self.body;
         let _ = writeln!(
             b,
@@ -589,6 +625,7 @@ impl Report {
                 (c1 - c0) * 100.0 / on.endpoints as f64,
                 k1 - k0
             );
+            self.headline.health = Some((on.endpoints, c1 - c0, k1 - k0));
             self.goals.push(Goal {
                 text: format!(
                     "health checks on {} live endpoints: ≤ 10 % of one core",
@@ -747,6 +784,146 @@ impl Report {
             out.push(chart);
         }
         Ok(out)
+    }
+
+    /// README.md's table of this run: for each discovering system the headline figure of every
+    /// measurement, then discovery at scale in a line, the date, the command and the machine,
+    /// and links to the whole report and its throughput chart. `report` and `charts` (the
+    /// charts' folder) are paths relative to README.md.
+    pub fn readme(&self, took: Duration, report: &str, charts: &str) -> String {
+        let h = &self.headline;
+        let num = |x: f64, unit: &str| {
+            if x.is_finite() {
+                format!("{x:.2}{unit}")
+            } else {
+                "–".to_owned()
+            }
+        };
+        let mut out = String::new();
+        let chart = if self.plots.throughput.is_empty() {
+            String::new()
+        } else {
+            format!(", throughput also in [a chart]({charts}/{THROUGHPUT})")
+        };
+        let _ = writeln!(
+            out,
+            "From the run of {} (`{}`, {}; {}). Every table, the method and the goals are in \
+             [{report}]({report}){chart}. Ratios are medians of per-round ratios.\n",
+            self.date,
+            self.command,
+            match took.as_secs() {
+                s if s < 120 => format!("{s} s"),
+                s => format!("{:.0} min", s as f64 / 60.0),
+            },
+            self.machine,
+        );
+        let callers: Vec<String> = h.vs_ginepro.iter().map(|(c, _)| c.to_string()).collect();
+        let callers = if callers.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} callers)", callers.join(" / "))
+        };
+        let fault = crate::FAULT_CALLERS;
+        let killed = h
+            .killed
+            .as_ref()
+            .map_or(String::new(), |(w, _)| format!(", {w:?}"));
+        let interval = h
+            .interval
+            .map_or(String::new(), |i| format!(" (refresh every {i:?})"));
+        let _ = writeln!(
+            out,
+            "| system | all pods fast: calls/s × ginepro{callers} | one pod +20 ms: calls/s × \
+             its all-fast ({fault} callers) | one pod +20 ms: p99 × its all-fast | one pod killed, \
+             still in DNS: failed calls ({fault} callers{killed}) | record added → first call: \
+             median{interval} |\n|---|---|---|---|---|---|"
+        );
+        for system in [
+            System::BalanceList,
+            System::Ginepro,
+            System::Channel,
+            System::LoadAware,
+        ] {
+            let fast: Vec<String> = h
+                .vs_ginepro
+                .iter()
+                .map(|(_, v)| {
+                    let r = v.iter().find(|(s, _)| *s == system);
+                    num(r.map_or(f64::NAN, |(_, r)| *r), "")
+                })
+                .collect();
+            let slow = h.slow.iter().find(|(s, _, _)| *s == system);
+            let killed = h
+                .killed
+                .as_ref()
+                .and_then(|(_, k)| k.iter().find(|(s, _)| *s == system))
+                .map_or("–".to_owned(), |(_, pct)| format!("{pct:.3} %"));
+            let first = self
+                .plots
+                .reaction
+                .iter()
+                .find(|(s, _)| *s == system)
+                .and_then(|(_, r)| r[0])
+                .map_or("–".to_owned(), |(median, _, _)| format!("{median:.0} ms"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {killed} | {first} |",
+                system.label(),
+                if fast.is_empty() {
+                    "–".to_owned()
+                } else {
+                    fast.join(" / ")
+                },
+                num(slow.map_or(f64::NAN, |s| s.1), ""),
+                num(slow.map_or(f64::NAN, |s| s.2), ""),
+            );
+        }
+        // Discovery at scale: our many-services runs, and health checks' added cost.
+        let scales = &self.plots.scale;
+        let many: Vec<&Scale> = scales
+            .iter()
+            .filter(|s| {
+                s.client == Discoverer::Registry
+                    && s.title.contains("health checks off")
+                    && !s.title.contains("live")
+                    && s.cpu_share().is_some()
+            })
+            .collect();
+        let mut line = Vec::new();
+        if let Some(first) = many.first() {
+            let servers: Vec<String> = many
+                .iter()
+                .map(|s| {
+                    let over = s.cpu_over_hickory(scales).map_or(String::new(), |r| {
+                        format!("{r:.2}× hickory lookups alone, ")
+                    });
+                    format!(
+                        "{} of one core against {} ({over}{} per endpoint)",
+                        num(s.cpu_share().unwrap_or(f64::NAN) * 100.0, " %"),
+                        s.server,
+                        num(s.kib_per_endpoint().unwrap_or(f64::NAN), " KiB"),
+                    )
+                })
+                .collect();
+            line.push(format!(
+                "Discovery at scale ({}, refresh every {:?}): {}.",
+                first.title,
+                crate::SCALE_INTERVAL,
+                servers.join(", ")
+            ));
+        }
+        if let Some((endpoints, cpu, kib)) = h.health {
+            line.push(format!(
+                "Health checks on {endpoints} live endpoints (gRPC Watch streams): +{} of one core \
+                 and +{} per endpoint.",
+                num(cpu * 100.0, " %"),
+                num(kib, " KiB"),
+            ));
+        }
+        if !line.is_empty() {
+            let _ = writeln!(out, "\n{}", line.join(" "));
+        }
+        out
     }
 
     /// The whole report; with `charts`, a link to each of them (`![…](FOLDER/FILE)`) after
@@ -926,16 +1103,35 @@ pub fn noise(reports: &[String]) -> anyhow::Result<String> {
 
 const BEGIN: &str = "<!-- bench:begin (written by the bench program) -->";
 const END: &str = "<!-- bench:end -->";
+const README_BEGIN: &str = "<!-- bench:readme:begin (written by the bench program) -->";
+const README_END: &str = "<!-- bench:readme:end -->";
+
+/// `old` with what lies between `begin` and `end` replaced by `text`; `None` without both.
+fn between(old: &str, begin: &str, end: &str, text: &str) -> Option<String> {
+    let b = old.find(begin)?;
+    let e = b + old[b..].find(end)?;
+    Some(format!("{}{begin}\n{text}{}", &old[..b], &old[e..]))
+}
 
 /// Replaces what lies between the markers in `path` with `text` (appends both if missing).
 pub fn write_between_markers(path: &Path, text: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{BEGIN}\n{text}{}", &old[..b], &old[e..])
-        }
-        _ => format!("{old}\n{BEGIN}\n{text}{END}\n"),
-    };
+    let new =
+        between(&old, BEGIN, END, text).unwrap_or_else(|| format!("{old}\n{BEGIN}\n{text}{END}\n"));
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces README.md's table (between its own markers) with `text`; README.md without the
+/// markers is left as it is, and that is an error.
+pub fn write_readme(path: &Path, text: &str) -> anyhow::Result<()> {
+    let old =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let new = between(&old, README_BEGIN, README_END, text).with_context(|| {
+        format!(
+            "{} lacks the markers {README_BEGIN:?} … {README_END:?}",
+            path.display()
+        )
+    })?;
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -1099,31 +1295,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_every_chart_with_its_series_and_links_each_after_its_tables() {
+    const SYSTEMS: [System; 5] = [
+        System::Single,
+        System::BalanceList,
+        System::Channel,
+        System::LoadAware,
+        System::Ginepro,
+    ];
+
+    /// A report of every measurement, with made-up figures.
+    fn full_report() -> Report {
         let run = |calls, p99_ms| Run {
             calls,
             p99: Duration::from_millis(p99_ms),
             elapsed: Duration::from_secs(1),
             ..Run::default()
         };
-        let systems = [
-            System::Single,
-            System::BalanceList,
-            System::Channel,
-            System::LoadAware,
-            System::Ginepro,
-        ];
         let mut report = Report::new("test", 1, Duration::from_secs(1), 2);
         for callers in crate::CALLERS {
-            let runs = systems.iter().map(|s| (*s, vec![run(9000, 4)])).collect();
+            let runs = SYSTEMS.iter().map(|s| (*s, vec![run(9000, 4)])).collect();
             report.fast(callers, runs);
         }
-        let runs = systems[1..]
+        let runs = SYSTEMS[1..]
             .iter()
             .map(|s| (*s, vec![run(8000, 25)]))
             .collect();
         report.slow(crate::FAULT_CALLERS, runs);
+        let killed = SYSTEMS[1..]
+            .iter()
+            .map(|s| {
+                let failed = if *s == System::LoadAware { 5 } else { 1000 };
+                let r = Run {
+                    failed,
+                    ..run(100_000, 4)
+                };
+                (*s, r)
+            })
+            .collect();
+        report.killed(Duration::from_secs(5), killed);
         let trial = |first, last| Reaction {
             first_call: Some(Duration::from_millis(first)),
             last_call: Some(Duration::from_millis(last)),
@@ -1147,6 +1356,13 @@ mod tests {
             scale(Discoverer::Registry, "dnsmasq", 1000, 0.015),
             scale(Discoverer::HickoryAlone, "dnsmasq", 1000, 0.013),
         ]);
+        report
+    }
+
+    #[test]
+    fn renders_every_chart_with_its_series_and_links_each_after_its_tables() {
+        let systems = SYSTEMS;
+        let report = full_report();
 
         let charts = report.charts().unwrap();
         let files: Vec<&str> = charts.iter().map(|c| c.file).collect();
@@ -1199,6 +1415,81 @@ mod tests {
             assert!(at(pair[0]) < at(pair[1]), "{pair:?}");
         }
         assert_eq!(text.matches("![").count(), 4);
+    }
+
+    #[test]
+    fn readme_table_gives_every_system_its_headline_figures_and_links_the_report() {
+        let table = full_report().readme(Duration::from_secs(600), "BENCHMARKS.md", "bench/charts");
+        assert!(table.contains("(`test`, 10 min; "), "{table}");
+        assert!(
+            table.contains("| system | all pods fast: calls/s × ginepro (1 / 16 / 128 callers) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("[BENCHMARKS.md](BENCHMARKS.md), throughput also in [a chart](bench/charts/throughput.svg)"),
+            "{table}"
+        );
+        // Four rows, in the order of the README: the peers, then ours.
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| system"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| tonic balance_list | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | – |",
+                "| ginepro 0.9.3 | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | 500 ms |",
+                "| ours: channel() | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | 500 ms |",
+                "| ours: load_balanced() | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 0.005 % | 500 ms |",
+            ],
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "\n\nDiscovery at scale (1000 services × 50 pods, health checks off, refresh \
+                 every 5s): 1.40 % of one core against in-process hickory-server (1.17× hickory \
+                 lookups alone, 1.44 KiB per endpoint), 1.50 % of one core against dnsmasq"
+            ),
+            "{table}"
+        );
+        // Only what ran: a run without the fast part has no chart to link.
+        let bare = Report::new("test", 1, Duration::from_secs(1), 2).readme(
+            Duration::from_secs(60),
+            "run1.md",
+            "run1-charts",
+        );
+        assert!(!bare.contains("chart"), "{bare}");
+        assert!(bare.contains("(`test`, 60 s; "), "{bare}");
+        assert!(
+            bare.contains("| system | all pods fast: calls/s × ginepro | "),
+            "{bare}"
+        );
+        assert!(
+            bare.contains("| ours: channel() | – | – | – | – | – |"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn writes_the_readme_table_only_between_its_own_markers() {
+        let path = std::env::temp_dir().join(format!("bench-readme-{}.md", std::process::id()));
+        let readme = format!(
+            "# Title\n\n{BEGIN}\nnot this one\n{END}\n{README_BEGIN}\n(old)\n{README_END}\n\n## After\n"
+        );
+        std::fs::write(&path, &readme).unwrap();
+        write_readme(&path, "| table |\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# Title\n\n{BEGIN}\nnot this one\n{END}\n{README_BEGIN}\n| table |\n{README_END}\n\n## After\n"
+            )
+        );
+        // Without its markers README.md is left alone.
+        std::fs::write(&path, "# Title\n").unwrap();
+        assert!(write_readme(&path, "| table |\n").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# Title\n");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
