@@ -9,8 +9,8 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
-//! The report's tables come with SVG charts ([`charts`]): throughput, the slow pod's p99, the
-//! discovery reaction and discovery's CPU.
+//! The report's tables come with SVG charts ([`charts`]): throughput, the client's CPU per
+//! call, the slow pod's p99, the discovery reaction and discovery's CPU.
 //!
 //! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md and the table in
 //! README.md's Benchmarks section);
@@ -85,7 +85,7 @@ struct Args {
 enum Measure {
     /// One sequential caller, right after start: how evenly the calls spread.
     Light,
-    /// All pods fast at 1, 16 and 128 callers.
+    /// All pods fast at 1, 16 and 128 callers, with each client's CPU per call.
     Fast,
     /// One pod +20 ms.
     Slow,
@@ -621,11 +621,16 @@ async fn interleaved(
                 round + 1,
                 system.label()
             ));
+            // The client's CPU time over the run, as the scale part reads it: from /proc.
+            let pid = client.pid().context("a client's pid")?;
+            let (user0, sys0) = proc::cpu_time(pid)?;
             let line = client
                 .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
                 .await?;
+            let (user1, sys1) = proc::cpu_time(pid)?;
             progress::advance(run);
-            let r = Run::parse(&line)?;
+            let mut r = Run::parse(&line)?;
+            r.cpu = Some((user1 + sys1).saturating_sub(user0 + sys0));
             if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
                 v.push(r);
             }

@@ -9,7 +9,8 @@ use crate::{
     roles::{Discoverer, System},
 };
 
-/// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`.
+/// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`, and the client's CPU time over it
+/// where the harness read it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Run {
     calls: u64,
@@ -17,6 +18,9 @@ pub struct Run {
     p50: Duration,
     p99: Duration,
     elapsed: Duration,
+    /// The client process's user + system CPU time from just before the command to just
+    /// after its answer.
+    pub cpu: Option<Duration>,
 }
 
 impl Run {
@@ -35,11 +39,21 @@ impl Run {
             p50: Duration::from_micros(p50),
             p99: Duration::from_micros(p99),
             elapsed: Duration::from_micros(elapsed),
+            cpu: None,
         })
     }
 
     fn throughput(&self) -> f64 {
         (self.calls - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The client's CPU time per completed call, in µs; NaN where it was not read or no call
+    /// completed.
+    fn cpu_per_call(&self) -> f64 {
+        match (self.cpu, self.calls - self.failed) {
+            (Some(cpu), done) if done > 0 => cpu.as_secs_f64() * 1e6 / done as f64,
+            _ => f64::NAN,
+        }
     }
 }
 
@@ -163,11 +177,14 @@ struct Summary {
     p99_ms: f64,
     failed: u64,
     calls: u64,
+    /// The client's CPU per completed call, in µs.
+    cpu_us: f64,
 }
 
 fn summarize(runs: &[Run]) -> Summary {
     Summary {
         throughput: median(runs.iter().map(Run::throughput).collect()),
+        cpu_us: median(runs.iter().map(Run::cpu_per_call).collect()),
         p50_ms: median(runs.iter().map(|r| ms(r.p50)).collect()),
         p99_ms: median(runs.iter().map(|r| ms(r.p99)).collect()),
         failed: runs.iter().map(|r| r.failed).sum(),
@@ -177,10 +194,15 @@ fn summarize(runs: &[Run]) -> Summary {
 
 /// The median over rounds of `a`'s throughput over `b`'s in the same round.
 fn paired_ratio(a: &[Run], b: &[Run]) -> f64 {
+    paired(a, b, Run::throughput)
+}
+
+/// The median over rounds of `a`'s `figure` over `b`'s in the same round.
+fn paired(a: &[Run], b: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {
     median(
         a.iter()
             .zip(b)
-            .map(|(a, b)| a.throughput() / b.throughput())
+            .map(|(a, b)| figure(a) / figure(b))
             .collect(),
     )
 }
@@ -191,9 +213,10 @@ fn runs_of(runs: &[(System, Vec<Run>)], system: System) -> Option<&[Run]> {
         .map(|(_, r)| r.as_slice())
 }
 
-/// `| system | calls/s | ratio | ratio | p50 ms | p99 ms | failed |`
-fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2]) {
-    let _ = writeln!(
+/// `| system | calls/s | ratio | ratio | p50 ms | p99 ms | failed |`, and with `cpu` a last
+/// cell of the client's CPU µs per call.
+fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2], cpu: bool) {
+    let _ = write!(
         b,
         "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} of {} |",
         system.label(),
@@ -205,6 +228,10 @@ fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2]) {
         s.failed,
         s.calls
     );
+    if cpu {
+        let _ = write!(b, " {:.1} |", s.cpu_us);
+    }
+    b.push('\n');
 }
 
 /// A goal and whether this run met it.
@@ -234,6 +261,8 @@ pub struct Report {
 struct Plots {
     /// Median calls/s of each system, per number of callers.
     throughput: Vec<(usize, Vec<(System, f64)>)>,
+    /// Median client CPU µs per call of each system, per number of callers.
+    client_cpu: Vec<(usize, Vec<(System, f64)>)>,
     /// The slow pod's callers, and each system's p99s.
     slow_p99: Option<(usize, Vec<P99s>)>,
     /// Each system's record added → first call and removed → last call.
@@ -265,6 +294,7 @@ type MedianRange = (f64, f64, f64);
 
 /// The files of the charts.
 const THROUGHPUT: &str = "throughput.svg";
+const CLIENT_CPU: &str = "client-cpu.svg";
 const SLOW_P99: &str = "slow-pod-p99.svg";
 const REACTION: &str = "reaction.svg";
 const DISCOVERY_CPU: &str = "discovery-cpu.svg";
@@ -281,6 +311,13 @@ impl Report {
             header,
             "- Throughput: {rounds} interleaved rounds of {run:?} per system; medians over rounds, \
              ratios are medians of per-round ratios. Discovery reaction: {trials} trials."
+        );
+        let _ = writeln!(
+            header,
+            "- Client CPU µs/call: the client process's user + system CPU time (`/proc/PID/stat`, \
+             in clock ticks), read just before and just after each run, over the calls it \
+             completed; it counts all the process did meanwhile, our kinds' discovery and health \
+             checks included."
         );
         Report {
             header,
@@ -354,18 +391,20 @@ impl Report {
         let b = &mut self.body;
         let _ = writeln!(
             b,
-            "### All pods fast, {callers} caller{}\n\n| system | calls/s | × balance_list | × ginepro | p50 ms | p99 ms | failed |\n|---|---|---|---|---|---|---|",
+            "### All pods fast, {callers} caller{}\n\n| system | calls/s | × balance_list | × ginepro | p50 ms | p99 ms | failed | client CPU µs/call |\n|---|---|---|---|---|---|---|---|",
             if callers == 1 { "" } else { "s" }
         );
         let mut checks = Vec::new();
         let mut plotted = Vec::new();
+        let mut cpu_plotted = Vec::new();
         let mut headline = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
             let vs_list = list.map_or(f64::NAN, |l| paired_ratio(r, l));
             let vs_ginepro = ginepro.map_or(f64::NAN, |g| paired_ratio(r, g));
-            summary_row(b, *system, &s, [vs_list, vs_ginepro]);
+            summary_row(b, *system, &s, [vs_list, vs_ginepro], true);
             plotted.push((*system, s.throughput));
+            cpu_plotted.push((*system, s.cpu_us));
             headline.push((*system, vs_ginepro));
             // The slow pod's runs compare with these.
             if callers == crate::FAULT_CALLERS {
@@ -375,8 +414,10 @@ impl Report {
         }
         b.push('\n');
         self.plots.throughput.push((callers, plotted));
+        self.plots.client_cpu.push((callers, cpu_plotted));
         self.headline.vs_ginepro.push((callers, headline));
         self.anchor(THROUGHPUT);
+        self.anchor(CLIENT_CPU);
         let single = runs_of(&runs, System::Single);
         for (system, vs_list, vs_ginepro) in checks {
             if system == System::Channel {
@@ -409,6 +450,36 @@ impl Report {
                 }
             }
         }
+        // The client's CPU per call: ours against a single-pod Channel and balance_list, at 16
+        // callers and more.
+        if callers >= crate::FAULT_CALLERS {
+            let list = runs_of(&runs, System::BalanceList);
+            for ours in [System::Channel, System::LoadAware] {
+                let Some(own) = runs_of(&runs, ours) else {
+                    continue;
+                };
+                let name = if ours == System::Channel {
+                    "channel()"
+                } else {
+                    "load_balanced()"
+                };
+                let cpu = |r: &[Run]| median(r.iter().map(Run::cpu_per_call).collect());
+                for (peer, bound, peer_name) in [
+                    (single, 1.1, "a single-pod Channel's"),
+                    (list, 1.0, "balance_list's"),
+                ] {
+                    let Some(peer) = peer else { continue };
+                    let r = paired(own, peer, Run::cpu_per_call);
+                    self.goal(
+                        &format!(
+                            "{callers} callers: {name} client CPU per call ≤ {bound:.1}× {peer_name}"
+                        ),
+                        format!("{r:.3}× ({:.1} vs {:.1} µs)", cpu(own), cpu(peer)),
+                        r <= bound,
+                    );
+                }
+            }
+        }
     }
 
     /// One pod +20 ms.
@@ -430,7 +501,7 @@ impl Report {
             let (tput, p99) = own.map_or((f64::NAN, f64::NAN), |o| {
                 (s.throughput / o.throughput, s.p99_ms / o.p99_ms)
             });
-            summary_row(b, *system, &s, [tput, p99]);
+            summary_row(b, *system, &s, [tput, p99], false);
             plotted.push((*system, own.map_or(f64::NAN, |o| o.p99_ms), s.p99_ms));
             self.headline.slow.push((*system, tput, p99));
             if *system == System::LoadAware {
@@ -685,41 +756,28 @@ impl Report {
         let p = &self.plots;
         let mut out = Vec::new();
         if !p.throughput.is_empty() {
-            let groups: Vec<String> = p
-                .throughput
-                .iter()
-                .map(|(c, _)| format!("{c} caller{}", if *c == 1 { "" } else { "s" }))
-                .collect();
-            let mut systems: Vec<System> = Vec::new();
-            for (_, runs) in &p.throughput {
-                for (s, _) in runs {
-                    if !systems.contains(s) {
-                        systems.push(*s);
-                    }
-                }
-            }
-            let series: Vec<Series> = systems
-                .iter()
-                .map(|system| Series {
-                    name: system.label().to_owned(),
-                    bars: p
-                        .throughput
-                        .iter()
-                        .map(|(_, runs)| {
-                            let (_, t) = runs.iter().find(|(s, _)| s == system)?;
-                            Bar::new(*t)
-                        })
-                        .collect(),
-                })
-                .collect();
             out.push(Chart {
                 file: THROUGHPUT,
                 alt: "throughput, all pods fast".to_owned(),
-                svg: charts::grouped_bars(
+                svg: per_callers(
                     "All pods fast: throughput (median over rounds)",
                     "calls/s",
-                    &groups,
-                    &series,
+                    &p.throughput,
+                )?,
+            });
+        }
+        if p.client_cpu
+            .iter()
+            .flat_map(|(_, v)| v)
+            .any(|(_, c)| c.is_finite())
+        {
+            out.push(Chart {
+                file: CLIENT_CPU,
+                alt: "client CPU per call, all pods fast".to_owned(),
+                svg: per_callers(
+                    "All pods fast: the client's CPU per completed call (median over rounds)",
+                    "CPU µs per call",
+                    &p.client_cpu,
                 )?,
             });
         }
@@ -931,10 +989,12 @@ impl Report {
     pub fn finish(self, took: Duration, charts: Option<(&str, &[Chart])>) -> String {
         let mut body = self.body;
         if let Some((folder, charts)) = charts {
-            let mut anchors = self.anchors;
-            // From the end, so that each insertion leaves the places before it where they are.
-            anchors.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-            for (file, at) in anchors {
+            // From the end, so that each insertion leaves the places before it where they are;
+            // of two charts at one place, the later first, so that they read in their order.
+            let mut anchors: Vec<(usize, (&str, usize))> =
+                self.anchors.into_iter().enumerate().collect();
+            anchors.sort_by_key(|(i, (_, at))| std::cmp::Reverse((*at, *i)));
+            for (_, (file, at)) in anchors {
                 if let Some(c) = charts.iter().find(|c| c.file == file) {
                     body.insert_str(at, &format!("![{}]({folder}/{})\n\n", c.alt, c.file));
                 }
@@ -959,6 +1019,41 @@ impl Report {
         out.push_str(&body);
         out
     }
+}
+
+/// One figure of each system per number of callers, as grouped bars: a group per number of
+/// callers, a bar per system.
+fn per_callers(
+    title: &str,
+    unit: &str,
+    figures: &[(usize, Vec<(System, f64)>)],
+) -> anyhow::Result<String> {
+    let groups: Vec<String> = figures
+        .iter()
+        .map(|(c, _)| format!("{c} caller{}", if *c == 1 { "" } else { "s" }))
+        .collect();
+    let mut systems: Vec<System> = Vec::new();
+    for (_, runs) in figures {
+        for (s, _) in runs {
+            if !systems.contains(s) {
+                systems.push(*s);
+            }
+        }
+    }
+    let series: Vec<Series> = systems
+        .iter()
+        .map(|system| Series {
+            name: system.label().to_owned(),
+            bars: figures
+                .iter()
+                .map(|(_, runs)| {
+                    let (_, t) = runs.iter().find(|(s, _)| s == system)?;
+                    Bar::new(*t)
+                })
+                .collect(),
+        })
+        .collect();
+    charts::grouped_bars(title, unit, &groups, &series)
 }
 
 /// Discovery's CPU, ours beside hickory's lookups alone on the same setups: against the number
@@ -1212,6 +1307,19 @@ mod tests {
     }
 
     #[test]
+    fn cpu_per_call_counts_completed_calls_only() {
+        let r = Run {
+            calls: 1000,
+            failed: 200,
+            cpu: Some(Duration::from_millis(40)),
+            ..Run::default()
+        };
+        assert!((r.cpu_per_call() - 50.0).abs() < 1e-9);
+        assert!(Run { cpu: None, ..r }.cpu_per_call().is_nan());
+        assert!(Run { failed: 1000, ..r }.cpu_per_call().is_nan());
+    }
+
+    #[test]
     fn median_of_odd_even_and_empty() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
@@ -1312,8 +1420,25 @@ mod tests {
             ..Run::default()
         };
         let mut report = Report::new("test", 1, Duration::from_secs(1), 2);
+        // The client's CPU in the fast runs: 300 ms for a single-pod Channel's 9,000 calls.
+        let cpu_ms = |s: System| match s {
+            System::Single => 300,
+            System::BalanceList => 330,
+            System::Channel => 340,
+            System::LoadAware => 320,
+            System::Ginepro => 350,
+        };
         for callers in crate::CALLERS {
-            let runs = SYSTEMS.iter().map(|s| (*s, vec![run(9000, 4)])).collect();
+            let runs = SYSTEMS
+                .iter()
+                .map(|s| {
+                    let r = Run {
+                        cpu: Some(Duration::from_millis(cpu_ms(*s))),
+                        ..run(9000, 4)
+                    };
+                    (*s, vec![r])
+                })
+                .collect();
             report.fast(callers, runs);
         }
         let runs = SYSTEMS[1..]
@@ -1366,7 +1491,10 @@ mod tests {
 
         let charts = report.charts().unwrap();
         let files: Vec<&str> = charts.iter().map(|c| c.file).collect();
-        assert_eq!(files, [THROUGHPUT, SLOW_P99, REACTION, DISCOVERY_CPU]);
+        assert_eq!(
+            files,
+            [THROUGHPUT, CLIENT_CPU, SLOW_P99, REACTION, DISCOVERY_CPU]
+        );
         let svg = |file| &charts.iter().find(|c| c.file == file).unwrap().svg;
         let has =
             |file, text: &str| assert!(texts(svg(file)).contains(&text), "{file} lacks {text:?}");
@@ -1375,6 +1503,10 @@ mod tests {
         }
         for groups in ["1 caller", "16 callers", "128 callers"] {
             has(THROUGHPUT, groups);
+            has(CLIENT_CPU, groups);
+        }
+        for s in systems {
+            has(CLIENT_CPU, s.label());
         }
         for series in ["all pods fast", "one pod +20 ms", "ours: load_balanced()"] {
             has(SLOW_P99, series);
@@ -1404,6 +1536,7 @@ mod tests {
         let order = [
             "### All pods fast, 128 callers",
             "](bench/charts/throughput.svg)",
+            "](bench/charts/client-cpu.svg)",
             "### One pod +20 ms",
             "](bench/charts/slow-pod-p99.svg)",
             "### Discovery reaction",
@@ -1414,7 +1547,33 @@ mod tests {
         for pair in order.windows(2) {
             assert!(at(pair[0]) < at(pair[1]), "{pair:?}");
         }
-        assert_eq!(text.matches("![").count(), 4);
+        assert_eq!(text.matches("![").count(), 5);
+        // The client's CPU per call in the fast tables, and its goals at 16 and 128 callers.
+        assert!(
+            text.contains(
+                "| ours: channel() | 9000 | 1.00 | 1.00 | 0.00 | 4.00 | 0 of 9000 | 37.8 |"
+            ),
+            "{text}"
+        );
+        for callers in [16, 128] {
+            for goal in [
+                format!(
+                    "| {callers} callers: channel() client CPU per call ≤ 1.1× a single-pod Channel's | 1.133× (37.8 vs 33.3 µs) | **no** |"
+                ),
+                format!(
+                    "| {callers} callers: channel() client CPU per call ≤ 1.0× balance_list's | 1.030× (37.8 vs 36.7 µs) | **no** |"
+                ),
+                format!(
+                    "| {callers} callers: load_balanced() client CPU per call ≤ 1.1× a single-pod Channel's | 1.067× (35.6 vs 33.3 µs) | yes |"
+                ),
+                format!(
+                    "| {callers} callers: load_balanced() client CPU per call ≤ 1.0× balance_list's | 0.970× (35.6 vs 36.7 µs) | yes |"
+                ),
+            ] {
+                assert!(text.contains(&goal), "{goal}\n{text}");
+            }
+        }
+        assert!(!text.contains("1 callers: channel() client CPU"), "{text}");
     }
 
     #[test]
