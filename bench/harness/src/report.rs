@@ -107,6 +107,31 @@ impl Spread {
     }
 }
 
+/// What the health gate does in a scale run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// `HealthCheck::Off`.
+    Off,
+    /// The default, `HealthCheck::grpc("")`, on pods that serve `Watch`: a stream each.
+    Watch,
+    /// The default, `HealthCheck::grpc("")`, on pods whose health service answers `Check`
+    /// and refuses `Watch`: `Check` polled every [`HEALTH_INTERVAL`].
+    Check,
+}
+
+/// The polled runs' health interval (the library's default, set explicitly).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Gate {
+    pub fn label(self) -> String {
+        match self {
+            Gate::Off => "off".to_owned(),
+            Gate::Watch => "on (gRPC Watch streams)".to_owned(),
+            Gate::Check => format!("polled (gRPC Check every {HEALTH_INTERVAL:?})"),
+        }
+    }
+}
+
 /// One scale measurement.
 #[derive(Clone, Debug)]
 pub struct Scale {
@@ -116,6 +141,7 @@ pub struct Scale {
     pub server: &'static str,
     pub services: usize,
     pub endpoints: usize,
+    pub gate: Gate,
     /// `None` where it means nothing (hickory's loop spreads its first lookups too).
     pub discovered: Option<Duration>,
     /// Shares of one core over the window: user, then system.
@@ -284,6 +310,8 @@ struct Headline {
     interval: Option<Duration>,
     /// Health checks' added CPU share and KiB per endpoint, and the endpoints.
     health: Option<(usize, f64, f64)>,
+    /// The gate polling `Check`: endpoints and CPU share of the smaller run, then the larger.
+    polled: Option<(usize, f64, usize, f64)>,
 }
 
 /// A system's p99 in ms with all pods fast, and with one pod slow.
@@ -677,8 +705,11 @@ impl Report {
                 over.join(", ")
             );
         }
-        // Health checks' added cost: the two runs on live pods.
-        let live: Vec<&Scale> = scales.iter().filter(|s| s.title.contains("live")).collect();
+        // Health checks' added cost: the two runs on the same live pods, off and with `Watch`.
+        let live: Vec<&Scale> = scales
+            .iter()
+            .filter(|s| s.title.contains("live") && s.gate != Gate::Check)
+            .collect();
         if let [off, on] = live[..]
             && let (Some(c0), Some(c1), Some(k0), Some(k1)) = (
                 off.cpu_share(),
@@ -704,6 +735,36 @@ impl Report {
                 ),
                 measured: format!("{:.2} %", (c1 - c0) * 100.0),
                 holds: c1 - c0 <= 0.10,
+            });
+        }
+        // The gate polling `Check`: the client's CPU at two sizes, and how it grows.
+        let polled: Vec<(usize, f64)> = scales
+            .iter()
+            .filter(|s| s.gate == Gate::Check)
+            .filter_map(|s| Some((s.endpoints, s.cpu_share()?)))
+            .collect();
+        if let [(e0, c0), (e1, c1)] = polled[..] {
+            let (grew, linear) = (c1 / c0, e1 as f64 / e0 as f64);
+            let _ = writeln!(
+                b,
+                "\nHealth checks polled (gRPC `Check` every {HEALTH_INTERVAL:?}, on pods that refuse \
+                 `Watch`; the client's whole CPU, discovery included): {:.2} % of one core on {e0} \
+                 endpoints ({:.5} % per endpoint), {:.2} % on {e1} ({:.5} % per endpoint); \
+                 CPU at {e1} ÷ CPU at {e0}: {grew:.2}× (linear: {linear:.0}×).",
+                c0 * 100.0,
+                c0 * 100.0 / e0 as f64,
+                c1 * 100.0,
+                c1 * 100.0 / e1 as f64,
+            );
+            self.headline.polled = Some((e0, c0, e1, c1));
+            let bound = linear * 1.2;
+            self.goals.push(Goal {
+                text: format!(
+                    "health checks polled every {HEALTH_INTERVAL:?}: CPU at {e1} ÷ CPU at {e0} \
+                     endpoints ≤ {bound:.0}× (linear: {linear:.0}×)"
+                ),
+                measured: format!("{grew:.2}×"),
+                holds: grew <= bound,
             });
         }
         b.push('\n');
@@ -976,6 +1037,14 @@ impl Report {
                  and +{} per endpoint.",
                 num(cpu * 100.0, " %"),
                 num(kib, " KiB"),
+            ));
+        }
+        if let Some((e0, c0, e1, c1)) = h.polled {
+            line.push(format!(
+                "Polling gRPC `Check` every {HEALTH_INTERVAL:?} instead: {} of one core on {e1} \
+                 endpoints, {} times the CPU on {e0}.",
+                num(c1 * 100.0, " %"),
+                num(c1 / c0, ""),
             ));
         }
         if !line.is_empty() {
@@ -1395,6 +1464,7 @@ mod tests {
             server,
             services,
             endpoints: services * 50,
+            gate: Gate::Off,
             discovered: Some(Duration::from_millis(900)),
             cpu: Some((cpu * 0.75, cpu * 0.25)),
             queries: Some((0.97, Some(0))),
@@ -1480,8 +1550,30 @@ mod tests {
             ),
             scale(Discoverer::Registry, "dnsmasq", 1000, 0.015),
             scale(Discoverer::HickoryAlone, "dnsmasq", 1000, 0.013),
+            live(100, Gate::Off, 0.002, 16_000),
+            live(100, Gate::Watch, 0.072, 220_000),
+            live(20, Gate::Check, 0.02, 30_000),
+            live(100, Gate::Check, 0.09, 60_000),
         ]);
         report
+    }
+
+    /// One run over 50 live pods: CPU share and resident KiB.
+    fn live(services: usize, gate: Gate, cpu: f64, rss_kib: u64) -> Scale {
+        Scale {
+            title: format!(
+                "{services} services × 50 live pods, health checks {}",
+                gate.label()
+            ),
+            gate,
+            rss_kib: Some(rss_kib),
+            ..scale(
+                Discoverer::Registry,
+                "in-process hickory-server",
+                services,
+                cpu,
+            )
+        }
     }
 
     #[test]
@@ -1574,6 +1666,17 @@ mod tests {
             }
         }
         assert!(!text.contains("1 callers: channel() client CPU"), "{text}");
+        // The gate's cost: with Watch streams over the same pods off, and polled at two sizes.
+        for part in [
+            "| 20 services × 50 live pods, health checks polled (gRPC Check every 1s) | ours | in-process hickory-server | 1000 |",
+            "Health checks on 5000 endpoints add 7.00 % of one core",
+            "2.00 % of one core on 1000 endpoints (0.00200 % per endpoint), 9.00 % on 5000 \
+             (0.00180 % per endpoint); CPU at 5000 ÷ CPU at 1000: 4.50× (linear: 5×).",
+            "| health checks on 5000 live endpoints: ≤ 10 % of one core | 7.00 % | yes |",
+            "| health checks polled every 1s: CPU at 5000 ÷ CPU at 1000 endpoints ≤ 6× (linear: 5×) | 4.50× | yes |",
+        ] {
+            assert!(text.contains(part), "{part}\n{text}");
+        }
     }
 
     #[test]
@@ -1608,6 +1711,14 @@ mod tests {
                 "\n\nDiscovery at scale (1000 services × 50 pods, health checks off, refresh \
                  every 5s): 1.40 % of one core against in-process hickory-server (1.17× hickory \
                  lookups alone, 1.44 KiB per endpoint), 1.50 % of one core against dnsmasq"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                " Health checks on 5000 live endpoints (gRPC Watch streams): +7.00 % of one core \
+                 and +40.80 KiB per endpoint. Polling gRPC `Check` every 1s instead: 9.00 % of one \
+                 core on 5000 endpoints, 4.50 times the CPU on 1000.\n"
             ),
             "{table}"
         );
