@@ -9,11 +9,12 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
-//! The report's tables come with SVG charts ([`charts`]): throughput, the slow pod's p99, the
-//! discovery reaction and discovery's CPU.
+//! The report's tables come with SVG charts ([`charts`]): throughput, the client's CPU per
+//! call, the slow pod's p99, the discovery reaction and discovery's CPU.
 //!
-//! `cargo run --release -p bench` (under 10 minutes; writes BENCHMARKS.md);
-//! `--quick` is a smoke run of the harness, with no meaningful figures.
+//! `cargo run --release -p bench` (about a quarter of an hour; writes BENCHMARKS.md and the
+//! table in README.md's Benchmarks section); `--quick` is a smoke run of the harness, with no
+//! meaningful figures.
 
 mod charts;
 mod lookups;
@@ -32,7 +33,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use k8s_headless_svc::HeadlessService;
 use proc::Proc;
-use report::{Reaction, Run, Scale};
+use report::{Gate, HEALTH_INTERVAL, Reaction, Run, Scale};
 use roles::{Discoverer, System};
 use testkit::{DnsServer, svc_fqdn};
 
@@ -73,7 +74,8 @@ struct Args {
     /// Where to write the results (between the markers in the file), with SVG charts beside
     /// it that it links: `bench/charts/` for BENCHMARKS.md, `NAME-charts/` for `NAME.md`.
     /// Default: BENCHMARKS.md for a full run, nowhere for `--quick` (its charts go to a
-    /// temporary folder).
+    /// temporary folder). Whenever a report inside the workspace is written, README.md's
+    /// table (between its `bench:readme` markers) is rewritten from the same run, linking it.
     #[arg(long)]
     write: Option<PathBuf>,
 }
@@ -83,7 +85,7 @@ struct Args {
 enum Measure {
     /// One sequential caller, right after start: how evenly the calls spread.
     Light,
-    /// All pods fast at 1, 16 and 128 callers.
+    /// All pods fast at 1, 16 and 128 callers, with each client's CPU per call.
     Fast,
     /// One pod +20 ms.
     Slow,
@@ -102,6 +104,9 @@ enum Role {
     Pod {
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// A health service that answers `Check` only, and nothing else.
+        #[arg(long)]
+        check_only: bool,
         /// `NAME=IP`, one per pod.
         pods: Vec<String>,
     },
@@ -157,7 +162,11 @@ async fn main() -> anyhow::Result<()> {
     testkit::init_tracing("error");
     let mut args = Args::parse();
     match args.role.take() {
-        Some(Role::Pod { port, pods }) => roles::pod(port, pods).await,
+        Some(Role::Pod {
+            port,
+            check_only,
+            pods,
+        }) => roles::pod(port, pods, check_only).await,
         Some(Role::Client {
             system,
             dns,
@@ -237,16 +246,29 @@ fn own_exe() -> anyhow::Result<PathBuf> {
     }
 }
 
-fn pod_proc(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<Proc> {
+fn pod_proc(port: u16, pods: &[(String, IpAddr)], check_only: bool) -> anyhow::Result<Proc> {
     let me = own_exe()?;
     let mut args = vec!["pod".to_owned(), "--port".to_owned(), port.to_string()];
+    if check_only {
+        args.push("--check-only".to_owned());
+    }
     args.extend(pods.iter().map(|(name, ip)| format!("{name}={ip}")));
     Proc::spawn(&format!("pods {}", pods[0].0), &me, &args)
 }
 
 /// Starts pods in one process; returns it with their port.
 async fn start_pods(port: u16, pods: &[(String, IpAddr)]) -> anyhow::Result<(Proc, u16)> {
-    let mut p = pod_proc(port, pods)?;
+    start_pod_proc(port, pods, false).await
+}
+
+/// Starts pods in one process, serving `user.proto` and health, or with `check_only` a health
+/// service that answers `Check` alone; returns it with their port.
+async fn start_pod_proc(
+    port: u16,
+    pods: &[(String, IpAddr)],
+    check_only: bool,
+) -> anyhow::Result<(Proc, u16)> {
+    let mut p = pod_proc(port, pods, check_only)?;
     let port = p.expect("ready", ANSWER).await?.parse()?;
     Ok((p, port))
 }
@@ -506,11 +528,30 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         std::fs::write(&path, &chart.svg).with_context(|| format!("writing {}", path.display()))?;
     }
     let links = link.as_deref().map(|link| (link, charts.as_slice()));
+    // README.md's table, from this run too, when the report it links is in the workspace.
+    let readme = target
+        .as_deref()
+        .zip(link.as_deref())
+        .and_then(|(path, link)| readme_links(path, link))
+        .map(|(report_link, charts_link)| {
+            report.readme(started.elapsed(), &report_link, &charts_link)
+        });
     let text = report.finish(started.elapsed(), links);
     print!("{text}");
     if let Some(path) = target {
         report::write_between_markers(&path, &text)?;
         eprintln!("wrote {}", path.display());
+        let readme_path = root().join("README.md");
+        match readme {
+            Some(table) => match report::write_readme(&readme_path, &table) {
+                Ok(()) => eprintln!("wrote the table in {}", readme_path.display()),
+                Err(e) => eprintln!("left README.md as it was: {e:#}"),
+            },
+            None => eprintln!(
+                "left README.md as it was: {} is outside the workspace",
+                path.display()
+            ),
+        }
     }
     let plural = if charts.len() == 1 { "" } else { "s" };
     eprintln!(
@@ -540,6 +581,15 @@ fn chart_place(report: Option<&Path>) -> (PathBuf, Option<String>) {
         }
     };
     (beside.join(&link), Some(link))
+}
+
+/// How README.md (at the workspace root) links the report at `report` and its charts' folder
+/// (`link`, relative to the report); `None` for a report outside the workspace.
+fn readme_links(report: &Path, link: &str) -> Option<(String, String)> {
+    let report = std::path::absolute(report).ok()?;
+    let inside = report.strip_prefix(root()).ok()?;
+    let charts = inside.parent().unwrap_or(Path::new("")).join(link);
+    Some((inside.to_str()?.to_owned(), charts.to_str()?.to_owned()))
 }
 
 /// The command line as typed, for the report.
@@ -591,11 +641,16 @@ async fn interleaved(
                 round + 1,
                 system.label()
             ));
+            // The client's CPU time over the run, as the scale part reads it: from /proc.
+            let pid = client.pid().context("a client's pid")?;
+            let (user0, sys0) = proc::cpu_time(pid)?;
             let line = client
                 .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
                 .await?;
+            let (user1, sys1) = proc::cpu_time(pid)?;
             progress::advance(run);
-            let r = Run::parse(&line)?;
+            let mut r = Run::parse(&line)?;
+            r.cpu = Some((user1 + sys1).saturating_sub(user0 + sys0));
             if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
                 v.push(r);
             }
@@ -621,7 +676,7 @@ struct ScaleRun {
     services: usize,
     pods: usize,
     port: u16,
-    health: bool,
+    gate: Gate,
     /// How long to measure CPU and memory for, once discovered; `None`: discovery time only.
     window: Option<Duration>,
 }
@@ -649,7 +704,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
         services,
         pods,
         port: 50051,
-        health: false,
+        gate: Gate::Off,
         window: Some(window),
     };
     for s in 0..services {
@@ -677,37 +732,41 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
         Err(e) => progress::line(&format!("skipping the dnsmasq scale run: {e}")),
     }
 
-    // Health checks' added cost: services × the same live pods, off and then on.
-    let (hs, hp) = if quick { (4, 5) } else { (100, 50) };
+    // Health checks' added cost: services × the same live pods, off and then on; then, on
+    // pods whose health service answers `Check` alone, the gate polling them at two sizes.
+    let (hs, hp, polled) = health_sizes(quick);
     let pod_names: Vec<(String, IpAddr)> = (0..hp)
         .map(|p| (format!("scale-{p}"), ip(91, 2 + p as u8)))
         .collect();
     let (pods_proc, port) = start_pods(0, &pod_names).await?;
     let pod_ips: Vec<IpAddr> = pod_names.iter().map(|(_, ip)| *ip).collect();
-    for s in 0..hs {
+    for s in 0..polled.into_iter().fold(hs, usize::max) {
         dns.set_addrs(&svc_fqdn(&format!("s{s}"), "health"), &pod_ips)
             .await;
     }
-    for health in [false, true] {
-        let run = ScaleRun {
-            title: format!(
-                "{hs} services × {hp} live pods, health checks {}",
-                if health {
-                    "on (gRPC Watch streams)"
-                } else {
-                    "off"
-                }
-            ),
-            client: Discoverer::Registry,
-            server: "in-process hickory-server",
-            tcp,
-            namespace: "health",
-            services: hs,
-            pods: hp,
-            port,
-            health,
-            window: Some(window),
-        };
+    let live = |services: usize, port: u16, gate: Gate| ScaleRun {
+        title: format!(
+            "{services} services × {hp} live pods, health checks {}",
+            gate.label()
+        ),
+        client: Discoverer::Registry,
+        server: "in-process hickory-server",
+        tcp,
+        namespace: "health",
+        services,
+        pods: hp,
+        port,
+        gate,
+        window: Some(window),
+    };
+    for gate in [Gate::Off, Gate::Watch] {
+        out.push(measure_scale(me, dns.addr(), live(hs, port, gate), in_process).await?);
+    }
+    pods_proc.close().await;
+    // The same addresses, now serving a health service that refuses `Watch`.
+    let (pods_proc, port) = start_pod_proc(0, &pod_names, true).await?;
+    for services in polled {
+        let run = live(services, port, Gate::Check);
         out.push(measure_scale(me, dns.addr(), run, in_process).await?);
     }
     pods_proc.close().await;
@@ -725,7 +784,7 @@ async fn scale(dns: &DnsServer, me: &Path, quick: bool, tcp: bool) -> anyhow::Re
         services: 1,
         pods: big,
         port: 50051,
-        health: false,
+        gate: Gate::Off,
         window: None,
     };
     out.push(measure_scale(me, dns.addr(), run, in_process).await?);
@@ -745,17 +804,28 @@ fn scale_sizes(quick: bool) -> (usize, usize, Duration) {
     }
 }
 
+/// The health checks' runs: services over the same live pods with health checks off and with
+/// `Watch` streams, and the services of the two runs that poll `Check` (5× apart).
+fn health_sizes(quick: bool) -> (usize, usize, [usize; 2]) {
+    if quick {
+        (4, 5, [1, 5])
+    } else {
+        (100, 50, [20, 100])
+    }
+}
+
 /// How long a scale run waits after discovery before its window: the first refreshes, and an
 /// empty address family confirmed (3 answers and 5 s).
 fn scale_settle(window: Duration) -> Duration {
     (SCALE_INTERVAL * 4).min(window)
 }
 
-/// The scale part's rough wall time, for the progress bar: six measured runs (ours and
-/// hickory's loop against two servers, health checks off and on) and one timed discovery.
+/// The scale part's rough wall time, for the progress bar: eight measured runs (ours and
+/// hickory's loop against two servers; health checks off, with `Watch` streams, and polling
+/// `Check` at two sizes) and one timed discovery.
 fn scale_planned(quick: bool) -> Duration {
     let window = scale_sizes(quick).2;
-    (SCALE_START + scale_settle(window) + window) * 6 + SCALE_START
+    (SCALE_START + scale_settle(window) + window) * 8 + SCALE_START
 }
 
 async fn measure_scale(
@@ -779,8 +849,13 @@ async fn measure_scale(
     if run.client == Discoverer::Registry {
         args.push(format!("--port={}", run.port));
     }
-    if run.health {
-        args.push("--health".to_owned());
+    match run.gate {
+        Gate::Off => {}
+        Gate::Watch => args.push("--health".to_owned()),
+        Gate::Check => args.extend([
+            "--health".to_owned(),
+            format!("--health-interval={}ms", HEALTH_INTERVAL.as_millis()),
+        ]),
     }
     if run.tcp {
         args.push("--tcp".to_owned());
@@ -802,6 +877,7 @@ async fn measure_scale(
         server: run.server,
         services: run.services,
         endpoints: run.services * run.pods,
+        gate: run.gate,
         // hickory's loop spreads even its first lookups over the interval: no comparable
         // discovery time.
         discovered: (run.client == Discoverer::Registry).then(|| Duration::from_micros(ready)),

@@ -9,7 +9,8 @@ use crate::{
     roles::{Discoverer, System},
 };
 
-/// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`.
+/// One `run`: `CALLS FAILED P50_US P99_US ELAPSED_US`, and the client's CPU time over it
+/// where the harness read it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Run {
     calls: u64,
@@ -17,6 +18,9 @@ pub struct Run {
     p50: Duration,
     p99: Duration,
     elapsed: Duration,
+    /// The client process's user + system CPU time from just before the command to just
+    /// after its answer.
+    pub cpu: Option<Duration>,
 }
 
 impl Run {
@@ -35,11 +39,21 @@ impl Run {
             p50: Duration::from_micros(p50),
             p99: Duration::from_micros(p99),
             elapsed: Duration::from_micros(elapsed),
+            cpu: None,
         })
     }
 
     fn throughput(&self) -> f64 {
         (self.calls - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The client's CPU time per completed call, in µs; NaN where it was not read or no call
+    /// completed.
+    fn cpu_per_call(&self) -> f64 {
+        match (self.cpu, self.calls - self.failed) {
+            (Some(cpu), done) if done > 0 => cpu.as_secs_f64() * 1e6 / done as f64,
+            _ => f64::NAN,
+        }
     }
 }
 
@@ -93,6 +107,31 @@ impl Spread {
     }
 }
 
+/// What the health gate does in a scale run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// `HealthCheck::Off`.
+    Off,
+    /// The default, `HealthCheck::grpc("")`, on pods that serve `Watch`: a stream each.
+    Watch,
+    /// The default, `HealthCheck::grpc("")`, on pods whose health service answers `Check`
+    /// and refuses `Watch`: `Check` polled every [`HEALTH_INTERVAL`].
+    Check,
+}
+
+/// The polled runs' health interval (the library's default, set explicitly).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Gate {
+    pub fn label(self) -> String {
+        match self {
+            Gate::Off => "off".to_owned(),
+            Gate::Watch => "on (gRPC Watch streams)".to_owned(),
+            Gate::Check => format!("polled (gRPC Check every {HEALTH_INTERVAL:?})"),
+        }
+    }
+}
+
 /// One scale measurement.
 #[derive(Clone, Debug)]
 pub struct Scale {
@@ -102,6 +141,7 @@ pub struct Scale {
     pub server: &'static str,
     pub services: usize,
     pub endpoints: usize,
+    pub gate: Gate,
     /// `None` where it means nothing (hickory's loop spreads its first lookups too).
     pub discovered: Option<Duration>,
     /// Shares of one core over the window: user, then system.
@@ -163,11 +203,14 @@ struct Summary {
     p99_ms: f64,
     failed: u64,
     calls: u64,
+    /// The client's CPU per completed call, in µs.
+    cpu_us: f64,
 }
 
 fn summarize(runs: &[Run]) -> Summary {
     Summary {
         throughput: median(runs.iter().map(Run::throughput).collect()),
+        cpu_us: median(runs.iter().map(Run::cpu_per_call).collect()),
         p50_ms: median(runs.iter().map(|r| ms(r.p50)).collect()),
         p99_ms: median(runs.iter().map(|r| ms(r.p99)).collect()),
         failed: runs.iter().map(|r| r.failed).sum(),
@@ -177,10 +220,15 @@ fn summarize(runs: &[Run]) -> Summary {
 
 /// The median over rounds of `a`'s throughput over `b`'s in the same round.
 fn paired_ratio(a: &[Run], b: &[Run]) -> f64 {
+    paired(a, b, Run::throughput)
+}
+
+/// The median over rounds of `a`'s `figure` over `b`'s in the same round.
+fn paired(a: &[Run], b: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {
     median(
         a.iter()
             .zip(b)
-            .map(|(a, b)| a.throughput() / b.throughput())
+            .map(|(a, b)| figure(a) / figure(b))
             .collect(),
     )
 }
@@ -191,9 +239,10 @@ fn runs_of(runs: &[(System, Vec<Run>)], system: System) -> Option<&[Run]> {
         .map(|(_, r)| r.as_slice())
 }
 
-/// `| system | calls/s | ratio | ratio | p50 ms | p99 ms | failed |`
-fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2]) {
-    let _ = writeln!(
+/// `| system | calls/s | ratio | ratio | p50 ms | p99 ms | failed |`, and with `cpu` a last
+/// cell of the client's CPU µs per call.
+fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2], cpu: bool) {
+    let _ = write!(
         b,
         "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} of {} |",
         system.label(),
@@ -205,6 +254,10 @@ fn summary_row(b: &mut String, system: System, s: &Summary, ratios: [f64; 2]) {
         s.failed,
         s.calls
     );
+    if cpu {
+        let _ = write!(b, " {:.1} |", s.cpu_us);
+    }
+    b.push('\n');
 }
 
 /// A goal and whether this run met it.
@@ -216,10 +269,15 @@ struct Goal {
 
 pub struct Report {
     header: String,
+    /// Date, command and machine, for README.md's table.
+    date: String,
+    command: String,
+    machine: String,
     body: String,
     goals: Vec<Goal>,
     all_fast: Vec<(System, Summary)>,
     plots: Plots,
+    headline: Headline,
     /// Where in `body` each chart's link goes: after the last section the chart draws.
     anchors: Vec<(&'static str, usize)>,
 }
@@ -229,11 +287,31 @@ pub struct Report {
 struct Plots {
     /// Median calls/s of each system, per number of callers.
     throughput: Vec<(usize, Vec<(System, f64)>)>,
+    /// Median client CPU µs per call of each system, per number of callers.
+    client_cpu: Vec<(usize, Vec<(System, f64)>)>,
     /// The slow pod's callers, and each system's p99s.
     slow_p99: Option<(usize, Vec<P99s>)>,
     /// Each system's record added → first call and removed → last call.
     reaction: Vec<(System, [Option<MedianRange>; 2])>,
     scale: Vec<Scale>,
+}
+
+/// What README.md's table takes from the run besides the plots, gathered as the sections are
+/// written.
+#[derive(Debug, Default)]
+struct Headline {
+    /// Each system's throughput × ginepro, per number of callers.
+    vs_ginepro: Vec<(usize, Vec<(System, f64)>)>,
+    /// One pod slow: each system's throughput and p99 × its own all-fast.
+    slow: Vec<(System, f64, f64)>,
+    /// One pod killed: the run it died in, and each system's failed calls, in %.
+    killed: Option<(Duration, Vec<(System, f64)>)>,
+    /// The refresh interval of the discovery reaction.
+    interval: Option<Duration>,
+    /// Health checks' added CPU share and KiB per endpoint, and the endpoints.
+    health: Option<(usize, f64, f64)>,
+    /// The gate polling `Check`: endpoints and CPU share of the smaller run, then the larger.
+    polled: Option<(usize, f64, usize, f64)>,
 }
 
 /// A system's p99 in ms with all pods fast, and with one pod slow.
@@ -244,28 +322,41 @@ type MedianRange = (f64, f64, f64);
 
 /// The files of the charts.
 const THROUGHPUT: &str = "throughput.svg";
+const CLIENT_CPU: &str = "client-cpu.svg";
 const SLOW_P99: &str = "slow-pod-p99.svg";
 const REACTION: &str = "reaction.svg";
 const DISCOVERY_CPU: &str = "discovery-cpu.svg";
 
 impl Report {
     pub fn new(command: &str, rounds: usize, run: Duration, trials: usize) -> Report {
+        let (date, machine) = (today(), machine());
         let mut header = String::new();
-        let _ = writeln!(header, "- Date: {}", today());
+        let _ = writeln!(header, "- Date: {date}");
         let _ = writeln!(header, "- Command: `{command}`");
-        let _ = writeln!(header, "- Machine: {}", machine());
+        let _ = writeln!(header, "- Machine: {machine}");
         let _ = writeln!(header, "- Versions: {}", versions());
         let _ = writeln!(
             header,
             "- Throughput: {rounds} interleaved rounds of {run:?} per system; medians over rounds, \
              ratios are medians of per-round ratios. Discovery reaction: {trials} trials."
         );
+        let _ = writeln!(
+            header,
+            "- Client CPU µs/call: the client process's user + system CPU time (`/proc/PID/stat`, \
+             in clock ticks), read just before and just after each run, over the calls it \
+             completed; it counts all the process did meanwhile, our kinds' discovery and health \
+             checks included."
+        );
         Report {
             header,
+            date,
+            command: command.to_owned(),
+            machine,
             body: String::new(),
             goals: Vec::new(),
             all_fast: Vec::new(),
             plots: Plots::default(),
+            headline: Headline::default(),
             anchors: Vec::new(),
         }
     }
@@ -328,17 +419,21 @@ impl Report {
         let b = &mut self.body;
         let _ = writeln!(
             b,
-            "### All pods fast, {callers} caller{}\n\n| system | calls/s | × balance_list | × ginepro | p50 ms | p99 ms | failed |\n|---|---|---|---|---|---|---|",
+            "### All pods fast, {callers} caller{}\n\n| system | calls/s | × balance_list | × ginepro | p50 ms | p99 ms | failed | client CPU µs/call |\n|---|---|---|---|---|---|---|---|",
             if callers == 1 { "" } else { "s" }
         );
         let mut checks = Vec::new();
         let mut plotted = Vec::new();
+        let mut cpu_plotted = Vec::new();
+        let mut headline = Vec::new();
         for (system, r) in &runs {
             let s = summarize(r);
             let vs_list = list.map_or(f64::NAN, |l| paired_ratio(r, l));
             let vs_ginepro = ginepro.map_or(f64::NAN, |g| paired_ratio(r, g));
-            summary_row(b, *system, &s, [vs_list, vs_ginepro]);
+            summary_row(b, *system, &s, [vs_list, vs_ginepro], true);
             plotted.push((*system, s.throughput));
+            cpu_plotted.push((*system, s.cpu_us));
+            headline.push((*system, vs_ginepro));
             // The slow pod's runs compare with these.
             if callers == crate::FAULT_CALLERS {
                 self.all_fast.push((*system, s));
@@ -347,7 +442,10 @@ impl Report {
         }
         b.push('\n');
         self.plots.throughput.push((callers, plotted));
+        self.plots.client_cpu.push((callers, cpu_plotted));
+        self.headline.vs_ginepro.push((callers, headline));
         self.anchor(THROUGHPUT);
+        self.anchor(CLIENT_CPU);
         let single = runs_of(&runs, System::Single);
         for (system, vs_list, vs_ginepro) in checks {
             if system == System::Channel {
@@ -380,6 +478,36 @@ impl Report {
                 }
             }
         }
+        // The client's CPU per call: ours against a single-pod Channel and balance_list, at 16
+        // callers and more.
+        if callers >= crate::FAULT_CALLERS {
+            let list = runs_of(&runs, System::BalanceList);
+            for ours in [System::Channel, System::LoadAware] {
+                let Some(own) = runs_of(&runs, ours) else {
+                    continue;
+                };
+                let name = if ours == System::Channel {
+                    "channel()"
+                } else {
+                    "load_balanced()"
+                };
+                let cpu = |r: &[Run]| median(r.iter().map(Run::cpu_per_call).collect());
+                for (peer, bound, peer_name) in [
+                    (single, 1.1, "a single-pod Channel's"),
+                    (list, 1.0, "balance_list's"),
+                ] {
+                    let Some(peer) = peer else { continue };
+                    let r = paired(own, peer, Run::cpu_per_call);
+                    self.goal(
+                        &format!(
+                            "{callers} callers: {name} client CPU per call ≤ {bound:.1}× {peer_name}"
+                        ),
+                        format!("{r:.3}× ({:.1} vs {:.1} µs)", cpu(own), cpu(peer)),
+                        r <= bound,
+                    );
+                }
+            }
+        }
     }
 
     /// One pod +20 ms.
@@ -401,8 +529,9 @@ impl Report {
             let (tput, p99) = own.map_or((f64::NAN, f64::NAN), |o| {
                 (s.throughput / o.throughput, s.p99_ms / o.p99_ms)
             });
-            summary_row(b, *system, &s, [tput, p99]);
+            summary_row(b, *system, &s, [tput, p99], false);
             plotted.push((*system, own.map_or(f64::NAN, |o| o.p99_ms), s.p99_ms));
+            self.headline.slow.push((*system, tput, p99));
             if *system == System::LoadAware {
                 checks.push((tput, p99));
             }
@@ -435,6 +564,11 @@ impl Report {
         let mut checks = Vec::new();
         for (system, r) in &runs {
             let pct = r.failed as f64 * 100.0 / r.calls.max(1) as f64;
+            self.headline
+                .killed
+                .get_or_insert_with(|| (window, Vec::new()))
+                .1
+                .push((*system, pct));
             let _ = writeln!(
                 b,
                 "| {} | {} | {} | {pct:.3} |",
@@ -458,6 +592,7 @@ impl Report {
 
     /// Discovery reaction trials.
     pub fn reaction(&mut self, interval: Duration, trials: Vec<(System, Vec<Reaction>)>) {
+        self.headline.interval = Some(interval);
         let b = &mut self.body;
         let _ = writeln!(
             b,
@@ -570,8 +705,11 @@ impl Report {
                 over.join(", ")
             );
         }
-        // Health checks' added cost: the two runs on live pods.
-        let live: Vec<&Scale> = scales.iter().filter(|s| s.title.contains("live")).collect();
+        // Health checks' added cost: the two runs on the same live pods, off and with `Watch`.
+        let live: Vec<&Scale> = scales
+            .iter()
+            .filter(|s| s.title.contains("live") && s.gate != Gate::Check)
+            .collect();
         if let [off, on] = live[..]
             && let (Some(c0), Some(c1), Some(k0), Some(k1)) = (
                 off.cpu_share(),
@@ -589,6 +727,7 @@ impl Report {
                 (c1 - c0) * 100.0 / on.endpoints as f64,
                 k1 - k0
             );
+            self.headline.health = Some((on.endpoints, c1 - c0, k1 - k0));
             self.goals.push(Goal {
                 text: format!(
                     "health checks on {} live endpoints: ≤ 10 % of one core",
@@ -596,6 +735,36 @@ impl Report {
                 ),
                 measured: format!("{:.2} %", (c1 - c0) * 100.0),
                 holds: c1 - c0 <= 0.10,
+            });
+        }
+        // The gate polling `Check`: the client's CPU at two sizes, and how it grows.
+        let polled: Vec<(usize, f64)> = scales
+            .iter()
+            .filter(|s| s.gate == Gate::Check)
+            .filter_map(|s| Some((s.endpoints, s.cpu_share()?)))
+            .collect();
+        if let [(e0, c0), (e1, c1)] = polled[..] {
+            let (grew, linear) = (c1 / c0, e1 as f64 / e0 as f64);
+            let _ = writeln!(
+                b,
+                "\nHealth checks polled (gRPC `Check` every {HEALTH_INTERVAL:?}, on pods that refuse \
+                 `Watch`; the client's whole CPU, discovery included): {:.2} % of one core on {e0} \
+                 endpoints ({:.5} % per endpoint), {:.2} % on {e1} ({:.5} % per endpoint); \
+                 CPU at {e1} ÷ CPU at {e0}: {grew:.2}× (linear: {linear:.0}×).",
+                c0 * 100.0,
+                c0 * 100.0 / e0 as f64,
+                c1 * 100.0,
+                c1 * 100.0 / e1 as f64,
+            );
+            self.headline.polled = Some((e0, c0, e1, c1));
+            let bound = linear * 1.2;
+            self.goals.push(Goal {
+                text: format!(
+                    "health checks polled every {HEALTH_INTERVAL:?}: CPU at {e1} ÷ CPU at {e0} \
+                     endpoints ≤ {bound:.0}× (linear: {linear:.0}×)"
+                ),
+                measured: format!("{grew:.2}×"),
+                holds: grew <= bound,
             });
         }
         b.push('\n');
@@ -648,41 +817,28 @@ impl Report {
         let p = &self.plots;
         let mut out = Vec::new();
         if !p.throughput.is_empty() {
-            let groups: Vec<String> = p
-                .throughput
-                .iter()
-                .map(|(c, _)| format!("{c} caller{}", if *c == 1 { "" } else { "s" }))
-                .collect();
-            let mut systems: Vec<System> = Vec::new();
-            for (_, runs) in &p.throughput {
-                for (s, _) in runs {
-                    if !systems.contains(s) {
-                        systems.push(*s);
-                    }
-                }
-            }
-            let series: Vec<Series> = systems
-                .iter()
-                .map(|system| Series {
-                    name: system.label().to_owned(),
-                    bars: p
-                        .throughput
-                        .iter()
-                        .map(|(_, runs)| {
-                            let (_, t) = runs.iter().find(|(s, _)| s == system)?;
-                            Bar::new(*t)
-                        })
-                        .collect(),
-                })
-                .collect();
             out.push(Chart {
                 file: THROUGHPUT,
                 alt: "throughput, all pods fast".to_owned(),
-                svg: charts::grouped_bars(
+                svg: per_callers(
                     "All pods fast: throughput (median over rounds)",
                     "calls/s",
-                    &groups,
-                    &series,
+                    &p.throughput,
+                )?,
+            });
+        }
+        if p.client_cpu
+            .iter()
+            .flat_map(|(_, v)| v)
+            .any(|(_, c)| c.is_finite())
+        {
+            out.push(Chart {
+                file: CLIENT_CPU,
+                alt: "client CPU per call, all pods fast".to_owned(),
+                svg: per_callers(
+                    "All pods fast: the client's CPU per completed call (median over rounds)",
+                    "CPU µs per call",
+                    &p.client_cpu,
                 )?,
             });
         }
@@ -749,15 +905,165 @@ impl Report {
         Ok(out)
     }
 
+    /// README.md's table of this run: for each discovering system the headline figure of every
+    /// measurement, then discovery at scale in a line, the date, the command and the machine,
+    /// and links to the whole report and its throughput chart. `report` and `charts` (the
+    /// charts' folder) are paths relative to README.md.
+    pub fn readme(&self, took: Duration, report: &str, charts: &str) -> String {
+        let h = &self.headline;
+        let num = |x: f64, unit: &str| {
+            if x.is_finite() {
+                format!("{x:.2}{unit}")
+            } else {
+                "–".to_owned()
+            }
+        };
+        let mut out = String::new();
+        let chart = if self.plots.throughput.is_empty() {
+            String::new()
+        } else {
+            format!(", throughput also in [a chart]({charts}/{THROUGHPUT})")
+        };
+        let _ = writeln!(
+            out,
+            "From the run of {} (`{}`, {}; {}). Every table, the method and the goals are in \
+             [{report}]({report}){chart}. Ratios are medians of per-round ratios.\n",
+            self.date,
+            self.command,
+            match took.as_secs() {
+                s if s < 120 => format!("{s} s"),
+                s => format!("{:.0} min", s as f64 / 60.0),
+            },
+            self.machine,
+        );
+        let callers: Vec<String> = h.vs_ginepro.iter().map(|(c, _)| c.to_string()).collect();
+        let callers = if callers.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} callers)", callers.join(" / "))
+        };
+        let fault = crate::FAULT_CALLERS;
+        let killed = h
+            .killed
+            .as_ref()
+            .map_or(String::new(), |(w, _)| format!(", {w:?}"));
+        let interval = h
+            .interval
+            .map_or(String::new(), |i| format!(" (refresh every {i:?})"));
+        let _ = writeln!(
+            out,
+            "| system | all pods fast: calls/s × ginepro{callers} | one pod +20 ms: calls/s × \
+             its all-fast ({fault} callers) | one pod +20 ms: p99 × its all-fast | one pod killed, \
+             still in DNS: failed calls ({fault} callers{killed}) | record added → first call: \
+             median{interval} |\n|---|---|---|---|---|---|"
+        );
+        for system in [
+            System::BalanceList,
+            System::Ginepro,
+            System::Channel,
+            System::LoadAware,
+        ] {
+            let fast: Vec<String> = h
+                .vs_ginepro
+                .iter()
+                .map(|(_, v)| {
+                    let r = v.iter().find(|(s, _)| *s == system);
+                    num(r.map_or(f64::NAN, |(_, r)| *r), "")
+                })
+                .collect();
+            let slow = h.slow.iter().find(|(s, _, _)| *s == system);
+            let killed = h
+                .killed
+                .as_ref()
+                .and_then(|(_, k)| k.iter().find(|(s, _)| *s == system))
+                .map_or("–".to_owned(), |(_, pct)| format!("{pct:.3} %"));
+            let first = self
+                .plots
+                .reaction
+                .iter()
+                .find(|(s, _)| *s == system)
+                .and_then(|(_, r)| r[0])
+                .map_or("–".to_owned(), |(median, _, _)| format!("{median:.0} ms"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {killed} | {first} |",
+                system.label(),
+                if fast.is_empty() {
+                    "–".to_owned()
+                } else {
+                    fast.join(" / ")
+                },
+                num(slow.map_or(f64::NAN, |s| s.1), ""),
+                num(slow.map_or(f64::NAN, |s| s.2), ""),
+            );
+        }
+        // Discovery at scale: our many-services runs, and health checks' added cost.
+        let scales = &self.plots.scale;
+        let many: Vec<&Scale> = scales
+            .iter()
+            .filter(|s| {
+                s.client == Discoverer::Registry
+                    && s.title.contains("health checks off")
+                    && !s.title.contains("live")
+                    && s.cpu_share().is_some()
+            })
+            .collect();
+        let mut line = Vec::new();
+        if let Some(first) = many.first() {
+            let servers: Vec<String> = many
+                .iter()
+                .map(|s| {
+                    let over = s.cpu_over_hickory(scales).map_or(String::new(), |r| {
+                        format!("{r:.2}× hickory lookups alone, ")
+                    });
+                    format!(
+                        "{} of one core against {} ({over}{} per endpoint)",
+                        num(s.cpu_share().unwrap_or(f64::NAN) * 100.0, " %"),
+                        s.server,
+                        num(s.kib_per_endpoint().unwrap_or(f64::NAN), " KiB"),
+                    )
+                })
+                .collect();
+            line.push(format!(
+                "Discovery at scale ({}, refresh every {:?}): {}.",
+                first.title,
+                crate::SCALE_INTERVAL,
+                servers.join(", ")
+            ));
+        }
+        if let Some((endpoints, cpu, kib)) = h.health {
+            line.push(format!(
+                "Health checks on {endpoints} live endpoints (gRPC Watch streams): +{} of one core \
+                 and +{} per endpoint.",
+                num(cpu * 100.0, " %"),
+                num(kib, " KiB"),
+            ));
+        }
+        if let Some((e0, c0, e1, c1)) = h.polled {
+            line.push(format!(
+                "Polling gRPC `Check` every {HEALTH_INTERVAL:?} instead: {} of one core on {e1} \
+                 endpoints, {} times the CPU on {e0}.",
+                num(c1 * 100.0, " %"),
+                num(c1 / c0, ""),
+            ));
+        }
+        if !line.is_empty() {
+            let _ = writeln!(out, "\n{}", line.join(" "));
+        }
+        out
+    }
+
     /// The whole report; with `charts`, a link to each of them (`![…](FOLDER/FILE)`) after
     /// the tables it draws.
     pub fn finish(self, took: Duration, charts: Option<(&str, &[Chart])>) -> String {
         let mut body = self.body;
         if let Some((folder, charts)) = charts {
-            let mut anchors = self.anchors;
-            // From the end, so that each insertion leaves the places before it where they are.
-            anchors.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-            for (file, at) in anchors {
+            // From the end, so that each insertion leaves the places before it where they are;
+            // of two charts at one place, the later first, so that they read in their order.
+            let mut anchors: Vec<(usize, (&str, usize))> =
+                self.anchors.into_iter().enumerate().collect();
+            anchors.sort_by_key(|(i, (_, at))| std::cmp::Reverse((*at, *i)));
+            for (_, (file, at)) in anchors {
                 if let Some(c) = charts.iter().find(|c| c.file == file) {
                     body.insert_str(at, &format!("![{}]({folder}/{})\n\n", c.alt, c.file));
                 }
@@ -782,6 +1088,41 @@ impl Report {
         out.push_str(&body);
         out
     }
+}
+
+/// One figure of each system per number of callers, as grouped bars: a group per number of
+/// callers, a bar per system.
+fn per_callers(
+    title: &str,
+    unit: &str,
+    figures: &[(usize, Vec<(System, f64)>)],
+) -> anyhow::Result<String> {
+    let groups: Vec<String> = figures
+        .iter()
+        .map(|(c, _)| format!("{c} caller{}", if *c == 1 { "" } else { "s" }))
+        .collect();
+    let mut systems: Vec<System> = Vec::new();
+    for (_, runs) in figures {
+        for (s, _) in runs {
+            if !systems.contains(s) {
+                systems.push(*s);
+            }
+        }
+    }
+    let series: Vec<Series> = systems
+        .iter()
+        .map(|system| Series {
+            name: system.label().to_owned(),
+            bars: figures
+                .iter()
+                .map(|(_, runs)| {
+                    let (_, t) = runs.iter().find(|(s, _)| s == system)?;
+                    Bar::new(*t)
+                })
+                .collect(),
+        })
+        .collect();
+    charts::grouped_bars(title, unit, &groups, &series)
 }
 
 /// Discovery's CPU, ours beside hickory's lookups alone on the same setups: against the number
@@ -926,16 +1267,35 @@ pub fn noise(reports: &[String]) -> anyhow::Result<String> {
 
 const BEGIN: &str = "<!-- bench:begin (written by the bench program) -->";
 const END: &str = "<!-- bench:end -->";
+const README_BEGIN: &str = "<!-- bench:readme:begin (written by the bench program) -->";
+const README_END: &str = "<!-- bench:readme:end -->";
+
+/// `old` with what lies between `begin` and `end` replaced by `text`; `None` without both.
+fn between(old: &str, begin: &str, end: &str, text: &str) -> Option<String> {
+    let b = old.find(begin)?;
+    let e = b + old[b..].find(end)?;
+    Some(format!("{}{begin}\n{text}{}", &old[..b], &old[e..]))
+}
 
 /// Replaces what lies between the markers in `path` with `text` (appends both if missing).
 pub fn write_between_markers(path: &Path, text: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{BEGIN}\n{text}{}", &old[..b], &old[e..])
-        }
-        _ => format!("{old}\n{BEGIN}\n{text}{END}\n"),
-    };
+    let new =
+        between(&old, BEGIN, END, text).unwrap_or_else(|| format!("{old}\n{BEGIN}\n{text}{END}\n"));
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces README.md's table (between its own markers) with `text`; README.md without the
+/// markers is left as it is, and that is an error.
+pub fn write_readme(path: &Path, text: &str) -> anyhow::Result<()> {
+    let old =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let new = between(&old, README_BEGIN, README_END, text).with_context(|| {
+        format!(
+            "{} lacks the markers {README_BEGIN:?} … {README_END:?}",
+            path.display()
+        )
+    })?;
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -1016,6 +1376,19 @@ mod tests {
     }
 
     #[test]
+    fn cpu_per_call_counts_completed_calls_only() {
+        let r = Run {
+            calls: 1000,
+            failed: 200,
+            cpu: Some(Duration::from_millis(40)),
+            ..Run::default()
+        };
+        assert!((r.cpu_per_call() - 50.0).abs() < 1e-9);
+        assert!(Run { cpu: None, ..r }.cpu_per_call().is_nan());
+        assert!(Run { failed: 1000, ..r }.cpu_per_call().is_nan());
+    }
+
+    #[test]
     fn median_of_odd_even_and_empty() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
@@ -1091,6 +1464,7 @@ mod tests {
             server,
             services,
             endpoints: services * 50,
+            gate: Gate::Off,
             discovered: Some(Duration::from_millis(900)),
             cpu: Some((cpu * 0.75, cpu * 0.25)),
             queries: Some((0.97, Some(0))),
@@ -1099,31 +1473,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_every_chart_with_its_series_and_links_each_after_its_tables() {
+    const SYSTEMS: [System; 5] = [
+        System::Single,
+        System::BalanceList,
+        System::Channel,
+        System::LoadAware,
+        System::Ginepro,
+    ];
+
+    /// A report of every measurement, with made-up figures.
+    fn full_report() -> Report {
         let run = |calls, p99_ms| Run {
             calls,
             p99: Duration::from_millis(p99_ms),
             elapsed: Duration::from_secs(1),
             ..Run::default()
         };
-        let systems = [
-            System::Single,
-            System::BalanceList,
-            System::Channel,
-            System::LoadAware,
-            System::Ginepro,
-        ];
         let mut report = Report::new("test", 1, Duration::from_secs(1), 2);
+        // The client's CPU in the fast runs: 300 ms for a single-pod Channel's 9,000 calls.
+        let cpu_ms = |s: System| match s {
+            System::Single => 300,
+            System::BalanceList => 330,
+            System::Channel => 340,
+            System::LoadAware => 320,
+            System::Ginepro => 350,
+        };
         for callers in crate::CALLERS {
-            let runs = systems.iter().map(|s| (*s, vec![run(9000, 4)])).collect();
+            let runs = SYSTEMS
+                .iter()
+                .map(|s| {
+                    let r = Run {
+                        cpu: Some(Duration::from_millis(cpu_ms(*s))),
+                        ..run(9000, 4)
+                    };
+                    (*s, vec![r])
+                })
+                .collect();
             report.fast(callers, runs);
         }
-        let runs = systems[1..]
+        let runs = SYSTEMS[1..]
             .iter()
             .map(|s| (*s, vec![run(8000, 25)]))
             .collect();
         report.slow(crate::FAULT_CALLERS, runs);
+        let killed = SYSTEMS[1..]
+            .iter()
+            .map(|s| {
+                let failed = if *s == System::LoadAware { 5 } else { 1000 };
+                let r = Run {
+                    failed,
+                    ..run(100_000, 4)
+                };
+                (*s, r)
+            })
+            .collect();
+        report.killed(Duration::from_secs(5), killed);
         let trial = |first, last| Reaction {
             first_call: Some(Duration::from_millis(first)),
             last_call: Some(Duration::from_millis(last)),
@@ -1146,11 +1550,43 @@ mod tests {
             ),
             scale(Discoverer::Registry, "dnsmasq", 1000, 0.015),
             scale(Discoverer::HickoryAlone, "dnsmasq", 1000, 0.013),
+            live(100, Gate::Off, 0.002, 16_000),
+            live(100, Gate::Watch, 0.072, 220_000),
+            live(20, Gate::Check, 0.02, 30_000),
+            live(100, Gate::Check, 0.09, 60_000),
         ]);
+        report
+    }
+
+    /// One run over 50 live pods: CPU share and resident KiB.
+    fn live(services: usize, gate: Gate, cpu: f64, rss_kib: u64) -> Scale {
+        Scale {
+            title: format!(
+                "{services} services × 50 live pods, health checks {}",
+                gate.label()
+            ),
+            gate,
+            rss_kib: Some(rss_kib),
+            ..scale(
+                Discoverer::Registry,
+                "in-process hickory-server",
+                services,
+                cpu,
+            )
+        }
+    }
+
+    #[test]
+    fn renders_every_chart_with_its_series_and_links_each_after_its_tables() {
+        let systems = SYSTEMS;
+        let report = full_report();
 
         let charts = report.charts().unwrap();
         let files: Vec<&str> = charts.iter().map(|c| c.file).collect();
-        assert_eq!(files, [THROUGHPUT, SLOW_P99, REACTION, DISCOVERY_CPU]);
+        assert_eq!(
+            files,
+            [THROUGHPUT, CLIENT_CPU, SLOW_P99, REACTION, DISCOVERY_CPU]
+        );
         let svg = |file| &charts.iter().find(|c| c.file == file).unwrap().svg;
         let has =
             |file, text: &str| assert!(texts(svg(file)).contains(&text), "{file} lacks {text:?}");
@@ -1159,6 +1595,10 @@ mod tests {
         }
         for groups in ["1 caller", "16 callers", "128 callers"] {
             has(THROUGHPUT, groups);
+            has(CLIENT_CPU, groups);
+        }
+        for s in systems {
+            has(CLIENT_CPU, s.label());
         }
         for series in ["all pods fast", "one pod +20 ms", "ours: load_balanced()"] {
             has(SLOW_P99, series);
@@ -1188,6 +1628,7 @@ mod tests {
         let order = [
             "### All pods fast, 128 callers",
             "](bench/charts/throughput.svg)",
+            "](bench/charts/client-cpu.svg)",
             "### One pod +20 ms",
             "](bench/charts/slow-pod-p99.svg)",
             "### Discovery reaction",
@@ -1198,7 +1639,127 @@ mod tests {
         for pair in order.windows(2) {
             assert!(at(pair[0]) < at(pair[1]), "{pair:?}");
         }
-        assert_eq!(text.matches("![").count(), 4);
+        assert_eq!(text.matches("![").count(), 5);
+        // The client's CPU per call in the fast tables, and its goals at 16 and 128 callers.
+        assert!(
+            text.contains(
+                "| ours: channel() | 9000 | 1.00 | 1.00 | 0.00 | 4.00 | 0 of 9000 | 37.8 |"
+            ),
+            "{text}"
+        );
+        for callers in [16, 128] {
+            for goal in [
+                format!(
+                    "| {callers} callers: channel() client CPU per call ≤ 1.1× a single-pod Channel's | 1.133× (37.8 vs 33.3 µs) | **no** |"
+                ),
+                format!(
+                    "| {callers} callers: channel() client CPU per call ≤ 1.0× balance_list's | 1.030× (37.8 vs 36.7 µs) | **no** |"
+                ),
+                format!(
+                    "| {callers} callers: load_balanced() client CPU per call ≤ 1.1× a single-pod Channel's | 1.067× (35.6 vs 33.3 µs) | yes |"
+                ),
+                format!(
+                    "| {callers} callers: load_balanced() client CPU per call ≤ 1.0× balance_list's | 0.970× (35.6 vs 36.7 µs) | yes |"
+                ),
+            ] {
+                assert!(text.contains(&goal), "{goal}\n{text}");
+            }
+        }
+        assert!(!text.contains("1 callers: channel() client CPU"), "{text}");
+        // The gate's cost: with Watch streams over the same pods off, and polled at two sizes.
+        for part in [
+            "| 20 services × 50 live pods, health checks polled (gRPC Check every 1s) | ours | in-process hickory-server | 1000 |",
+            "Health checks on 5000 endpoints add 7.00 % of one core",
+            "2.00 % of one core on 1000 endpoints (0.00200 % per endpoint), 9.00 % on 5000 \
+             (0.00180 % per endpoint); CPU at 5000 ÷ CPU at 1000: 4.50× (linear: 5×).",
+            "| health checks on 5000 live endpoints: ≤ 10 % of one core | 7.00 % | yes |",
+            "| health checks polled every 1s: CPU at 5000 ÷ CPU at 1000 endpoints ≤ 6× (linear: 5×) | 4.50× | yes |",
+        ] {
+            assert!(text.contains(part), "{part}\n{text}");
+        }
+    }
+
+    #[test]
+    fn readme_table_gives_every_system_its_headline_figures_and_links_the_report() {
+        let table = full_report().readme(Duration::from_secs(600), "BENCHMARKS.md", "bench/charts");
+        assert!(table.contains("(`test`, 10 min; "), "{table}");
+        assert!(
+            table.contains("| system | all pods fast: calls/s × ginepro (1 / 16 / 128 callers) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("[BENCHMARKS.md](BENCHMARKS.md), throughput also in [a chart](bench/charts/throughput.svg)"),
+            "{table}"
+        );
+        // Four rows, in the order of the README: the peers, then ours.
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| system"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| tonic balance_list | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | – |",
+                "| ginepro 0.9.3 | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | 500 ms |",
+                "| ours: channel() | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 1.000 % | 500 ms |",
+                "| ours: load_balanced() | 1.00 / 1.00 / 1.00 | 0.89 | 6.25 | 0.005 % | 500 ms |",
+            ],
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "\n\nDiscovery at scale (1000 services × 50 pods, health checks off, refresh \
+                 every 5s): 1.40 % of one core against in-process hickory-server (1.17× hickory \
+                 lookups alone, 1.44 KiB per endpoint), 1.50 % of one core against dnsmasq"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                " Health checks on 5000 live endpoints (gRPC Watch streams): +7.00 % of one core \
+                 and +40.80 KiB per endpoint. Polling gRPC `Check` every 1s instead: 9.00 % of one \
+                 core on 5000 endpoints, 4.50 times the CPU on 1000.\n"
+            ),
+            "{table}"
+        );
+        // Only what ran: a run without the fast part has no chart to link.
+        let bare = Report::new("test", 1, Duration::from_secs(1), 2).readme(
+            Duration::from_secs(60),
+            "run1.md",
+            "run1-charts",
+        );
+        assert!(!bare.contains("chart"), "{bare}");
+        assert!(bare.contains("(`test`, 60 s; "), "{bare}");
+        assert!(
+            bare.contains("| system | all pods fast: calls/s × ginepro | "),
+            "{bare}"
+        );
+        assert!(
+            bare.contains("| ours: channel() | – | – | – | – | – |"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn writes_the_readme_table_only_between_its_own_markers() {
+        let path = std::env::temp_dir().join(format!("bench-readme-{}.md", std::process::id()));
+        let readme = format!(
+            "# Title\n\n{BEGIN}\nnot this one\n{END}\n{README_BEGIN}\n(old)\n{README_END}\n\n## After\n"
+        );
+        std::fs::write(&path, &readme).unwrap();
+        write_readme(&path, "| table |\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# Title\n\n{BEGIN}\nnot this one\n{END}\n{README_BEGIN}\n| table |\n{README_END}\n\n## After\n"
+            )
+        );
+        // Without its markers README.md is left alone.
+        std::fs::write(&path, "# Title\n").unwrap();
+        assert!(write_readme(&path, "| table |\n").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# Title\n");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -9,7 +9,12 @@ use anyhow::Context;
 use k8s_headless_svc::{DnsTransport, HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
 use testkit::{Pod, pb};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_check_response::ServingStatus,
+    health_server::{Health, HealthServer},
+};
 
 /// The systems compared, each in a client process of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,22 +63,38 @@ impl Discoverer {
 }
 
 /// `bench pod`: pods named and placed as given, on one port; `delay MS` on stdin sets every
-/// pod's added reply delay; the end of input shuts them down.
-pub async fn pod(port: u16, pods: Vec<String>) -> anyhow::Result<()> {
+/// pod's added reply delay; the end of input shuts them down. With `check_only`, each pod
+/// serves nothing but a health service that answers `Check` (always `SERVING`) and refuses
+/// `Watch` as `UNIMPLEMENTED`, as a server that implements only the unary method: the health
+/// gate polls it.
+pub async fn pod(port: u16, pods: Vec<String>, check_only: bool) -> anyhow::Result<()> {
     let mut started = Vec::new();
+    let mut check_only_pods = tokio::task::JoinSet::new();
     let mut port = port;
     for spec in &pods {
         let (name, ip) = spec.split_once('=').context("pods are NAME=IP")?;
         let ip: IpAddr = ip.parse().with_context(|| format!("the IP of {spec}"))?;
-        let pod = Pod::start(SocketAddr::new(ip, port), name)?;
-        port = pod.addr().port();
-        started.push(pod);
+        let addr = SocketAddr::new(ip, port);
+        if check_only {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            port = listener.local_addr()?.port();
+            let server = tonic::transport::Server::builder()
+                .add_service(HealthServer::new(CheckOnly))
+                .serve_with_incoming(TcpIncoming::from(listener));
+            check_only_pods.spawn(server);
+        } else {
+            let pod = Pod::start(addr, name)?;
+            port = pod.addr().port();
+            started.push(pod);
+        }
     }
     println!("ready {port}");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         match line.split_once(' ') {
-            Some(("delay", ms)) => {
+            Some(("delay", ms)) if !check_only => {
                 let delay = Duration::from_millis(ms.trim().parse()?);
                 for p in &started {
                     p.stats().set_delay(delay);
@@ -86,7 +107,33 @@ pub async fn pod(port: u16, pods: Vec<String>) -> anyhow::Result<()> {
     for p in started {
         p.shutdown().await;
     }
+    check_only_pods.shutdown().await;
     Ok(())
+}
+
+/// A health service that answers `Check` and not `Watch`.
+struct CheckOnly;
+
+#[tonic::async_trait]
+impl Health for CheckOnly {
+    async fn check(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        }))
+    }
+
+    type WatchStream =
+        futures_util::stream::BoxStream<'static, Result<HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("Watch is not served here"))
+    }
 }
 
 #[derive(Clone)]
@@ -199,6 +246,9 @@ pub struct ScaleClient {
     expect: usize,
     #[arg(long)]
     health: bool,
+    /// The health interval (`health_interval`), where not the default.
+    #[arg(long, value_parser = crate::parse_duration)]
+    health_interval: Option<Duration>,
     /// DNS over TCP only.
     #[arg(long)]
     tcp: bool,
@@ -217,6 +267,7 @@ pub async fn scale(client: ScaleClient) -> anyhow::Result<()> {
         interval,
         expect,
         health,
+        health_interval,
         tcp,
     } = client;
     println!("baseline {}", super::proc::rss_kib(std::process::id())?);
@@ -224,7 +275,11 @@ pub async fn scale(client: ScaleClient) -> anyhow::Result<()> {
         .map(|i| HeadlessService::new(&format!("s{i}.{}", namespace), port))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
-    let registry = Registry::builder()
+    let mut builder = Registry::builder();
+    if let Some(interval) = health_interval {
+        builder = builder.health_interval(interval);
+    }
+    let registry = builder
         .services(specs.iter().cloned())
         .nameservers([dns])
         .refresh_interval(interval)
