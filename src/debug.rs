@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn f(registry: k8s_headless_svc::Registry) {
 //! use std::sync::Arc;
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "hello" }))
 //!     .merge(k8s_headless_svc::debug::routes(Arc::new(registry)));
 //! # }
