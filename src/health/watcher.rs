@@ -85,6 +85,8 @@ pub(crate) async fn watch(
         .interval
         .saturating_mul(config.unhealthy_after.max(1));
     let mut poll = false;
+    // Streams in a row that broke within an interval of opening.
+    let mut quick_breaks = 0u32;
     loop {
         let service = match &config.check {
             HealthCheck::Off => return,
@@ -98,6 +100,8 @@ pub(crate) async fn watch(
         let channel = match connect(addr, &template, ping, config.timeout).await {
             Ok(channel) => channel,
             Err(down) => {
+                // The pod is away: the breaks before were its going, not a pattern.
+                quick_breaks = 0;
                 observed!(down);
                 pacer.wait().await;
                 continue;
@@ -109,12 +113,21 @@ pub(crate) async fn watch(
         if !poll {
             match stream(&mut client, service, &config, &report).await {
                 Streamed::Broke { served, lived } => {
-                    // A break is looked at again at once: the pod may be gone, and the reconnect
-                    // tells. A stream that lived less than an interval, or gave no status,
-                    // counts toward the backoff, so that a pod (or a proxy) that ends every
-                    // stream is not watched again at round-trip speed from its second break.
-                    pacer.record(served && lived >= config.interval);
-                    if pacer.failures > 1 {
+                    // A break is looked at again at once: the pod may be gone, and the
+                    // reconnect tells. A stream that gave a status ends any run of failed
+                    // probes; one that gave none is a failed probe. Streams that keep breaking
+                    // within an interval of opening back off from their second break, so that
+                    // a pod (or a proxy) that ends every stream is not watched again at
+                    // round-trip speed.
+                    quick_breaks = if lived < config.interval {
+                        quick_breaks.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    pacer.record(served);
+                    if quick_breaks > 1 {
+                        tokio::time::sleep(pacer.backoff.delay(quick_breaks - 1)).await;
+                    } else if pacer.failures > 1 {
                         pacer.wait().await;
                     }
                     continue;

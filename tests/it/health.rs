@@ -741,3 +741,48 @@ async fn an_ejection_triggers_an_early_dns_refresh() {
     );
     assert!(took < AT_ONCE, "{took:?}");
 }
+
+/// A pod killed, restarted and admitted again, then killed again soon after its return (a
+/// crash loop; the bench's killed-pod scenario): the second kill ejects it at once too. The
+/// refused reconnects while it was down must not make the watcher wait out a backoff after
+/// the second break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_killed_again_soon_after_its_return_is_out_at_once() {
+    let fx = Fixture::start(146, 3).await;
+    let interval = Duration::from_secs(2);
+    let registry = builder(&fx.dns)
+        .service(fx.service.clone())
+        .health_interval(interval)
+        .health_timeout(Duration::from_secs(1))
+        .ejected_probe_backoff(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    let Fixture {
+        mut pods,
+        dns: _dns,
+        service,
+        ..
+    } = fx;
+    let victim = pods.remove(0);
+    let (addr, name) = (victim.addr(), victim.name().to_owned());
+    victim.kill().await;
+    assert!(eventually(SLACK, || async { !held(&registry, &service, addr) }).await);
+    // Down long enough for a few refused reconnects, then back.
+    tokio::time::sleep(interval * 2).await;
+    let back = Pod::start(addr, &name).unwrap();
+    assert!(
+        eventually(SLACK, || async { held(&registry, &service, addr) }).await,
+        "never re-admitted"
+    );
+    let killed = Instant::now();
+    back.kill().await;
+    assert!(eventually(SLACK, || async { !held(&registry, &service, addr) }).await);
+    let took = killed.elapsed();
+    eprintln!("killed again: out {took:?} after the kill");
+    // A watcher that backed off after the break would wait at least the interval (2 s).
+    assert!(
+        took < interval / 2,
+        "{took:?}: the watcher waited before looking again"
+    );
+}
