@@ -11,9 +11,6 @@ use std::{
 };
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
-
-use crate::backoff::Backoff;
-
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -23,6 +20,7 @@ use super::{
     schedule::{Event, Schedule, jittered, on_grid, resolution_label},
 };
 use crate::{
+    backoff::Backoff,
     service::HeadlessService,
     snapshot::{Endpoints, diff},
 };

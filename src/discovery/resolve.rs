@@ -67,6 +67,22 @@ pub(crate) struct Resolution {
     pub(crate) cut: Option<usize>,
 }
 
+/// What a resolution notes on its way, beside its answers; the questions of one resolution
+/// run at once, so each writes here through a shared reference.
+#[derive(Debug, Default)]
+struct Notes {
+    /// An answer was truncated over UDP and came again over TCP.
+    truncated: AtomicBool,
+    /// The largest count of endpoints an answer held over the cap.
+    cut: AtomicUsize,
+}
+
+impl Notes {
+    fn cut(&self, count: usize) {
+        self.cut.fetch_max(count, Ordering::Relaxed);
+    }
+}
+
 /// What to ask, built once per service: the name, parsed once, the cluster domain it lies in,
 /// and what to ask of it.
 #[derive(Clone, Debug)]
@@ -220,36 +236,33 @@ impl Dns {
     /// [`super::families`]); an SRV query its own.
     pub(crate) async fn resolve(&self, query: &ServiceQuery, ask: IpFamily) -> Resolution {
         let (asked, domain) = (&query.asked, &query.domain);
-        let truncated = AtomicBool::new(false);
-        let cut = AtomicUsize::new(0);
+        let notes = Notes::default();
         let answers = match query.kind {
             QueryKind::Addresses { port, .. } => {
-                ask.each_question(|question| {
-                    self.addresses(asked, domain, question, port, &truncated, &cut)
-                })
-                .await
+                ask.each_question(|question| self.addresses(asked, domain, question, port, &notes))
+                    .await
             }
-            QueryKind::Srv { family } => self.srv(asked, domain, family, &truncated, &cut).await,
+            QueryKind::Srv { family } => self.srv(asked, domain, family, &notes).await,
         };
         Resolution {
             answers,
-            truncated: truncated.into_inner(),
-            cut: Some(cut.into_inner()).filter(|n| *n > 0),
+            truncated: notes.truncated.into_inner(),
+            cut: Some(notes.cut.into_inner()).filter(|n| *n > 0),
         }
     }
 
-    /// The answer to `rtype` of `name`; `truncated` is set when it was truncated over UDP.
+    /// The answer to `rtype` of `name`; `notes` hears when it was truncated over UDP.
     async fn lookup(
         &self,
         name: &Name,
         rtype: RecordType,
-        truncated: &AtomicBool,
+        notes: &Notes,
     ) -> Result<DnsResponse, NetError> {
         let query = HickoryQuery::query(name.clone(), rtype);
         match tokio::time::timeout(self.deadline, self.client.lookup(query)).await {
             Ok(Ok(answered)) => {
                 if answered.truncated {
-                    truncated.store(true, Ordering::Relaxed);
+                    notes.truncated.store(true, Ordering::Relaxed);
                 }
                 Ok(answered.response)
             }
@@ -266,14 +279,13 @@ impl Dns {
         domain: &Name,
         question: Question,
         port: u16,
-        truncated: &AtomicBool,
-        cut: &AtomicUsize,
+        notes: &Notes,
     ) -> Answer {
         let rtype = match question {
             Question::V6 => RecordType::AAAA,
             _ => RecordType::A,
         };
-        let lookup = match self.lookup(asked, rtype, truncated).await {
+        let lookup = match self.lookup(asked, rtype, notes).await {
             Ok(lookup) => lookup,
             Err(e) => return classify(&e),
         };
@@ -286,7 +298,7 @@ impl Dns {
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect(),
                 ttl,
-                cut,
+                notes,
             ),
             Err(refused) => {
                 refused.warn(asked, domain);
@@ -306,10 +318,9 @@ impl Dns {
         asked: &Name,
         domain: &Name,
         family: IpFamily,
-        truncated: &AtomicBool,
-        cut: &AtomicUsize,
+        notes: &Notes,
     ) -> Vec<(Question, Answer)> {
-        let lookup = match self.lookup(asked, RecordType::SRV, truncated).await {
+        let lookup = match self.lookup(asked, RecordType::SRV, notes).await {
             Ok(lookup) => lookup,
             Err(e) => return vec![(Question::Srv, classify(&e))],
         };
@@ -331,7 +342,7 @@ impl Dns {
         wanted.sort_unstable();
         wanted.dedup();
         if wanted.len() > self.max_endpoints {
-            cut.fetch_max(wanted.len(), Ordering::Relaxed);
+            notes.cut(wanted.len());
             wanted.truncate(self.max_endpoints);
         }
         let targets: HashSet<&Name> = wanted.iter().map(|(t, _)| *t).collect();
@@ -368,7 +379,7 @@ impl Dns {
                 found.map(|ip| SocketAddr::new(*ip, *port))
             })
             .collect();
-        let records = self.records_or_nodata(addrs, ttl, cut);
+        let records = self.records_or_nodata(addrs, ttl, notes);
         let Some(first) = failures.first() else {
             return vec![(Question::Srv, records)];
         };
@@ -387,15 +398,15 @@ impl Dns {
     }
 
     /// The records of one answer, sorted and without duplicates, at most the cap of them (the
-    /// lowest, so that the same ones are kept every time); `cut` keeps the largest count cut.
-    fn records_or_nodata(&self, mut addrs: Vec<SocketAddr>, ttl: u32, cut: &AtomicUsize) -> Answer {
+    /// lowest, so that the same ones are kept every time); `notes` hears of a cut.
+    fn records_or_nodata(&self, mut addrs: Vec<SocketAddr>, ttl: u32, notes: &Notes) -> Answer {
         if addrs.is_empty() {
             return Answer::Empty(Negative::NoData);
         }
         addrs.sort_unstable();
         addrs.dedup();
         if addrs.len() > self.max_endpoints {
-            cut.fetch_max(addrs.len(), Ordering::Relaxed);
+            notes.cut(addrs.len());
             addrs.truncate(self.max_endpoints);
         }
         Answer::Records {
@@ -448,9 +459,9 @@ impl Dns {
         domain: &Name,
     ) -> Result<Vec<IpAddr>, Failure> {
         // A target's answers are small; whether one came over TCP or was cut is not reported.
-        let (truncated, cut) = (AtomicBool::new(false), AtomicUsize::new(0));
+        let notes = Notes::default();
         let answers = family
-            .each_question(|question| self.addresses(target, domain, question, 0, &truncated, &cut))
+            .each_question(|question| self.addresses(target, domain, question, 0, &notes))
             .await;
         let mut ips = Vec::new();
         for (_, answer) in answers {
