@@ -259,6 +259,14 @@ impl Gate {
         }
     }
 
+    /// What the last observation of `addr` said, for the logs.
+    pub(crate) fn last_detail(&self, addr: SocketAddr) -> &str {
+        self.entries
+            .get(&addr)
+            .and_then(|e| e.last.as_ref())
+            .map_or("", |o| o.detail.as_str())
+    }
+
     /// When the next deferred re-admission is due.
     pub(crate) fn next_release(&self) -> Option<Instant> {
         self.releases.first().map(|(at, _)| *at)

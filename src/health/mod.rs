@@ -200,7 +200,12 @@ pub(crate) async fn run(
     let mut changed = true;
     loop {
         if let Some(set) = set.take() {
-            let (added, removed) = shared.lock().set_dns(&set);
+            let (added, removed) = {
+                let mut gate = shared.lock();
+                let followed = gate.set_dns(&set);
+                changed |= gate.take_changed();
+                followed
+            };
             for addr in removed {
                 logged.remove(&addr);
                 if let Some(handle) = handles.remove(&addr) {
@@ -217,7 +222,6 @@ pub(crate) async fn run(
                 ));
                 handles.insert(addr, handle);
             }
-            changed |= shared.lock().take_changed();
         }
         if changed {
             publish(&label, &shared);
@@ -247,11 +251,10 @@ pub(crate) async fn run(
                     if !observation.up {
                         tracing::debug!(endpoint = %addr, reason = %observation.detail, "probe failed");
                     }
-                    let reason = observation.detail.clone();
                     let Some(event) = gate.observe(addr, generation, observation, now) else {
                         continue;
                     };
-                    log_event(&label, addr, event, &reason, now, &mut logged);
+                    log_event(&label, addr, event, gate.last_detail(addr), now, &mut logged);
                     // The pod may have been replaced: look again soon, at most once a second.
                     if event == GateEvent::Ejected
                         && last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
