@@ -405,6 +405,77 @@ impl Builder {
         self
     }
 
+    /// Whether the load-aware channel sends again, on another pod, a call that a pod cannot
+    /// have processed, whatever its method (gRFC A6's transparent retry): one that never left
+    /// (no connection, or dropped unsent as its connection closed) up to 3 times, one the pod
+    /// refused (`REFUSED_STREAM`, or left out by a `GOAWAY`) once. Default: on.
+    ///
+    /// ```
+    /// # let builder = k8s_headless_svc::Registry::builder();
+    /// let builder = builder.transparent_retry(false);
+    /// ```
+    pub fn transparent_retry(mut self, on: bool) -> Self {
+        self.config.transparent_retry = on;
+        self
+    }
+
+    /// A retry policy for the load-aware channel (gRFC A6): calls that fail with its codes are
+    /// sent again, on another pod when there is one, after a backoff, within the channel's
+    /// [`retry_throttling`](Self::retry_throttling) and the call's deadline. Only for methods
+    /// that are safe to run twice: name them in [`RetryPolicy::methods`]. Default: none.
+    /// Valid: 2 to 5 attempts, backoffs 1 ms to 1 h in order, a multiplier of 1 to 100, at
+    /// least one code and not `OK`.
+    ///
+    /// ```
+    /// # let builder = k8s_headless_svc::Registry::builder();
+    /// use k8s_headless_svc::RetryPolicy;
+    /// let builder = builder.retry_policy(RetryPolicy::default().methods(["/user.User/Get"]));
+    /// ```
+    pub fn retry_policy(mut self, policy: crate::RetryPolicy) -> Self {
+        self.config.retry_policy = Some(policy);
+        self
+    }
+
+    /// The token bucket of each load-aware channel that stops its retry policy while most
+    /// calls fail (gRFC A6). Default: 10 tokens, 0.1 back per success. Valid: 1 to 1,000
+    /// tokens, a ratio above 0 and at most 1.
+    ///
+    /// ```
+    /// # let builder = k8s_headless_svc::Registry::builder();
+    /// use k8s_headless_svc::RetryThrottling;
+    /// let builder = builder.retry_throttling(RetryThrottling::new(20, 0.2));
+    /// ```
+    pub fn retry_throttling(mut self, throttling: crate::RetryThrottling) -> Self {
+        self.config.retry_throttling = throttling;
+        self
+    }
+
+    /// The most bytes of one call's request the load-aware channel keeps to send it again; a
+    /// call whose request is longer is not sent again. Default: 1 MiB (grpc-java's). Valid: 0
+    /// to [`retry_buffer_per_channel`](Self::retry_buffer_per_channel).
+    ///
+    /// ```
+    /// # let builder = k8s_headless_svc::Registry::builder();
+    /// let builder = builder.retry_buffer_per_call(256 * 1024);
+    /// ```
+    pub fn retry_buffer_per_call(mut self, bytes: usize) -> Self {
+        self.config.retry_buffer_per_call = bytes;
+        self
+    }
+
+    /// The most bytes of requests one load-aware channel keeps, for all its calls at once;
+    /// past it, new calls are not kept and cannot be sent again. Default: 16 MiB
+    /// (grpc-java's). Valid: 0 to 1 GiB.
+    ///
+    /// ```
+    /// # let builder = k8s_headless_svc::Registry::builder();
+    /// let builder = builder.retry_buffer_per_channel(64 << 20);
+    /// ```
+    pub fn retry_buffer_per_channel(mut self, bytes: usize) -> Self {
+        self.config.retry_buffer_per_channel = bytes;
+        self
+    }
+
     /// Size of the change queue of each `balance_channel`. Changes that do not fit wait in the
     /// registry as a diff, so an idle client (grpc-rust #1581) never stalls discovery.
     /// Default: 1024. Valid: 1 to 65 536: what does not fit waits as a diff that never outgrows

@@ -15,7 +15,7 @@ use crate::{
     discovery::{DnsTransport, IpFamily, resolve::DnsSettings, schedule::RefreshSettings},
     endpoint::{EndpointTemplate, Http2Keepalive},
     health::{HealthCheck, HealthSettings},
-    load_balanced::{BalanceSettings, LoadMeasure},
+    load_balanced::{BalanceSettings, LoadMeasure, RetryPolicy, RetryThrottling},
     service::{ClusterDomain, HeadlessService},
 };
 
@@ -131,6 +131,17 @@ pub struct Config {
     /// How long a load-aware call waits for a ready pod.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub failfast: Duration,
+    /// Send again, on another pod, a load-aware call that a pod cannot have processed.
+    pub transparent_retry: bool,
+    /// Send again load-aware calls that failed with chosen codes; `None` (the default) for no
+    /// retry beyond the transparent one.
+    pub retry_policy: Option<RetryPolicy>,
+    /// The token bucket that stops the retry policy while a Service fails.
+    pub retry_throttling: RetryThrottling,
+    /// The most bytes of one call's request kept to send it again.
+    pub retry_buffer_per_call: usize,
+    /// The most bytes of requests kept to send again, for all calls of one channel at once.
+    pub retry_buffer_per_channel: usize,
     /// The change queue of each `balance_channel`.
     pub change_queue_capacity: usize,
 }
@@ -175,6 +186,11 @@ impl Default for Config {
             breaker_ejection_time: Duration::from_secs(1),
             breaker_ejection_time_max: Duration::from_secs(30),
             failfast: Duration::from_secs(3),
+            transparent_retry: true,
+            retry_policy: None,
+            retry_throttling: RetryThrottling::default(),
+            retry_buffer_per_call: 1 << 20,
+            retry_buffer_per_channel: 16 << 20,
             change_queue_capacity: 1024,
         }
     }
@@ -234,6 +250,13 @@ impl Config {
             backoff_max: self.breaker_ejection_time_max,
             failfast: self.failfast,
             max_ejection: self.max_ejection,
+            transparent_retry: self.transparent_retry,
+            retry_policy: self.retry_policy.clone(),
+            retry_throttling: self.retry_throttling,
+            retry_buffer: crate::load_balanced::Limits {
+                per_call: self.retry_buffer_per_call,
+                per_channel: self.retry_buffer_per_channel,
+            },
         }
     }
 

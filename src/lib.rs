@@ -189,9 +189,9 @@ pub use crate::endpoint::Http2Keepalive;
 pub use crate::error::Error;
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::key::ServiceKey;
-pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure};
+pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure, RetryPolicy, RetryThrottling};
 pub use crate::observe::{
-    BreakerView, EndpointSnapshot, PodLoad, RegistrySnapshot, ServiceSnapshot,
+    BreakerView, EndpointSnapshot, PodLoad, RegistrySnapshot, RetryCounts, ServiceSnapshot,
 };
 pub use crate::registry::Registry;
 pub use crate::service::{ClusterDomain, HeadlessService, Port};

@@ -10,6 +10,8 @@
 //! | `k8s_headless_svc_endpoints_removed_total` | counter | `service` |
 //! | `k8s_headless_svc_health_ejections_total` | counter | `service` |
 //! | `k8s_headless_svc_health_readmissions_total` | counter | `service` |
+//! | `k8s_headless_svc_retries_total` | counter | `service`, `kind` = `transparent` / `policy` / `throttled` (held back by the token bucket) |
+//! | `k8s_headless_svc_retried_calls_total` | counter | `service`, `outcome` = `ok` / `failed`: how calls sent again ended |
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -60,5 +62,22 @@ pub(crate) fn health_transition(service: &str, ejected: bool) {
             "k8s_headless_svc_health_readmissions_total"
         };
         metrics::counter!(name, "service" => service.to_owned()).increment(1);
+    }
+}
+
+/// A load-aware call was sent again (`transparent`, `policy`) or held back (`throttled`).
+pub(crate) fn retried(service: &str, kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("k8s_headless_svc_retries_total", "service" => service.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// A load-aware call that was sent again ended: answered (`true`) or failed.
+pub(crate) fn retried_call(service: &str, ok: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = if ok { "ok" } else { "failed" };
+        metrics::counter!("k8s_headless_svc_retried_calls_total", "service" => service.to_owned(), "outcome" => outcome)
+            .increment(1);
     }
 }

@@ -35,6 +35,23 @@ pub struct ServiceSnapshot {
     pub listed: Vec<SocketAddr>,
     /// Each endpoint DNS lists, in address order.
     pub endpoints: Vec<EndpointSnapshot>,
+    /// What its load-aware channel sent again, once that channel is made.
+    pub retries: Option<RetryCounts>,
+}
+
+/// What a load-aware channel sent again (gRFC A6), in a [`ServiceSnapshot`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct RetryCounts {
+    /// Calls sent again because the pod could not have processed them.
+    pub transparent: u64,
+    /// Calls sent again by the retry policy.
+    pub policy: u64,
+    /// Calls the policy would have sent again, held back by the token bucket.
+    pub throttled: u64,
+    /// Tokens left in the bucket.
+    pub tokens: f64,
 }
 
 /// One endpoint in a [`ServiceSnapshot`].
@@ -57,6 +74,9 @@ pub struct PodLoad {
     pub in_flight: usize,
     /// Calls it has been given since the channel took it.
     pub calls: u64,
+    /// Of those, calls it failed that the channel sent again on another pod: transparently
+    /// (it could not have processed them) or by the retry policy.
+    pub retried: u64,
     /// Its breaker has ejected it.
     pub ejected: bool,
     /// Its latency estimate (Peak-EWMA), in milliseconds; `None` when the pod was busy at the

@@ -267,6 +267,11 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
+    /// What the load-aware channel sent again, once it is made.
+    pub(crate) fn retries(&self) -> Option<crate::observe::RetryCounts> {
+        self.balanced.get().map(LoadBalancedChannel::retries)
+    }
+
     /// The load-aware channel of this service, made on first use.
     pub(crate) fn load_balanced(
         &self,
@@ -276,11 +281,19 @@ impl Pipeline {
     ) -> LoadBalancedChannel {
         self.balanced
             .get_or_init(|| {
+                let listed = Arc::downgrade(&self.listed);
+                let refresh = move || {
+                    if let Some(listed) = listed.upgrade() {
+                        listed.refresh_now.notify_one();
+                    }
+                };
                 let (channel, task) = LoadBalancedChannel::spawn(
                     handle,
                     self.serving(),
                     self.template.clone(),
                     config.clone(),
+                    Box::new(refresh),
+                    self.service.to_string(),
                 );
                 tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
                 channel

@@ -245,6 +245,7 @@ impl Registry {
                     discovery: pipeline.listed.status(),
                     listed,
                     endpoints,
+                    retries: pipeline.retries(),
                 }
             })
             .collect();

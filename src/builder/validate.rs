@@ -102,6 +102,73 @@ impl Builder {
             ("breaker_ejection_time_max", c.breaker_ejection_time_max),
         )?;
         period("failfast", c.failfast)?;
+        if let Some(p) = &c.retry_policy {
+            count_in(
+                "retry_policy.max_attempts",
+                p.max_attempts,
+                2,
+                MAX_RETRY_ATTEMPTS,
+            )?;
+            period("retry_policy.initial_backoff", p.initial_backoff)?;
+            period("retry_policy.max_backoff", p.max_backoff)?;
+            ordered(
+                ("retry_policy.initial_backoff", p.initial_backoff),
+                ("retry_policy.max_backoff", p.max_backoff),
+            )?;
+            if !(1.0..=MAX_BACKOFF_MULTIPLIER).contains(&p.backoff_multiplier) {
+                return Err(Error::config(
+                    "retry_policy.backoff_multiplier",
+                    format!(
+                        "must be in 1.0..={MAX_BACKOFF_MULTIPLIER:.1}, got {}",
+                        p.backoff_multiplier
+                    ),
+                ));
+            }
+            if p.retryable_codes.is_empty() || p.retryable_codes.contains(&tonic::Code::Ok) {
+                return Err(Error::config(
+                    "retry_policy.retryable_codes",
+                    format!(
+                        "must name at least one code, and not OK, got {:?}",
+                        p.retryable_codes
+                    ),
+                ));
+            }
+            if let Some(m) = p
+                .methods
+                .iter()
+                .find(|m| !m.starts_with('/') || m.len() < 2)
+            {
+                return Err(Error::config(
+                    "retry_policy.methods",
+                    format!("each must be `/pkg.Service/Method` or `/pkg.Service/`, got {m:?}"),
+                ));
+            }
+        }
+        let t = c.retry_throttling;
+        count_in(
+            "retry_throttling.max_tokens",
+            t.max_tokens,
+            1,
+            MAX_RETRY_TOKENS,
+        )?;
+        if !(t.token_ratio > 0.0 && t.token_ratio <= 1.0) {
+            return Err(Error::config(
+                "retry_throttling.token_ratio",
+                format!("must be above 0 and at most 1, got {}", t.token_ratio),
+            ));
+        }
+        count_in(
+            "retry_buffer_per_call",
+            c.retry_buffer_per_call,
+            0,
+            c.retry_buffer_per_channel,
+        )?;
+        count_in(
+            "retry_buffer_per_channel",
+            c.retry_buffer_per_channel,
+            0,
+            MAX_RETRY_BUFFER,
+        )?;
         count_in(
             "change_queue_capacity",
             c.change_queue_capacity,
@@ -130,6 +197,19 @@ const MAX_DNS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most tries per DNS query. One resolution may take `timeout × (attempts + 1)`, so the
 /// worst case stays at 11 minutes; glibc caps `resolv.conf`'s `attempts:` at 5.
 const MAX_DNS_ATTEMPTS: usize = 10;
+
+/// The most attempts a retry policy may make, the first included: A6's cap.
+const MAX_RETRY_ATTEMPTS: u32 = 5;
+
+/// The largest growth of a retry backoff between attempts: past it, the second backoff is
+/// already the cap.
+const MAX_BACKOFF_MULTIPLIER: f64 = 100.0;
+
+/// The largest retry token bucket: A6's cap.
+const MAX_RETRY_TOKENS: u32 = 1000;
+
+/// The most bytes a channel may keep to send calls again: 1 GiB is far past any sane setting.
+const MAX_RETRY_BUFFER: usize = 1 << 30;
 
 /// The largest endpoint cap: far above what one DNS message over TCP (64 KiB) can hold.
 const MAX_ENDPOINTS: usize = 100_000;

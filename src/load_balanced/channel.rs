@@ -6,7 +6,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,6 +24,8 @@ use super::{
     breaker::Outcome,
     estimate::Estimate,
     picker::{Pick, Picker, PickerSettings, Pod},
+    replay::{ChannelBuffer, Limits, Replay},
+    retry::{self, Pushback, RetryPolicy, Throttle, Unsent},
 };
 use crate::{
     backoff::Backoff,
@@ -45,6 +50,55 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, B
 pub struct LoadBalancedChannel {
     picker: Arc<Picker>,
     failfast: Duration,
+    retry: Arc<Retry>,
+}
+
+/// What the channel needs to send calls again, shared by its calls.
+pub(super) struct Retry {
+    transparent: bool,
+    policy: Option<RetryPolicy>,
+    throttle: Throttle,
+    limits: Limits,
+    buffer: Arc<ChannelBuffer>,
+    /// Asks discovery for an early refresh, when a pod closes a connection.
+    refresh: Box<dyn Fn() + Send + Sync>,
+    /// When it last asked, in milliseconds since `origin`, plus one (0: never).
+    last_hint: AtomicU64,
+    origin: Instant,
+    pub(super) stats: RetryStats,
+    /// The Service, for metrics.
+    label: String,
+}
+
+/// Calls sent again, by why.
+#[derive(Debug, Default)]
+pub(super) struct RetryStats {
+    /// Sent again because the pod cannot have processed them.
+    pub(super) transparent: AtomicU64,
+    /// Sent again by the retry policy.
+    pub(super) policy: AtomicU64,
+    /// Not sent again by the policy because the bucket was at half or below.
+    pub(super) throttled: AtomicU64,
+}
+
+impl Retry {
+    fn may_retry(&self) -> bool {
+        self.transparent || self.policy.is_some()
+    }
+
+    /// Asks discovery to look again, at most once a second.
+    fn hint_refresh(&self) {
+        let now = self.origin.elapsed().as_millis() as u64 + 1;
+        let last = self.last_hint.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_hint
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            (self.refresh)();
+        }
+    }
 }
 
 impl fmt::Debug for LoadBalancedChannel {
@@ -71,6 +125,17 @@ impl LoadBalancedChannel {
         loads
     }
 
+    /// What the channel has sent again, for the observation API.
+    pub(crate) fn retries(&self) -> crate::observe::RetryCounts {
+        let stats = &self.retry.stats;
+        crate::observe::RetryCounts {
+            transparent: stats.transparent.load(Ordering::Relaxed),
+            policy: stats.policy.load(Ordering::Relaxed),
+            throttled: stats.throttled.load(Ordering::Relaxed),
+            tokens: self.retry.throttle.tokens(),
+        }
+    }
+
     /// How many endpoints of the serving set the channel holds now, whether or not calls are
     /// flowing ([`Registry::serving`](crate::Registry::serving) lists them).
     pub fn serving_count(&self) -> usize {
@@ -84,6 +149,8 @@ impl LoadBalancedChannel {
         serving: watch::Receiver<Endpoints>,
         template: Arc<EndpointTemplate>,
         config: BalanceSettings,
+        refresh: Box<dyn Fn() + Send + Sync>,
+        label: String,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let picker = Arc::new(Picker::new(PickerSettings {
             measure: config.measure,
@@ -97,16 +164,30 @@ impl LoadBalancedChannel {
             max_ejection: config.max_ejection,
         }));
         let task = handle.spawn(follow(serving, Arc::downgrade(&picker), template));
+        let retry = Arc::new(Retry {
+            transparent: config.transparent_retry,
+            throttle: Throttle::new(config.retry_throttling),
+            policy: config.retry_policy,
+            limits: config.retry_buffer,
+            buffer: Arc::default(),
+            refresh,
+            last_hint: AtomicU64::new(0),
+            origin: Instant::now(),
+            stats: RetryStats::default(),
+            label,
+        });
         let channel = Self {
             picker,
             failfast: config.failfast,
+            retry,
         };
         (channel, task)
     }
 
-    /// A pick, waiting up to the failfast time while the channel holds no pod.
-    async fn pick(&self) -> Option<Pick> {
-        if let Some(pick) = self.picker.pick() {
+    /// A pick, other than `avoid` when the channel holds another pod, waiting up to the
+    /// failfast time while the channel holds none.
+    async fn pick(&self, avoid: Option<SocketAddr>) -> Option<Pick> {
+        if let Some(pick) = self.picker.pick(avoid) {
             return Some(pick);
         }
         let now = Instant::now();
@@ -114,7 +195,7 @@ impl LoadBalancedChannel {
         let deadline = now.checked_add(self.failfast).unwrap_or(now);
         let mut changes = self.picker.subscribe();
         loop {
-            if let Some(pick) = self.picker.pick() {
+            if let Some(pick) = self.picker.pick(avoid) {
                 return Some(pick);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -137,23 +218,252 @@ impl Service<http::Request<Body>> for LoadBalancedChannel {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let Some(pick) = this.pick().await else {
-                tracing::debug!(failfast = ?this.failfast, "no endpoint: failing fast");
-                let status = tonic::Status::unavailable(format!(
-                    "no endpoint within the failfast time ({:?})",
-                    this.failfast
-                ));
-                return Ok(status.into_http());
-            };
-            tracing::trace!(endpoint = %pick.addr(), admission = ?pick.admission(), "picked");
-            let mut channel = pick.channel();
-            let result = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-                Ok(()) => channel.call(request).await,
-                Err(e) => Err(e),
-            };
-            pick.finish(Outcome::of(&result));
-            result.map_err(Into::into)
+            if this.retry.may_retry() {
+                let mut sent_again = false;
+                let result = this.send_retrying(request, &mut sent_again).await;
+                if sent_again {
+                    let ok = matches!(Outcome::of(&result), Outcome::Success);
+                    crate::metrics::retried_call(&this.retry.label, ok);
+                }
+                result
+            } else {
+                this.send_once(request).await
+            }
         })
+    }
+}
+
+// === impl LoadBalancedChannel: the call path ===
+
+impl LoadBalancedChannel {
+    /// One attempt, nothing kept to send again: the path when retries are off.
+    async fn send_once(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
+        let Some(pick) = self.pick(None).await else {
+            return Ok(self.no_endpoint());
+        };
+        tracing::trace!(endpoint = %pick.addr(), admission = ?pick.admission(), "picked");
+        let result = attempt(&pick, request).await;
+        pick.finish(Outcome::of(&result));
+        result
+    }
+
+    /// The call with its body kept, so that it can be sent again: transparently when a pod
+    /// cannot have processed it, and as the retry policy says when one covers it.
+    async fn send_retrying(
+        &self,
+        request: http::Request<Body>,
+        sent_again: &mut bool,
+    ) -> Result<http::Response<Body>, BoxError> {
+        let retry = &*self.retry;
+        let (parts, body) = request.into_parts();
+        let policy = retry.policy.as_ref().filter(|p| p.covers(parts.uri.path()));
+        let deadline = grpc_timeout(&parts.headers).and_then(|t| Instant::now().checked_add(t));
+        let replay = Replay::new(body, retry.limits, retry.buffer.clone());
+        let mut body = replay.attempt();
+        let mut tries = Tries::default();
+        let mut avoid = None;
+        loop {
+            let Some(pick) = self.pick(avoid).await else {
+                return Ok(self.no_endpoint());
+            };
+            let addr = pick.addr();
+            tracing::trace!(endpoint = %addr, admission = ?pick.admission(), "picked");
+            let Some(this_body) = body.take() else {
+                unreachable!("an attempt is made only with a body to send");
+            };
+            let mut request = http::Request::from_parts(parts_of(&parts), this_body);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                set_grpc_timeout(request.headers_mut(), left);
+            }
+            let result = attempt(&pick, request).await;
+            // A call the pod cannot have processed is no fault of the pod's, unless it could
+            // not be reached at all.
+            let unsent = match &result {
+                Err(e) if retry.transparent => Unsent::of(e),
+                _ => None,
+            };
+            let outcome = match unsent {
+                Some(Unsent::Refused) => None,
+                Some(Unsent::NeverLeft) if !is_connect_error(&result) => None,
+                _ => Some(Outcome::of(&result)),
+            };
+            if let Some(kind) = unsent
+                && tries.transparent(kind)
+                && let Some(next) = replay.attempt()
+            {
+                pick.count_retry();
+                settle(pick, outcome);
+                // The pod closed a connection or refused one: it may be going away, so ask
+                // DNS soon.
+                retry.hint_refresh();
+                retry.stats.transparent.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::retried(&retry.label, "transparent");
+                tracing::debug!(endpoint = %addr, ?kind, "sending a call again that the pod did not process");
+                body = Some(next);
+                avoid = Some(addr);
+                *sent_again = true;
+                continue;
+            }
+            let Some(policy) = policy else {
+                settle(pick, outcome);
+                replay.commit();
+                return result;
+            };
+            let (code, pushback) = match &result {
+                Ok(response) => (
+                    retry::trailers_only_code(response.headers()),
+                    Pushback::of(response.headers()),
+                ),
+                Err(e) => (Some(retry::code_of_error(e)), None),
+            };
+            if !code.is_some_and(|c| policy.retryable_codes.contains(&c)) {
+                retry.throttle.succeeded();
+                settle(pick, outcome);
+                replay.commit();
+                return result;
+            }
+            retry.throttle.failed();
+            tries.policy += 1;
+            let delay = match pushback {
+                Some(Pushback::Stop) => None,
+                Some(Pushback::Wait(wait)) => Some(wait),
+                None => Some(policy.backoff_after(tries.policy, fastrand::f64())),
+            };
+            let throttled = !retry.throttle.allows();
+            let delay = delay
+                .filter(|_| tries.policy < policy.max_attempts && !throttled)
+                .filter(|d| deadline.is_none_or(|deadline| Instant::now() + *d < deadline));
+            body = delay.and_then(|_| replay.attempt());
+            let Some(delay) = delay.filter(|_| body.is_some()) else {
+                if throttled && tries.policy < policy.max_attempts {
+                    retry.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::retried(&retry.label, "throttled");
+                }
+                settle(pick, outcome);
+                replay.commit();
+                return result;
+            };
+            pick.count_retry();
+            settle(pick, outcome);
+            retry.stats.policy.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::retried(&retry.label, "policy");
+            tracing::debug!(endpoint = %addr, ?code, ?delay, attempt = tries.policy, "retrying the call");
+            drop(result);
+            *sent_again = true;
+            tokio::time::sleep(delay).await;
+            avoid = Some(addr);
+        }
+    }
+
+    /// The answer when no pod came within the failfast time.
+    fn no_endpoint(&self) -> http::Response<Body> {
+        tracing::debug!(failfast = ?self.failfast, "no endpoint: failing fast");
+        tonic::Status::unavailable(format!(
+            "no endpoint within the failfast time ({:?})",
+            self.failfast
+        ))
+        .into_http()
+    }
+}
+
+/// Gives the pick back: with how the call went, or, for a call the pod cannot have processed,
+/// as a call that did not count.
+fn settle(pick: Pick, outcome: Option<Outcome>) {
+    match outcome {
+        Some(outcome) => pick.finish(outcome),
+        None => drop(pick),
+    }
+}
+
+/// One attempt on the picked pod's connection.
+async fn attempt(
+    pick: &Pick,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let mut channel = pick.channel();
+    match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+        Ok(()) => channel.call(request).await.map_err(Into::into),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_connect_error<T>(result: &Result<T, BoxError>) -> bool {
+    let Err(error) = result else { return false };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The sends of one call beyond its first.
+#[derive(Debug, Default)]
+struct Tries {
+    never_left: u32,
+    refused: u32,
+    /// Attempts the policy has seen fail.
+    policy: u32,
+}
+
+impl Tries {
+    /// Takes one transparent retry of `kind`, if the call has one left.
+    fn transparent(&mut self, kind: Unsent) -> bool {
+        let (used, most) = match kind {
+            Unsent::NeverLeft => (&mut self.never_left, retry::NEVER_LEFT_RETRIES),
+            Unsent::Refused => (&mut self.refused, retry::REFUSED_RETRIES),
+        };
+        if *used < most {
+            *used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A copy of a request's head for one more attempt.
+fn parts_of(parts: &http::request::Parts) -> http::request::Parts {
+    let mut request = http::Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request.into_parts().0
+}
+
+/// The call's deadline from its `grpc-timeout` header (gRPC's wire format: at most 8 digits
+/// and a unit), which every attempt shares.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Writes what is left of the deadline, in milliseconds (at least one), for the next attempt.
+fn set_grpc_timeout(headers: &mut http::HeaderMap, left: Duration) {
+    let millis = left.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = http::HeaderValue::from_str(&format!("{millis}m")) {
+        headers.insert("grpc-timeout", value);
     }
 }
 

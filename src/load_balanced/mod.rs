@@ -20,8 +20,12 @@ mod breaker;
 mod channel;
 mod estimate;
 mod picker;
+mod replay;
+mod retry;
 
 pub use channel::LoadBalancedChannel;
+pub(crate) use replay::Limits;
+pub use retry::{RetryPolicy, RetryThrottling};
 
 /// How the load-aware channel measures each pod's load.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,4 +74,10 @@ pub(crate) struct BalanceSettings {
     pub(crate) failfast: Duration,
     /// The most pods whose breakers are open at once, as a share (at least one, never all).
     pub(crate) max_ejection: f64,
+    /// Send again, on another pod, a call that a pod cannot have processed.
+    pub(crate) transparent_retry: bool,
+    pub(crate) retry_policy: Option<RetryPolicy>,
+    pub(crate) retry_throttling: RetryThrottling,
+    /// What one call, and all calls of a channel, may keep to send again.
+    pub(crate) retry_buffer: Limits,
 }

@@ -42,6 +42,8 @@ pub(super) struct Pod {
     in_flight: AtomicUsize,
     /// Calls it has been given, for the observation API.
     calls: AtomicU64,
+    /// Calls it failed that were sent again elsewhere, for the observation API.
+    retried: AtomicU64,
     /// The pick number of its last pick.
     last_pick: AtomicU64,
     /// Its breaker is open or half-open; read without the lock.
@@ -71,6 +73,7 @@ impl Pod {
             channel,
             in_flight: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             last_pick: AtomicU64::new(0),
             ejected: AtomicBool::new(false),
             state: Mutex::new(PodState {
@@ -91,6 +94,7 @@ impl Pod {
         crate::observe::PodLoad {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
             ejected: self.ejected.load(Ordering::Relaxed),
             estimate_ms: state
                 .as_ref()
@@ -204,8 +208,9 @@ impl Picker {
         self.pods.subscribe()
     }
 
-    /// Picks a pod for one call, or `None` when the channel holds none.
-    pub(super) fn pick(self: &Arc<Self>) -> Option<Pick> {
+    /// Picks a pod for one call, other than `avoid` while the channel holds another (a call
+    /// sent again goes elsewhere), or `None` when the channel holds none.
+    pub(super) fn pick(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Option<Pick> {
         let pods = self.snapshot();
         let n = pods.len();
         if n == 0 {
@@ -220,24 +225,33 @@ impl Picker {
             } else {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                if prefer_first(
-                    self.candidate(&pods[a], now, panic),
-                    self.candidate(&pods[b], now, panic),
-                ) {
-                    &pods[a]
+                let first = if avoid == Some(pods[a].addr) {
+                    false
                 } else {
-                    &pods[b]
-                }
+                    avoid == Some(pods[b].addr)
+                        || prefer_first(
+                            self.candidate(&pods[a], now, panic),
+                            self.candidate(&pods[b], now, panic),
+                        )
+                };
+                if first { &pods[a] } else { &pods[b] }
             };
             if let Some(pick) = self.take(chosen, now, panic) {
                 return Some(pick);
             }
         }
-        // Lost races for both draws: the first pod that takes the call, in panic mode last.
+        // Lost races for both draws: the first pod that takes the call, in panic mode last,
+        // and the pod to avoid only when no other takes it.
         let start = fastrand::usize(..n);
-        [panic, true]
+        let pods = &pods;
+        [(panic, true), (true, true), (true, false)]
             .into_iter()
-            .find_map(|panic| (0..n).find_map(|i| self.take(&pods[(start + i) % n], now, panic)))
+            .find_map(|(panic, skip)| {
+                (0..n)
+                    .map(|i| &pods[(start + i) % n])
+                    .filter(|p| !skip || avoid != Some(p.addr))
+                    .find_map(|p| self.take(p, now, panic))
+            })
     }
 
     fn candidate(&self, pod: &Pod, now: Instant, panic: bool) -> Candidate {
@@ -328,6 +342,11 @@ impl Pick {
 
     pub(super) fn addr(&self) -> SocketAddr {
         self.pod.addr
+    }
+
+    /// The call failed here and is sent again on another pod.
+    pub(super) fn count_retry(&self) {
+        self.pod.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn admission(&self) -> Admission {

@@ -27,6 +27,8 @@ fn breaker_only(fx: &Fixture) -> k8s_headless_svc::Registry {
     lb_builder(fx)
         .load_measure(LoadMeasure::PendingRequests)
         .health_check(HealthCheck::Off)
+        // Calls the dead pod refuses would go elsewhere unseen (the retries module's topic).
+        .transparent_retry(false)
         .build()
         .unwrap()
 }
@@ -320,6 +322,7 @@ async fn a_cancelled_trial_call_never_wedges_the_breaker() {
         .breaker_failures(1)
         .breaker_ejection_time(Duration::from_millis(200))
         .breaker_ejection_time_max(Duration::from_millis(400))
+        .transparent_retry(false)
         .build()
         .unwrap();
     let channel = registry.load_balanced(&fx.service).unwrap();

@@ -85,7 +85,7 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
 fn fail_on(picker: &Arc<Picker>, index: usize) {
     let target = picker.snapshot()[index].addr;
     for _ in 0..10_000 {
-        let pick = picker.pick().expect("a pod");
+        let pick = picker.pick(None).expect("a pod");
         if pick.addr() == target {
             pick.finish(Outcome::Failure);
             return;
@@ -152,7 +152,7 @@ async fn when_every_held_pod_rests_calls_still_go_to_them() {
     let only = vec![picker.snapshot()[0].clone()];
     picker.replace(only.into());
     let pick = picker
-        .pick()
+        .pick(None)
         .expect("panic mode: the ejected pod takes calls");
     assert_eq!(pick.admission(), Admission::Panic);
     // A success closes its breaker.
@@ -163,7 +163,7 @@ async fn when_every_held_pod_rests_calls_still_go_to_them() {
 #[tokio::test]
 async fn a_dropped_call_gives_back_its_place_in_flight() {
     let picker = picker(1, 0.5);
-    let pick = picker.pick().unwrap();
+    let pick = picker.pick(None).unwrap();
     assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 1);
     drop(pick);
     assert_eq!(picker.snapshot()[0].in_flight.load(Ordering::SeqCst), 0);
@@ -175,7 +175,7 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
     let picker = picker(3, 0.5);
     let mut counts = [0usize; 3];
     for _ in 0..300 {
-        let pick = picker.pick().unwrap();
+        let pick = picker.pick(None).unwrap();
         let i = picker
             .snapshot()
             .iter()

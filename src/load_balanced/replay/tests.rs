@@ -1,0 +1,116 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use tonic::body::Body;
+
+use super::{ChannelBuffer, Limits, Replay};
+
+const ROOMY: Limits = Limits {
+    per_call: 1 << 20,
+    per_channel: 16 << 20,
+};
+
+fn frames(parts: &[&'static str], trailers: Option<HeaderMap>) -> Body {
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, tonic::Status>> = parts
+        .iter()
+        .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+        .collect();
+    if let Some(t) = trailers {
+        frames.push(Ok(http_body::Frame::trailers(t)));
+    }
+    Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
+async fn read(body: Body) -> Result<(Vec<u8>, Option<HeaderMap>), tonic::Status> {
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok((collected.to_bytes().to_vec(), trailers))
+}
+
+#[tokio::test]
+async fn a_second_attempt_sends_what_the_first_sent_and_then_the_rest() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-end", "1".parse().unwrap());
+    let channel = Arc::new(ChannelBuffer::default());
+    let replay = Replay::new(
+        frames(&["ab", "cd"], Some(trailers)),
+        ROOMY,
+        channel.clone(),
+    );
+    let first = read(replay.attempt().unwrap()).await.unwrap();
+    assert_eq!(first.0, b"abcd");
+    assert_eq!(channel.held(), 4);
+    let second = read(replay.attempt().unwrap()).await.unwrap();
+    assert_eq!(second, first, "the replay differs from the first attempt");
+    drop(replay);
+    assert_eq!(channel.held(), 0, "a finished call keeps nothing");
+}
+
+#[tokio::test]
+async fn a_body_past_the_call_limit_cannot_be_sent_again() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let limits = Limits {
+        per_call: 3,
+        ..ROOMY
+    };
+    let replay = Replay::new(frames(&["ab", "cd"], None), limits, channel.clone());
+    let first = read(replay.attempt().unwrap()).await.unwrap();
+    assert_eq!(
+        first.0, b"abcd",
+        "the first attempt is whole past the limit"
+    );
+    assert!(
+        replay.attempt().is_none(),
+        "a second attempt would lose `cd`"
+    );
+    assert_eq!(channel.held(), 0, "what was kept is given back at once");
+}
+
+#[tokio::test]
+async fn a_full_channel_budget_makes_a_call_not_retryable() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let limits = Limits {
+        per_call: 100,
+        per_channel: 5,
+    };
+    let one = Replay::new(frames(&["abcd"], None), limits, channel.clone());
+    let two = Replay::new(frames(&["efgh"], None), limits, channel.clone());
+    read(one.attempt().unwrap()).await.unwrap();
+    read(two.attempt().unwrap()).await.unwrap();
+    assert!(one.attempt().is_some(), "the first call fits the budget");
+    assert!(
+        two.attempt().is_none(),
+        "the second call is past the channel's budget"
+    );
+    one.commit();
+    assert_eq!(channel.held(), 0, "a committed call gives its bytes back");
+}
+
+#[tokio::test]
+async fn a_stale_attempt_reads_nothing_of_the_callers_body() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let replay = Replay::new(frames(&["ab", "cd"], None), ROOMY, channel);
+    let stale = replay.attempt().unwrap();
+    let fresh = replay.attempt().unwrap();
+    assert!(read(stale).await.is_err(), "a replaced attempt must fail");
+    assert_eq!(read(fresh).await.unwrap().0, b"abcd");
+}
+
+#[tokio::test]
+async fn a_committed_call_keeps_nothing_more() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let replay = Replay::new(frames(&["ab", "cd"], None), ROOMY, channel.clone());
+    let body = replay.attempt().unwrap();
+    replay.commit();
+    assert_eq!(
+        read(body).await.unwrap().0,
+        b"abcd",
+        "the attempt goes on whole"
+    );
+    assert_eq!(channel.held(), 0);
+    assert!(replay.attempt().is_none());
+}
