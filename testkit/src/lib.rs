@@ -14,6 +14,7 @@
 
 pub mod dns;
 pub mod dnsmasq;
+pub mod grpcio;
 pub mod hostile;
 pub mod pod;
 pub mod relay;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use dns::{DnsServer, Fault, svc_fqdn};
 pub use dnsmasq::Dnsmasq;
+pub use grpcio::GrpcioPod;
 pub use hostile::{Behaviour, HostilePod};
 pub use pod::{Pod, loopback};
 pub use relay::Relay;

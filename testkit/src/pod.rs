@@ -62,6 +62,11 @@ impl Pod {
         Self::start_inner(addr, service, None, true)
     }
 
+    /// Starts a pod that serves `service` on `addr`.
+    pub fn start_service(addr: SocketAddr, service: UserService) -> io::Result<Pod> {
+        Self::start_inner(addr, service, None, true)
+    }
+
     /// Starts a pod that serves TLS with `cert_pem` and `key_pem`.
     pub fn start_tls(
         addr: SocketAddr,

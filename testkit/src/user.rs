@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicI32, AtomicU64, Ordering},
+        atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -43,6 +43,8 @@ pub struct PodStats {
     serving: tokio::sync::watch::Sender<bool>,
     /// `Health/Check` calls answered by a Check-only health service.
     checks: AtomicU64,
+    /// The `grpc-retry-pushback-ms` a failing call carries; `i64::MIN` for none.
+    pushback_ms: AtomicI64,
 }
 
 impl Default for PodStats {
@@ -54,6 +56,7 @@ impl Default for PodStats {
             fail_code: AtomicI32::default(),
             serving: tokio::sync::watch::Sender::new(true),
             checks: AtomicU64::default(),
+            pushback_ms: AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -93,6 +96,13 @@ impl PodStats {
         let code = code.map_or(0, |c| c as i32);
         self.fail_code.store(code, Ordering::SeqCst);
     }
+
+    /// Makes each failing call carry `grpc-retry-pushback-ms: ms` (negative: "do not retry"),
+    /// or no pushback with `None`.
+    pub fn set_pushback(&self, ms: Option<i64>) {
+        self.pushback_ms
+            .store(ms.unwrap_or(i64::MIN), Ordering::SeqCst);
+    }
 }
 
 /// The `User` service of one pod.
@@ -101,6 +111,7 @@ pub struct UserService {
     pod_name: Arc<str>,
     stats: Arc<PodStats>,
     check_only: bool,
+    max_connection_age: Option<Duration>,
 }
 
 impl UserService {
@@ -110,6 +121,16 @@ impl UserService {
             pod_name: pod_name.into(),
             stats: Arc::default(),
             check_only: false,
+            max_connection_age: None,
+        }
+    }
+
+    /// Ends each connection after `age` as a server with a maximum connection age does: a
+    /// GOAWAY, then the calls in flight finish (within a 5 s grace) and the connection closes.
+    pub fn max_connection_age(self, age: Duration) -> Self {
+        Self {
+            max_connection_age: Some(age),
+            ..self
         }
     }
 
@@ -147,7 +168,15 @@ impl User for UserService {
         self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         let code = tonic::Code::from(self.stats.fail_code.load(Ordering::SeqCst));
         if code != tonic::Code::Ok {
-            return Err(Status::new(code, "failing on request"));
+            let mut status = Status::new(code, "failing on request");
+            let pushback = self.stats.pushback_ms.load(Ordering::SeqCst);
+            if pushback != i64::MIN {
+                status.metadata_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    pushback.to_string().parse().expect("digits are ASCII"),
+                );
+            }
+            return Err(status);
         }
         let name = request.into_inner().name;
         tracing::debug!(%name, "Call");
@@ -240,6 +269,11 @@ pub async fn serve(
             .await;
     };
     let mut server = tonic::transport::Server::builder();
+    if let Some(age) = service.max_connection_age {
+        server = server
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(5));
+    }
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
