@@ -10,7 +10,7 @@ use std::{
 
 use k8s_headless_svc::{
     Builder, ClusterDomain, Error, HeadlessService, HealthCheck, Http2Keepalive, IpFamily,
-    LoadMeasure, Registry,
+    LoadMeasure, Registry, RetryPolicy, RetryThrottling,
     error::{Field, Reason},
 };
 use proptest::{
@@ -322,6 +322,64 @@ fn out_of_range() -> Vec<Case> {
             "change_queue_capacity",
             |b| b.change_queue_capacity(usize::MAX)
         ),
+        case!("retry attempts 1", "retry_policy.max_attempts", |b| b
+            .retry_policy(RetryPolicy::default().max_attempts(1))),
+        case!("retry attempts 6", "retry_policy.max_attempts", |b| b
+            .retry_policy(RetryPolicy::default().max_attempts(6))),
+        case!("retry backoff 0", "retry_policy.initial_backoff", |b| b
+            .retry_policy(RetryPolicy::default().backoff(
+                Duration::ZERO,
+                2.0,
+                SEC
+            ))),
+        case!(
+            "retry backoff past max",
+            "retry_policy.initial_backoff",
+            |b| b.retry_policy(RetryPolicy::default().backoff(SEC * 2, 2.0, SEC))
+        ),
+        case!(
+            "retry max backoff 1h+1ns",
+            "retry_policy.max_backoff",
+            |b| b.retry_policy(RetryPolicy::default().backoff(MS, 2.0, HOUR + NS))
+        ),
+        case!(
+            "retry multiplier 0.5",
+            "retry_policy.backoff_multiplier",
+            |b| b.retry_policy(RetryPolicy::default().backoff(MS, 0.5, SEC))
+        ),
+        case!(
+            "retry multiplier NaN",
+            "retry_policy.backoff_multiplier",
+            |b| b.retry_policy(RetryPolicy::default().backoff(MS, f64::NAN, SEC))
+        ),
+        case!("retry no codes", "retry_policy.retryable_codes", |b| b
+            .retry_policy(RetryPolicy::default().retryable_codes([]))),
+        case!("retry code OK", "retry_policy.retryable_codes", |b| b
+            .retry_policy(
+                RetryPolicy::default().retryable_codes([tonic::Code::Ok])
+            )),
+        case!("retry method without /", "retry_policy.methods", |b| b
+            .retry_policy(
+                RetryPolicy::default().methods(["user.User/Call"])
+            )),
+        case!("retry tokens 0", "retry_throttling.max_tokens", |b| b
+            .retry_throttling(RetryThrottling::new(0, 0.1))),
+        case!("retry tokens 1001", "retry_throttling.max_tokens", |b| b
+            .retry_throttling(RetryThrottling::new(1001, 0.1))),
+        case!("retry ratio 0", "retry_throttling.token_ratio", |b| b
+            .retry_throttling(RetryThrottling::new(10, 0.0))),
+        case!("retry ratio 1.5", "retry_throttling.token_ratio", |b| b
+            .retry_throttling(RetryThrottling::new(10, 1.5))),
+        case!(
+            "retry buffer per call past the channel's",
+            "retry_buffer_per_call",
+            |b| b.retry_buffer_per_channel(1024).retry_buffer_per_call(1025)
+        ),
+        case!(
+            "retry buffer per channel 1 GiB + 1",
+            "retry_buffer_per_channel",
+            |b| b.retry_buffer_per_channel((1 << 30) + 1)
+        ),
     ]
 }
 
@@ -418,6 +476,15 @@ fn the_ends_of_every_range_build_and_run() {
             .breaker_ejection_time(HOUR)
             .breaker_ejection_time_max(HOUR)
             .failfast(HOUR)
+            .retry_policy(
+                RetryPolicy::default()
+                    .max_attempts(5)
+                    .backoff(HOUR, 100.0, HOUR)
+                    .methods(["/user.User/"]),
+            )
+            .retry_throttling(RetryThrottling::new(1000, 1.0))
+            .retry_buffer_per_channel(1 << 30)
+            .retry_buffer_per_call(1 << 30)
             .change_queue_capacity(65_536);
         let bottom = Registry::builder()
             .nameservers([dns.addr()])
@@ -451,6 +518,10 @@ fn the_ends_of_every_range_build_and_run() {
             .breaker_ejection_time(MS)
             .breaker_ejection_time_max(MS)
             .failfast(MS * 500)
+            .retry_policy(RetryPolicy::default().max_attempts(2).backoff(MS, 1.0, MS))
+            .retry_throttling(RetryThrottling::new(1, 0.001))
+            .retry_buffer_per_call(0)
+            .retry_buffer_per_channel(0)
             .change_queue_capacity(1);
         for (end, b) in [("top", top), ("bottom", bottom)] {
             let registry = b.service(svc.clone()).build().unwrap();
@@ -1004,6 +1075,16 @@ const OPTIONS: &[&str] = &[
     "breaker_ejection_time",
     "breaker_ejection_time_max",
     "failfast",
+    "retry_policy.max_attempts",
+    "retry_policy.initial_backoff",
+    "retry_policy.max_backoff",
+    "retry_policy.backoff_multiplier",
+    "retry_policy.retryable_codes",
+    "retry_policy.methods",
+    "retry_throttling.max_tokens",
+    "retry_throttling.token_ratio",
+    "retry_buffer_per_call",
+    "retry_buffer_per_channel",
     "change_queue_capacity",
 ];
 
