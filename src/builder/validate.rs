@@ -140,7 +140,9 @@ impl Builder {
             {
                 return Err(Error::config(
                     "retry_policy.methods",
-                    format!("each must be in the form `/pkg.Service/Method` or `/pkg.Service/`, got {m:?}"),
+                    format!(
+                        "each must be in the form `/pkg.Service/Method` or `/pkg.Service/`, got {m:?}"
+                    ),
                 ));
             }
         }

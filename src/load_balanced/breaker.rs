@@ -30,12 +30,16 @@ impl Outcome {
     /// proxy in front of the pod, say), or a trailers-only gRPC answer whose status says the pod
     /// could not serve: `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or `DATA_LOSS`. Other gRPC codes
     /// (`NOT_FOUND`, `INVALID_ARGUMENT`, `DEADLINE_EXCEEDED`, …) are the application's answers and
-    /// count as successes. A status sent in trailers after a body is not seen here.
+    /// count as successes. A status sent in trailers after a body is not seen here. An
+    /// answer with `grpc-retry-pushback-ms` is a failure whatever its code: the pod asks to be
+    /// spared, and its load estimate should say so (as linkerd's load biaser does).
     pub(super) fn of<B, E>(result: &Result<http::Response<B>, E>) -> Self {
         let Ok(response) = result else {
             return Outcome::Failure;
         };
-        if response.status().is_server_error() {
+        if response.status().is_server_error()
+            || response.headers().contains_key("grpc-retry-pushback-ms")
+        {
             return Outcome::Failure;
         }
         let code = response
@@ -452,6 +456,15 @@ mod tests {
         Ok(r.body(()).unwrap())
     }
 
+    fn pushed_back(grpc: Option<&str>) -> Result<http::Response<()>, ()> {
+        let mut r = response(200, grpc);
+        if let Ok(r) = &mut r {
+            r.headers_mut()
+                .insert("grpc-retry-pushback-ms", "100".parse().unwrap());
+        }
+        r
+    }
+
     #[test]
     fn which_answers_count_as_failures() {
         let cases = [
@@ -468,6 +481,8 @@ mod tests {
             (response(502, Some("0")), Outcome::Failure),
             (response(404, None), Outcome::Success),
             (Err(()), Outcome::Failure),
+            (pushed_back(Some("8")), Outcome::Failure), // RESOURCE_EXHAUSTED, pushed back
+            (pushed_back(None), Outcome::Failure),
         ];
         for (i, (result, want)) in cases.into_iter().enumerate() {
             assert_eq!(Outcome::of(&result), want, "case {i}: {result:?}");
