@@ -125,13 +125,21 @@ impl Pod {
 
     /// Starts `count` pods on `127.0.net.2`, `127.0.net.3`, … all on one ephemeral port.
     pub fn start_many(net: u8, count: u8, prefix: &str) -> io::Result<Vec<Pod>> {
+        Self::start_many_with(net, count, prefix, UserService::new)
+    }
+
+    /// As [`Pod::start_many`], each serving what `service` makes of its pod name.
+    pub fn start_many_with(
+        net: u8,
+        count: u8,
+        prefix: &str,
+        service: impl Fn(String) -> UserService,
+    ) -> io::Result<Vec<Pod>> {
         let mut pods = Vec::with_capacity(count.into());
         let mut port = 0;
         for i in 0..count {
-            let pod = Pod::start(
-                SocketAddr::new(loopback(net, 2 + i), port),
-                &format!("{prefix}-{i}"),
-            )?;
+            let addr = SocketAddr::new(loopback(net, 2 + i), port);
+            let pod = Pod::start_service(addr, service(format!("{prefix}-{i}")))?;
             port = pod.addr.port();
             pods.push(pod);
         }

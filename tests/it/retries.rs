@@ -1,10 +1,7 @@
 //! Calls sent again (gRFC A6) and connections a pod ages out (gRFC A9), on the load-aware
 //! kind: against real pods that end their connections, die mid-load, or answer `UNAVAILABLE`.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_headless_svc::{HealthCheck, Registry, RetryPolicy, RetryThrottling};
 use testkit::UserService;
@@ -13,32 +10,14 @@ use crate::support::*;
 
 /// Pods on `127.0.net.2..` that end every connection after `age`, and the Service listing them.
 async fn aged_fixture(net: u8, count: u8, age: Option<Duration>) -> Fixture {
-    init_tracing();
-    let dns = DnsServer::start().await.expect("dns server");
-    let mut pods: Vec<Pod> = Vec::new();
-    let mut port = 0;
-    for i in 0..count {
-        let mut service = UserService::new(format!("pod{net}-{i}"));
-        if let Some(age) = age {
-            service = service.max_connection_age(age);
+    Fixture::start_with(net, count, |name| {
+        let service = UserService::new(name);
+        match age {
+            Some(age) => service.max_connection_age(age),
+            None => service,
         }
-        let pod =
-            Pod::start_service(SocketAddr::new(loopback(net, 2 + i), port), service).expect("pod");
-        port = pod.addr().port();
-        pods.push(pod);
-    }
-    let namespace = format!("ns{net}");
-    let service =
-        k8s_headless_svc::HeadlessService::new(&format!("user-svc.{namespace}"), port).unwrap();
-    let fqdn = svc_fqdn("user-svc", &namespace);
-    let ips: Vec<IpAddr> = pods.iter().map(|p| p.addr().ip()).collect();
-    dns.set_addrs(&fqdn, &ips).await;
-    Fixture {
-        dns,
-        pods,
-        service,
-        fqdn,
-    }
+    })
+    .await
 }
 
 fn registry(

@@ -46,9 +46,18 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(net: u8, count: u8) -> Fixture {
+        Self::start_with(net, count, testkit::UserService::new).await
+    }
+
+    /// As [`Fixture::start`], each pod serving what `service` makes of its name.
+    pub async fn start_with(
+        net: u8,
+        count: u8,
+        service: impl Fn(String) -> testkit::UserService,
+    ) -> Fixture {
         init_tracing();
         let dns = DnsServer::start().await.expect("dns server");
-        let pods = Pod::start_many(net, count, &format!("pod{net}")).expect("pods");
+        let pods = Pod::start_many_with(net, count, &format!("pod{net}"), service).expect("pods");
         let namespace = format!("ns{net}");
         let service =
             HeadlessService::new(&format!("user-svc.{}", namespace), pods[0].addr().port())
