@@ -317,3 +317,49 @@ async fn a_call_sent_again_makes_discovery_look_again_early() {
         "per-pod counts differ from the channel's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_of_pods_aging_out_connections_loses_no_call() {
+    let _heavy = HEAVY.lock().await;
+    let age = Duration::from_secs(1);
+    let fx = aged_fixture(181, 3, Some(age)).await;
+    let registry = registry(&fx, |b| b);
+    let balanced = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { balanced.serving_count() == 3 }).await);
+    let load = Load::start(&balanced, 16, Duration::from_secs(60));
+    let Fixture {
+        dns,
+        pods,
+        service,
+        fqdn,
+    } = fx;
+    let port = pods[0].addr().port();
+    let mut fresh = Vec::new();
+    for (i, old) in pods.into_iter().enumerate() {
+        // The new pod is up and ready, then listed.
+        let addr = std::net::SocketAddr::new(loopback(181, 20 + i as u8), port);
+        let service_of_new = UserService::new(format!("new-{i}")).max_connection_age(age);
+        let new = Pod::start_service(addr, service_of_new).unwrap();
+        dns.add_addr(&fqdn, new.addr().ip()).await;
+        assert!(eventually(SLACK, || async { new.stats().calls() > 20 }).await);
+        // A measuring window in which every pod ends its connections at least once.
+        tokio::time::sleep(age * 3 / 2).await;
+        // The old one drains: NOT_SERVING, its record goes, then it stops.
+        old.stats().set_serving(false);
+        let gone = old.addr();
+        assert!(
+            eventually(SLACK, || async {
+                !registry.serving(&service).unwrap().contains(&gone)
+            })
+            .await
+        );
+        dns.remove_addr(&fqdn, gone.ip()).await;
+        old.shutdown().await;
+        fresh.push(new);
+    }
+    let (ok, failed, errors) = load.stop().await;
+    eprintln!("rolling update, 1 s connection age, load_balanced(): {ok} ok, {failed} failed");
+    assert!(ok > 1000, "too little load: {ok}");
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(fresh.iter().all(|p| p.stats().calls() > 0));
+}
