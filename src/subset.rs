@@ -276,7 +276,7 @@ mod tests {
             let down: BTreeSet<SocketAddr> = ranked
                 .iter()
                 .copied()
-                .filter(|a| XxHash64::oneshot(seed, a.to_string().as_bytes()) % 3 == 0)
+                .filter(|a| XxHash64::oneshot(seed, a.to_string().as_bytes()).is_multiple_of(3))
                 .collect();
             let len = s.window(&ranked, |a| down.contains(a));
             let down_in = ranked[..len].iter().filter(|a| down.contains(a)).count();

@@ -26,5 +26,6 @@ mod hostile_dns;
 mod hostile_pods;
 mod lifecycle;
 mod settings;
+mod subsetting;
 mod support;
 mod tls;
