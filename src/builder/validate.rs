@@ -117,7 +117,7 @@ impl Builder {
             return Err(Error::config(
                 "subset_identity",
                 format!(
-                    "must be 1 to {MAX_IDENTITY} bytes long, got {}",
+                    "must be between 1 and {MAX_IDENTITY} bytes long, got {}",
                     identity.len()
                 ),
             ));
