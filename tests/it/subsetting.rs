@@ -345,6 +345,11 @@ async fn an_ejected_member_is_replaced_by_the_next_by_rank_until_it_serves_again
         .collect();
     want.insert(next, Some(SubsetRole::Replacement));
     assert_eq!(roles, want, "the members, and the one replacement");
+    let snapshot = registry.snapshot();
+    let service = &snapshot.services[0];
+    assert_eq!(service.subset_size, Some(SIZE));
+    assert_eq!(service.listed.len(), 12, "DNS still lists every pod");
+    assert_eq!(service.endpoints.len(), SIZE + 1);
     assert!(eventually(SLACK, || async { pod(next).stats().watches() == 1 }).await);
     // Both kinds call the replacement, and not the member that drains.
     for _ in 0..40 {
@@ -376,4 +381,53 @@ async fn an_ejected_member_is_replaced_by_the_next_by_rank_until_it_serves_again
             assert_eq!(p.stats().watches(), 0, "{} watched", p.addr());
         }
     }
+}
+
+/// With health checks off, the subset is the head of the ranking, and the pods outside it are
+/// neither watched nor called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_health_checks_off_the_subset_is_the_head_of_the_ranking() {
+    const SIZE: usize = 3;
+    let fx = Fixture::start(163, 12).await;
+    let registry = client(&fx, 11, SIZE, INTERVAL)
+        .health_check(k8s_headless_svc::HealthCheck::Off)
+        .build()
+        .unwrap();
+    let seed = twox_hash::XxHash64::oneshot(0, b"client-11");
+    let mut ranked: Vec<SocketAddr> = fx.pods.iter().map(|p| p.addr()).collect();
+    ranked.sort_by_key(|a| {
+        (
+            twox_hash::XxHash64::oneshot(seed, a.to_string().as_bytes()),
+            *a,
+        )
+    });
+    let members: BTreeSet<SocketAddr> = ranked[..SIZE].iter().copied().collect();
+    let held = eventually(SLACK, || async {
+        registry
+            .serving(&fx.service)
+            .unwrap()
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == members
+    })
+    .await;
+    assert!(held, "{:?}", registry.serving(&fx.service));
+    let health = registry.health(&fx.service).unwrap();
+    assert_eq!(health.len(), SIZE);
+    assert!(health.iter().all(|h| h.subset == Some(SubsetRole::Member)));
+    let plain = registry.channel(&fx.service).unwrap();
+    let names: BTreeSet<String> = fx
+        .pods
+        .iter()
+        .filter(|p| members.contains(&p.addr()))
+        .map(|p| p.name().to_owned())
+        .collect();
+    for _ in 0..20 {
+        let pod = tokio::time::timeout(SLACK, call(&plain))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(names.contains(&pod), "{pod} is outside the subset");
+    }
+    assert!(fx.pods.iter().all(|p| p.stats().watches() == 0));
 }
