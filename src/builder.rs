@@ -485,6 +485,41 @@ impl Builder {
         self
     }
 
+    /// Hold only this many pods of each Service, picked by rendezvous hashing as gRFC A68's
+    /// `random_subsetting` does, instead of every pod: a client of a 1,000-pod Service then
+    /// keeps `size` connections and health streams, not 1,000, and each pod about
+    /// `clients × size / pods`. Every pod is ranked by a hash of its address seeded by
+    /// [`subset_identity`](Builder::subset_identity), and the subset is the head of the
+    /// ranking, so a pod coming or going moves only the clients that hold it. Pods outside the
+    /// subset are not watched or dialed; a member that is ejected is replaced by the next pods
+    /// by rank (at most [`max_ejection`](Builder::max_ejection) of the subset, at least one),
+    /// which leave again when it serves. Both channel kinds hold the subset. `None` turns it
+    /// off. Default: off. Valid: 1 to 100,000.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder().subset_size(20);
+    /// ```
+    pub fn subset_size(mut self, size: impl Into<Option<usize>>) -> Self {
+        self.config.subset_size = size.into();
+        self
+    }
+
+    /// What ranks the pods for this client's subset: clients with the same identity hold the
+    /// same pods. Default: a random identity drawn when the registry is built, so each process
+    /// (and each registry in it) holds its own subset, as grpc-go and grpc-java draw a random
+    /// seed; a stable one, such as the pod name, keeps a restarted client on the same pods.
+    /// Valid: 1 to 256 bytes.
+    ///
+    /// ```
+    /// # use k8s_headless_svc::Registry;
+    /// let builder = Registry::builder().subset_size(20).subset_identity("frontend-7d9f8-x2p4q");
+    /// ```
+    pub fn subset_identity(mut self, identity: impl Into<String>) -> Self {
+        self.config.subset_identity = Some(identity.into());
+        self
+    }
+
     /// Checks every option and starts discovery: each service resolves at once, then on its
     /// schedule.
     ///

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     discovery::{DnsTransport, IpFamily, resolve::DnsSettings, schedule::RefreshSettings},
+    ejection::ejection_cap,
     endpoint::{EndpointTemplate, Http2Keepalive},
     health::{HealthCheck, HealthSettings},
     load_balanced::{BalanceSettings, LoadMeasure, RetryPolicy, RetryThrottling},
     service::{ClusterDomain, HeadlessService},
+    subset::Subset,
 };
 
 /// Every setting of a registry, each documented on the [`Builder`](crate::Builder) setter of
@@ -144,6 +146,10 @@ pub struct Config {
     pub retry_buffer_per_channel: usize,
     /// The change queue of each `balance_channel`.
     pub change_queue_capacity: usize,
+    /// How many pods of each Service this client holds; `None` (`null`) holds them all.
+    pub subset_size: Option<usize>,
+    /// What ranks the pods for this client's subset; `None` draws a random one per registry.
+    pub subset_identity: Option<String>,
 }
 
 impl Default for Config {
@@ -192,6 +198,8 @@ impl Default for Config {
             retry_buffer_per_call: 1 << 20,
             retry_buffer_per_channel: 16 << 20,
             change_queue_capacity: 1024,
+            subset_size: None,
+            subset_identity: None,
         }
     }
 }
@@ -258,6 +266,16 @@ impl Config {
                 per_channel: self.retry_buffer_per_channel,
             },
         }
+    }
+
+    /// How each client picks its subset, with subsetting on: the identity's seed (or a random
+    /// one, drawn here), and replacements for ejected members up to the panic threshold's
+    /// share of the subset.
+    pub(crate) fn subset(&self) -> Option<Subset> {
+        self.subset_size.map(|size| {
+            let reach = ejection_cap(self.max_ejection, size);
+            Subset::new(self.subset_identity.as_deref(), size, reach)
+        })
     }
 
     /// How every pod is dialed, before TLS and the user's hook are added.

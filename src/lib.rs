@@ -90,6 +90,7 @@
 //! | [`load_measure`](Builder::load_measure) | Peak-EWMA, 1 ms with no peers, 1 s decay |
 //! | [`breaker_failures`](Builder::breaker_failures), [`breaker_ejection_time`](Builder::breaker_ejection_time), [`_max`](Builder::breaker_ejection_time_max) | 5 failures, ejected 1 s doubling to 30 s |
 //! | [`failfast`](Builder::failfast) | 3 s |
+//! | [`subset_size`](Builder::subset_size), [`subset_identity`](Builder::subset_identity) | off (every pod); a random identity |
 //!
 //! # Behaviour on failures
 //! - **DNS down, timeout, SERVFAIL, REFUSED, I/O**: the last endpoints are kept; the
@@ -175,6 +176,7 @@ mod pipeline;
 mod registry;
 mod service;
 mod snapshot;
+mod subset;
 mod watch;
 
 pub use crate::builder::Builder;
@@ -195,6 +197,7 @@ pub use crate::observe::{
 };
 pub use crate::registry::Registry;
 pub use crate::service::{ClusterDomain, HeadlessService, Port};
+pub use crate::subset::SubsetRole;
 pub use crate::watch::{Update, Watch};
 
 /// The README's examples, compiled as doctests so that they cannot drift.

@@ -33,7 +33,10 @@ pub struct ServiceSnapshot {
     pub discovery: DiscoveryStatus,
     /// What DNS lists, in address order.
     pub listed: Vec<SocketAddr>,
-    /// Each endpoint DNS lists, in address order.
+    /// How many pods this client holds, with [subsetting](crate::Builder::subset_size).
+    pub subset_size: Option<usize>,
+    /// Each endpoint DNS lists, in address order; with subsetting, each endpoint of this
+    /// client's subset, its role in [`EndpointHealth::subset`].
     pub endpoints: Vec<EndpointSnapshot>,
     /// What its load-aware channel sent again, once that channel is made.
     pub retries: Option<RetryCounts>,

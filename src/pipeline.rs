@@ -10,6 +10,7 @@
 //! [`Pipeline`] makes its channels on first use.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -31,11 +32,12 @@ use crate::{
     endpoint::EndpointTemplate,
     error::Error,
     feed,
-    health::{self, Gated, HealthCheck, HealthSettings},
+    health::{self, EndpointHealth, Gated, HealthCheck, HealthSettings},
     load_balanced::{BalanceSettings, LoadBalancedChannel},
     registry::Registry,
     service::{ClusterDomain, HeadlessService, Port},
     snapshot::Endpoints,
+    subset::{Subset, SubsetRole},
 };
 
 /// Starts a registry with checked `config`: plans every Service, where everything that can fail
@@ -58,6 +60,8 @@ pub(crate) fn start(config: Config, template: EndpointTemplate) -> Result<Regist
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (refresh, health) = (config.refresh(), config.health());
+    // One identity for every Service of the registry.
+    let subset = config.subset();
     let mut started = Started::default();
     let pipelines = plans
         .into_iter()
@@ -68,6 +72,7 @@ pub(crate) fn start(config: Config, template: EndpointTemplate) -> Result<Regist
                 &refresh,
                 config.jitter,
                 &health,
+                subset.as_ref(),
                 &mut started,
             )
         })
@@ -130,7 +135,9 @@ impl Plan {
     }
 
     /// Starts the pipeline: its refresh loop goes into `started`, for [`refresh::drive`] to
-    /// run, and, with health checks on, the gate task's handle too.
+    /// run, and, with health checks on, the gate task's handle too (or, with them off and
+    /// subsetting on, the task that takes the subset).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         self,
         handle: &Handle,
@@ -138,6 +145,7 @@ impl Plan {
         timing: &RefreshSettings,
         jitter: f64,
         health: &HealthSettings,
+        subset: Option<&Subset>,
         started: &mut Started,
     ) -> Pipeline {
         let Plan {
@@ -179,8 +187,20 @@ impl Plan {
             listed: listed.clone(),
             start: Box::new(start),
         });
-        let gated = (health.check != HealthCheck::Off).then(|| {
-            let gate = Arc::new(Gated::new(health.clone()));
+        let checked = health.check != HealthCheck::Off;
+        // With health checks off, the subset is the head of the ranking: nothing to replace.
+        let unchecked_subset = subset.filter(|_| !checked).map(|subset| {
+            let members = Arc::new(watch::Sender::new(Endpoints::default()));
+            let task = follow_subset(
+                listed.endpoints.subscribe(),
+                subset.clone(),
+                members.clone(),
+            );
+            started.tasks.push(handle.spawn(task));
+            members
+        });
+        let gated = checked.then(|| {
+            let gate = Arc::new(Gated::new(health.clone(), subset.cloned()));
             let refresh = listed.clone();
             let span = tracing::info_span!("health", service = %service);
             started.tasks.push(
@@ -202,6 +222,8 @@ impl Plan {
             service,
             listed,
             gated,
+            unchecked_subset,
+            subset_size: subset.map(Subset::size),
             template,
             channel: OnceLock::new(),
             balanced: OnceLock::new(),
@@ -224,6 +246,10 @@ pub(crate) struct Pipeline {
     pub(crate) listed: Arc<Listed>,
     /// The health gate's output, when health checks are on.
     pub(crate) gated: Option<Arc<Gated>>,
+    /// The subset of what DNS lists, with subsetting on and health checks off.
+    pub(crate) unchecked_subset: Option<Arc<watch::Sender<Endpoints>>>,
+    /// How many pods each client holds, with subsetting on.
+    pub(crate) subset_size: Option<usize>,
     /// How this service's pods are dialed.
     template: Arc<EndpointTemplate>,
     channel: OnceLock<Channel>,
@@ -231,12 +257,31 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// The set the balancers hold: the health gate's output, or DNS's when it is off.
+    /// The set the balancers hold: the health gate's output, or DNS's (or its subset) when it
+    /// is off.
     pub(crate) fn serving(&self) -> watch::Receiver<Endpoints> {
-        match &self.gated {
-            Some(gate) => gate.serving.subscribe(),
-            None => self.listed.endpoints.subscribe(),
+        match (&self.gated, &self.unchecked_subset) {
+            (Some(gate), _) => gate.serving.subscribe(),
+            (None, Some(subset)) => subset.subscribe(),
+            (None, None) => self.listed.endpoints.subscribe(),
         }
+    }
+
+    /// Every endpoint the balancers may hold, with its health: the gate's report, or, with
+    /// health checks off, each endpoint of DNS (or of its subset) as serving.
+    pub(crate) fn health(&self) -> Vec<EndpointHealth> {
+        if let Some(gate) = &self.gated {
+            return gate.report();
+        }
+        let role = self.unchecked_subset.as_ref().map(|_| SubsetRole::Member);
+        let unchecked = self.serving().borrow().clone();
+        unchecked
+            .iter()
+            .map(|addr| EndpointHealth {
+                subset: role,
+                ..EndpointHealth::unchecked(*addr)
+            })
+            .collect()
     }
 
     /// The `balance_channel` of this service, made and fed on first use.
@@ -299,6 +344,29 @@ impl Pipeline {
                 channel
             })
             .clone()
+    }
+}
+
+/// Publishes the subset of each DNS set into `members` until aborted or DNS ends.
+async fn follow_subset(
+    mut dns: watch::Receiver<Endpoints>,
+    subset: Subset,
+    members: Arc<watch::Sender<Endpoints>>,
+) {
+    loop {
+        let set = dns.borrow_and_update().clone();
+        let ranked = subset.rank(&set);
+        let held: BTreeSet<SocketAddr> = subset.members(&ranked).iter().copied().collect();
+        members.send_if_modified(|current| {
+            if **current == held {
+                return false;
+            }
+            *current = Arc::new(held);
+            true
+        });
+        if dns.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -189,18 +189,12 @@ impl Registry {
 
     /// Each endpoint DNS lists, with its health: state, whether the balancers hold it, last
     /// probe and its time. With health checks off, every endpoint is shown as serving.
+    ///
+    /// With [subsetting](Builder::subset_size), only the endpoints of this client's subset
+    /// are listed, each with its [`SubsetRole`](crate::SubsetRole): the members, and the
+    /// replacements watched while members are not serving.
     pub fn health<K: ServiceKey>(&self, service: K) -> Result<Vec<EndpointHealth>, Error> {
-        let pipeline = self.pipeline(service)?;
-        Ok(match &pipeline.gated {
-            Some(gate) => gate.report(),
-            None => pipeline
-                .listed
-                .endpoints
-                .borrow()
-                .iter()
-                .map(|addr| EndpointHealth::unchecked(*addr))
-                .collect(),
-        })
+        Ok(self.pipeline(service)?.health())
     }
 
     /// Everything the registry knows now, for an operator to look at: per Service its
@@ -222,13 +216,7 @@ impl Registry {
             .map(|pipeline| {
                 let listed: Vec<SocketAddr> =
                     pipeline.listed.endpoints.borrow().iter().copied().collect();
-                let health = match &pipeline.gated {
-                    Some(gate) => gate.report(),
-                    None => listed
-                        .iter()
-                        .map(|a| EndpointHealth::unchecked(*a))
-                        .collect(),
-                };
+                let health = pipeline.health();
                 let loads = pipeline.loads();
                 let endpoints = health
                     .into_iter()
@@ -244,6 +232,7 @@ impl Registry {
                     service: pipeline.service.clone(),
                     discovery: pipeline.listed.status(),
                     listed,
+                    subset_size: pipeline.subset_size,
                     endpoints,
                     retries: pipeline.retries(),
                 }

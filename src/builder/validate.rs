@@ -177,6 +177,20 @@ impl Builder {
             1,
             MAX_QUEUE_CAPACITY,
         )?;
+        if let Some(size) = c.subset_size {
+            count_in("subset_size", size, 1, MAX_ENDPOINTS)?;
+        }
+        if let Some(identity) = &c.subset_identity
+            && !(1..=MAX_IDENTITY).contains(&identity.len())
+        {
+            return Err(Error::config(
+                "subset_identity",
+                format!(
+                    "must be between 1 and {MAX_IDENTITY} bytes long, got {}",
+                    identity.len()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -215,6 +229,9 @@ const MAX_RETRY_BUFFER: usize = 1 << 30;
 
 /// The largest endpoint cap: far above what one DNS message over TCP (64 KiB) can hold.
 const MAX_ENDPOINTS: usize = 100_000;
+
+/// The longest subset identity: a pod name (at most 253 characters) with room to spare.
+const MAX_IDENTITY: usize = 256;
 
 /// The most empty answers in a row that confirm a Service is empty.
 const MAX_CONFIRMATIONS: u32 = 100;

@@ -22,6 +22,9 @@
 //!   before a hold-down that starts at the probe interval and doubles with every further flap,
 //!   up to that maximum, as Envoy's outlier detection lengthens an ejection. A single flap, or
 //!   an ejection after a longer stay, holds nothing back.
+//! - With subsetting, the gate watches a window of the DNS set, not all of it: the subset's
+//!   members, and as many endpoints past them by rank as members are ejected, within a reach
+//!   ([`Subset::window`]). The rules above apply within the window.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,7 +33,7 @@ use std::{
 };
 
 use super::{EndpointHealth, HealthSettings, HealthState};
-use crate::{backoff::Backoff, ejection::ejection_cap};
+use crate::{backoff::Backoff, ejection::ejection_cap, subset::Subset};
 
 /// What a watcher saw of one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +90,8 @@ struct Member {
     /// Not re-admitted before this; `deferred`: it would have been, and goes in then.
     held_until: Option<Instant>,
     deferred: bool,
+    /// Its place in the client's ranking, with subsetting.
+    position: Option<usize>,
 }
 
 /// Per-service health state.
@@ -99,29 +104,76 @@ pub(crate) struct Gate {
     releases: BTreeSet<(Instant, SocketAddr)>,
     /// Some endpoint's state changed since [`Gate::take_changed`] was last called.
     changed: bool,
+    /// With subsetting: how the subset is picked, and the DNS set in its order.
+    subset: Option<Subset>,
+    ranked: Vec<SocketAddr>,
 }
 
+/// The endpoints a change of the watched set adds, each with the generation its observations
+/// must carry, and the endpoints it removes.
+pub(crate) type Followed = (Vec<(SocketAddr, u64)>, Vec<SocketAddr>);
+
 impl Gate {
+    #[cfg(test)]
     pub(crate) fn new(config: HealthSettings) -> Self {
+        Self::with_subset(config, None)
+    }
+
+    /// A gate that watches only `subset` of the DNS set, when given (see [`crate::subset`]).
+    pub(crate) fn with_subset(config: HealthSettings, subset: Option<Subset>) -> Self {
         Self {
             config,
             entries: BTreeMap::new(),
             generations: 0,
             releases: BTreeSet::new(),
             changed: false,
+            subset,
+            ranked: Vec::new(),
         }
     }
 
-    /// Follows the DNS set. Returns the endpoints added, each with the generation its
-    /// observations must carry, and the endpoints removed.
-    pub(crate) fn set_dns(
-        &mut self,
-        dns: &BTreeSet<SocketAddr>,
-    ) -> (Vec<(SocketAddr, u64)>, Vec<SocketAddr>) {
+    /// Follows the DNS set: every endpoint it lists is watched, or, with subsetting, the
+    /// subset's window of them (see [`Gate::resubset`]).
+    pub(crate) fn set_dns(&mut self, dns: &BTreeSet<SocketAddr>) -> Followed {
+        match &self.subset {
+            Some(subset) => {
+                self.ranked = subset.rank(dns);
+                self.resubset()
+            }
+            None => self.watch(dns),
+        }
+    }
+
+    /// With subsetting, watches the subset's window of the DNS set as the members' states
+    /// now call for: members that are ejected are replaced by the next endpoints by rank.
+    /// Without, changes nothing. Call it after a state changed ([`Gate::take_changed`]).
+    pub(crate) fn resubset(&mut self) -> Followed {
+        let Some(subset) = &self.subset else {
+            return Followed::default();
+        };
+        let entries = &self.entries;
+        let len = subset.window(&self.ranked, |a| {
+            entries
+                .get(a)
+                .is_some_and(|e| e.state == HealthState::Ejected)
+        });
+        let window: BTreeSet<SocketAddr> = self.ranked[..len].iter().copied().collect();
+        let followed = self.watch(&window);
+        for (position, addr) in self.ranked[..len].iter().enumerate() {
+            if let Some(entry) = self.entries.get_mut(addr) {
+                entry.position = Some(position);
+            }
+        }
+        followed
+    }
+
+    /// Watches exactly `watched`: new endpoints start unknown, and the ones not in it are
+    /// forgotten.
+    fn watch(&mut self, watched: &BTreeSet<SocketAddr>) -> Followed {
         let removed: Vec<SocketAddr> = self
             .entries
             .keys()
-            .filter(|a| !dns.contains(a))
+            .filter(|a| !watched.contains(a))
             .copied()
             .collect();
         for addr in &removed {
@@ -134,7 +186,7 @@ impl Gate {
             }
         }
         let mut added = Vec::new();
-        for addr in dns {
+        for addr in watched {
             if !self.entries.contains_key(addr) {
                 self.generations += 1;
                 let generation = self.generations;
@@ -153,6 +205,7 @@ impl Gate {
                         flaps: 0,
                         held_until: None,
                         deferred: false,
+                        position: None,
                     },
                 );
                 added.push((*addr, generation));
@@ -369,6 +422,11 @@ impl Gate {
                 ),
                 last_probe_at: e.last_at,
                 consecutive_failures: e.fails,
+                subset: self
+                    .subset
+                    .as_ref()
+                    .zip(e.position)
+                    .map(|(s, position)| s.role(position)),
             })
             .collect()
     }

@@ -27,8 +27,12 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{endpoint::EndpointTemplate, snapshot::Endpoints};
-use gate::{Gate, GateEvent};
+use crate::{
+    endpoint::EndpointTemplate,
+    snapshot::Endpoints,
+    subset::{Subset, SubsetRole},
+};
+use gate::{Followed, Gate, GateEvent};
 
 /// How endpoints are probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +128,10 @@ pub struct EndpointHealth {
     pub last_probe_at: Option<SystemTime>,
     /// Probes in a row that failed.
     pub consecutive_failures: u32,
+    /// With [subsetting](crate::Builder::subset_size), its place in this client's subset;
+    /// endpoints outside the subset are not watched and not listed here. `None` without
+    /// subsetting.
+    pub subset: Option<SubsetRole>,
 }
 
 impl EndpointHealth {
@@ -136,6 +144,7 @@ impl EndpointHealth {
             last_probe: None,
             last_probe_at: None,
             consecutive_failures: 0,
+            subset: None,
         }
     }
 }
@@ -149,10 +158,10 @@ pub(crate) struct Gated {
 }
 
 impl Gated {
-    pub(crate) fn new(config: HealthSettings) -> Self {
+    pub(crate) fn new(config: HealthSettings, subset: Option<Subset>) -> Self {
         Self {
             serving: watch::Sender::new(Arc::default()),
-            gate: Mutex::new(Gate::new(config)),
+            gate: Mutex::new(Gate::with_subset(config, subset)),
         }
     }
 
@@ -189,9 +198,13 @@ pub(crate) async fn run(
 ) {
     let config = Arc::new(config);
     let (tx, mut reports) = mpsc::channel(BATCH);
-    // Dropping the set (this task aborted) aborts every watcher.
-    let mut watchers = JoinSet::new();
-    let mut handles: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
+    let mut watchers = Watchers {
+        set: JoinSet::new(),
+        handles: HashMap::new(),
+        config,
+        template,
+        reports: tx,
+    };
     let mut logged: HashMap<SocketAddr, (Instant, u32)> = HashMap::new();
     let mut last_refresh: Option<Instant> = None;
     let mut dns_open = true;
@@ -200,28 +213,13 @@ pub(crate) async fn run(
     let mut changed = true;
     loop {
         if let Some(set) = set.take() {
-            let (added, removed) = {
+            let followed = {
                 let mut gate = shared.lock();
                 let followed = gate.set_dns(&set);
                 changed |= gate.take_changed();
                 followed
             };
-            for addr in removed {
-                logged.remove(&addr);
-                if let Some(handle) = handles.remove(&addr) {
-                    handle.abort();
-                }
-            }
-            for (addr, generation) in added {
-                let handle = watchers.spawn(watcher::watch(
-                    addr,
-                    generation,
-                    config.clone(),
-                    template.clone(),
-                    tx.clone(),
-                ));
-                handles.insert(addr, handle);
-            }
+            watchers.follow(followed, &mut logged);
         }
         if changed {
             publish(&label, &shared);
@@ -234,12 +232,13 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let followed = tokio::select! {
             result = dns.changed(), if dns_open => {
                 if result.is_err() {
                     dns_open = false;
                 }
                 set = Some(dns.borrow_and_update().clone());
+                None
             }
             taken = reports.recv_many(&mut batch, BATCH) => {
                 if taken == 0 {
@@ -263,7 +262,7 @@ pub(crate) async fn run(
                         refresh_now();
                     }
                 }
-                changed |= gate.take_changed();
+                resubset(&mut gate, &mut changed)
             }
             () = wake => {
                 let now = Instant::now();
@@ -271,12 +270,63 @@ pub(crate) async fn run(
                 for addr in gate.release(now) {
                     log_event(&label, addr, GateEvent::Readmitted, "", now, &mut logged);
                 }
-                changed |= gate.take_changed();
+                resubset(&mut gate, &mut changed)
             }
             // Reap finished watchers (only `Off` ends by itself).
-            Some(_) = watchers.join_next(), if !watchers.is_empty() => {}
+            Some(_) = watchers.set.join_next(), if !watchers.set.is_empty() => None,
+        };
+        if let Some(followed) = followed {
+            watchers.follow(followed, &mut logged);
         }
     }
+}
+
+/// The watcher tasks of one service, one per endpoint the gate watches.
+struct Watchers {
+    /// Dropping the set (the gate task aborted) aborts every watcher.
+    set: JoinSet<()>,
+    handles: HashMap<SocketAddr, tokio::task::AbortHandle>,
+    config: Arc<HealthSettings>,
+    template: Arc<EndpointTemplate>,
+    reports: mpsc::Sender<watcher::Report>,
+}
+
+impl Watchers {
+    /// Starts watching what the gate added and stops watching what it removed.
+    fn follow(
+        &mut self,
+        (added, removed): Followed,
+        logged: &mut HashMap<SocketAddr, (Instant, u32)>,
+    ) {
+        for addr in removed {
+            logged.remove(&addr);
+            if let Some(handle) = self.handles.remove(&addr) {
+                handle.abort();
+            }
+        }
+        for (addr, generation) in added {
+            let handle = self.set.spawn(watcher::watch(
+                addr,
+                generation,
+                self.config.clone(),
+                self.template.clone(),
+                self.reports.clone(),
+            ));
+            self.handles.insert(addr, handle);
+        }
+    }
+}
+
+/// Takes the gate's changes into `changed`; after a change, a subset may take in or let go
+/// of replacements, and the watchers to start and stop are returned.
+fn resubset(gate: &mut Gate, changed: &mut bool) -> Option<Followed> {
+    if !gate.take_changed() {
+        return None;
+    }
+    *changed = true;
+    let followed = gate.resubset();
+    gate.take_changed();
+    Some(followed)
 }
 
 /// Counts and logs a change of membership, each endpoint's at most once per [`LOG_EVERY`].

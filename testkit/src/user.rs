@@ -45,6 +45,8 @@ pub struct PodStats {
     checks: AtomicU64,
     /// The `grpc-retry-pushback-ms` a failing call carries; `i64::MIN` for none.
     pushback_ms: AtomicI64,
+    /// `Health/Watch` streams open now.
+    watches: AtomicU64,
 }
 
 impl Default for PodStats {
@@ -57,6 +59,7 @@ impl Default for PodStats {
             serving: tokio::sync::watch::Sender::new(true),
             checks: AtomicU64::default(),
             pushback_ms: AtomicI64::new(i64::MIN),
+            watches: AtomicU64::default(),
         }
     }
 }
@@ -88,6 +91,11 @@ impl PodStats {
     /// implements `Check` alone ([`UserService::check_only_health`]).
     pub fn checks(&self) -> u64 {
         self.checks.load(Ordering::SeqCst)
+    }
+
+    /// `Health/Watch` streams open on this pod now: one per client that watches it.
+    pub fn watches(&self) -> u64 {
+        self.watches.load(Ordering::SeqCst)
     }
 
     /// Makes every unary call from now on fail with `code` (a trailers-only answer), or
@@ -233,7 +241,11 @@ pub async fn serve(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health = HealthServer::new(CountedHealth {
+        inner: tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        stats: service.stats.clone(),
+    });
     let mut serving = service.stats.serving.subscribe();
     if *serving.borrow_and_update() {
         reporter.set_serving::<UserServer<UserService>>().await;
@@ -291,6 +303,53 @@ pub async fn serve(
         .add_service(UserServer::new(service))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
+}
+
+/// The standard health service, counting the `Watch` streams open on it.
+struct CountedHealth {
+    inner: tonic_health::server::HealthService,
+    stats: Arc<PodStats>,
+}
+
+/// One open `Watch` stream, counted until the stream is dropped (ended, reset or its
+/// connection gone).
+struct OpenWatch(Arc<PodStats>);
+
+impl OpenWatch {
+    fn new(stats: Arc<PodStats>) -> Self {
+        stats.watches.fetch_add(1, Ordering::SeqCst);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl Health for CountedHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = BoxStream<HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.inner.watch(request).await?.into_inner();
+        let open = OpenWatch::new(self.stats.clone());
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _counted = &open;
+            item
+        }))))
+    }
 }
 
 /// A health service with `Check` alone: it answers from the pod's serving knob, and `Watch` is

@@ -28,5 +28,6 @@ mod hostile_pods;
 mod lifecycle;
 mod retries;
 mod settings;
+mod subsetting;
 mod support;
 mod tls;

@@ -380,6 +380,17 @@ fn out_of_range() -> Vec<Case> {
             "retry_buffer_per_channel",
             |b| b.retry_buffer_per_channel((1 << 30) + 1)
         ),
+        case!("subset_size 0", "subset_size", |b| b.subset_size(0)),
+        case!("subset_size 100001", "subset_size", |b| b
+            .subset_size(100_001)),
+        case!("subset_size usize::MAX", "subset_size", |b| b
+            .subset_size(usize::MAX)),
+        case!("subset_identity empty", "subset_identity", |b| b
+            .subset_size(10)
+            .subset_identity("")),
+        case!("subset_identity 257 bytes", "subset_identity", |b| b
+            .subset_size(10)
+            .subset_identity("x".repeat(257))),
     ]
 }
 
@@ -485,7 +496,9 @@ fn the_ends_of_every_range_build_and_run() {
             .retry_throttling(RetryThrottling::new(1000, 1.0))
             .retry_buffer_per_channel(1 << 30)
             .retry_buffer_per_call(1 << 30)
-            .change_queue_capacity(65_536);
+            .change_queue_capacity(65_536)
+            .subset_size(100_000)
+            .subset_identity("x".repeat(256));
         let bottom = Registry::builder()
             .nameservers([dns.addr()])
             .refresh_interval(MS)
@@ -522,7 +535,9 @@ fn the_ends_of_every_range_build_and_run() {
             .retry_throttling(RetryThrottling::new(1, 0.001))
             .retry_buffer_per_call(0)
             .retry_buffer_per_channel(0)
-            .change_queue_capacity(1);
+            .change_queue_capacity(1)
+            .subset_size(1)
+            .subset_identity("a");
         for (end, b) in [("top", top), ("bottom", bottom)] {
             let registry = b.service(svc.clone()).build().unwrap();
             assert!(
@@ -766,6 +781,7 @@ enum Setting {
     FailureAccrual(u32, Duration, Duration),
     Failfast(Duration),
     ChangeQueueCapacity(usize),
+    Subset(Option<usize>, Option<String>),
 }
 
 impl Setting {
@@ -804,6 +820,13 @@ impl Setting {
                 .breaker_ejection_time_max(max),
             Setting::Failfast(d) => b.failfast(d),
             Setting::ChangeQueueCapacity(n) => b.change_queue_capacity(n),
+            Setting::Subset(size, identity) => {
+                let b = b.subset_size(size);
+                match identity {
+                    Some(identity) => b.subset_identity(identity),
+                    None => b,
+                }
+            }
         }
     }
 }
@@ -879,6 +902,8 @@ fn any_setting() -> impl Strategy<Value = Setting> {
         (count32(), d(), d()).prop_map(|(n, a, b)| Setting::FailureAccrual(n, a, b)),
         d().prop_map(Setting::Failfast),
         count().prop_map(Setting::ChangeQueueCapacity),
+        (prop::option::of(count()), prop::option::of("\\PC{0,300}"))
+            .prop_map(|(size, identity)| Setting::Subset(size, identity)),
     ]
 }
 
@@ -951,12 +976,19 @@ fn valid(port: u16) -> impl Strategy<Value = Settings> {
         .prop_map(Setting::LoadMeasure),
         (1u32..=1000, ordered(MS, HOUR)).prop_map(|(n, (a, b))| Setting::FailureAccrual(n, a, b)),
         within(MS, HOUR).prop_map(Setting::Failfast),
+        (
+            prop::option::of(1usize..=100_000),
+            prop::option::of("[a-z0-9-]{1,256}"),
+        )
+            .prop_map(|(size, identity)| Setting::Subset(size, identity)),
     );
     (discovery, endpoint, health, balance).prop_map(
-        move |((a, b, c, d, e, f, g, h), (i, j, k, l), (m, n, o, p, q), (r, s, t))| Settings {
+        move |((a, b, c, d, e, f, g, h), (i, j, k, l), (m, n, o, p, q), (r, s, t, u))| Settings {
             spec: format!("{KNOWN}:{port}"),
             domain: "cluster.local".into(),
-            settings: vec![a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t],
+            settings: vec![
+                a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u,
+            ],
         },
     )
 }
@@ -1086,6 +1118,8 @@ const OPTIONS: &[&str] = &[
     "retry_buffer_per_call",
     "retry_buffer_per_channel",
     "change_queue_capacity",
+    "subset_size",
+    "subset_identity",
 ];
 
 /// What one set of settings did: built and ran, or refused with a typed error.

@@ -329,3 +329,140 @@ fn a_down_during_the_hold_cancels_the_readmission() {
     assert!(g.release(due).is_empty());
     assert!(!g.serving().contains(&addr(1)));
 }
+
+// === subsetting ===
+
+fn pushed_ok() -> Observation {
+    Observation::up(true)
+}
+
+fn not_serving() -> Observation {
+    Observation::down(true, "NOT_SERVING")
+}
+
+/// A gate over 20 endpoints that watches a subset of 4 (reach 2); the ranking, and the
+/// generations of what it watches.
+fn subset_gate() -> (Gate, Vec<SocketAddr>, BTreeMap<SocketAddr, u64>) {
+    let subset = Subset::new(Some("client-a"), 4, 2);
+    let all: BTreeSet<SocketAddr> = (1..=20).map(addr).collect();
+    let ranked = subset.rank(&all);
+    let mut g = Gate::with_subset(config(), Some(subset));
+    let (added, removed) = g.set_dns(&all);
+    assert!(removed.is_empty());
+    (g, ranked, added.into_iter().collect())
+}
+
+/// Applies what the gate's window change added and removed to `gens`.
+fn follow(gens: &mut BTreeMap<SocketAddr, u64>, (added, removed): Followed) {
+    for a in removed {
+        gens.remove(&a);
+    }
+    gens.extend(added);
+}
+
+fn watched(g: &Gate) -> Vec<(SocketAddr, Option<crate::SubsetRole>)> {
+    g.report(&g.serving())
+        .into_iter()
+        .map(|h| (h.addr, h.subset))
+        .collect()
+}
+
+#[test]
+fn a_subset_watches_its_members_only() {
+    let (mut g, ranked, gens) = subset_gate();
+    let members: BTreeSet<SocketAddr> = ranked[..4].iter().copied().collect();
+    assert_eq!(gens.keys().copied().collect::<BTreeSet<_>>(), members);
+    let t0 = Instant::now();
+    for a in &ranked[..4] {
+        g.observe(*a, gens[a], pushed_ok(), t0);
+    }
+    assert_eq!(g.serving(), members);
+    assert!(
+        watched(&g)
+            .iter()
+            .all(|(_, role)| *role == Some(crate::SubsetRole::Member))
+    );
+    // Nothing to replace: a window change after the observations changes nothing.
+    assert_eq!(g.resubset(), Followed::default());
+}
+
+#[test]
+fn an_ejected_member_is_replaced_by_the_next_by_rank_until_it_serves_again() {
+    let (mut g, ranked, mut gens) = subset_gate();
+    let t0 = Instant::now();
+    for a in &ranked[..4] {
+        g.observe(*a, gens[a], pushed_ok(), t0);
+    }
+    // The second member turns NOT_SERVING: the fifth by rank is watched, as a replacement.
+    let member = ranked[1];
+    g.observe(member, gens[&member], not_serving(), t0);
+    let followed = g.resubset();
+    assert_eq!(followed.1, []);
+    assert_eq!(
+        followed.0.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        [ranked[4]]
+    );
+    follow(&mut gens, followed);
+    assert!(watched(&g).contains(&(ranked[4], Some(crate::SubsetRole::Replacement))));
+    // Unknown counts as up: nothing more is reached for before it answers.
+    assert_eq!(g.resubset(), Followed::default());
+    g.observe(ranked[4], gens[&ranked[4]], pushed_ok(), t0);
+    assert_eq!(g.resubset(), Followed::default());
+    let serving: BTreeSet<SocketAddr> = [ranked[0], ranked[2], ranked[3], ranked[4]].into();
+    assert_eq!(g.serving(), serving);
+
+    // The member serves again: the replacement leaves, and only it.
+    g.observe(member, gens[&member], pushed_ok(), t0 + 10 * S);
+    let (added, removed) = g.resubset();
+    assert_eq!((added, removed), (vec![], vec![ranked[4]]));
+    let members: BTreeSet<SocketAddr> = ranked[..4].iter().copied().collect();
+    assert_eq!(g.serving(), members);
+    // And stays out: no change without another observation.
+    assert_eq!(g.resubset(), Followed::default());
+}
+
+#[test]
+fn a_replacement_that_is_down_too_reaches_one_further_within_the_reach() {
+    let (mut g, ranked, mut gens) = subset_gate();
+    let t0 = Instant::now();
+    for a in &ranked[..4] {
+        g.observe(*a, gens[a], pushed_ok(), t0);
+    }
+    g.observe(ranked[0], gens[&ranked[0]], not_serving(), t0);
+    follow(&mut gens, g.resubset());
+    g.observe(ranked[4], gens[&ranked[4]], refused(), t0);
+    let followed = g.resubset();
+    assert_eq!(
+        followed.0.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        [ranked[5]]
+    );
+    follow(&mut gens, followed);
+    g.observe(ranked[5], gens[&ranked[5]], pushed_ok(), t0);
+    // Reach 2: more members down reach no further than the sixth by rank.
+    g.observe(ranked[1], gens[&ranked[1]], not_serving(), t0);
+    assert_eq!(g.resubset(), Followed::default());
+    assert_eq!(gens.len(), 6);
+    // Three of six ejected is within the panic threshold (half): all three are out.
+    let serving: BTreeSet<SocketAddr> = [ranked[2], ranked[3], ranked[5]].into();
+    assert_eq!(g.serving(), serving);
+}
+
+#[test]
+fn a_dns_change_moves_the_subset_by_rank() {
+    let (mut g, ranked, gens) = subset_gate();
+    let t0 = Instant::now();
+    for a in &ranked[..4] {
+        g.observe(*a, gens[a], pushed_ok(), t0);
+    }
+    // A member leaves DNS: the fifth by rank comes in, and no other member moves.
+    let fewer: BTreeSet<SocketAddr> = ranked.iter().copied().filter(|a| *a != ranked[2]).collect();
+    let (added, removed) = g.set_dns(&fewer);
+    assert_eq!(removed, [ranked[2]]);
+    assert_eq!(
+        added.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        [ranked[4]]
+    );
+    // A pod outside the subset leaving changes nothing.
+    let fewer: BTreeSet<SocketAddr> = fewer.into_iter().filter(|a| *a != ranked[10]).collect();
+    assert_eq!(g.set_dns(&fewer), Followed::default());
+}
