@@ -196,8 +196,8 @@ impl Picker {
         self.pods.borrow().clone()
     }
 
-    pub(super) fn replace(&self, pods: Snapshot) {
-        self.pods.send_replace(pods);
+    pub(super) fn replace(&self, pods: Vec<Arc<Pod>>) {
+        self.pods.send_replace(pods.into());
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<Snapshot> {

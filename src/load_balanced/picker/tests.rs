@@ -1,5 +1,7 @@
 use super::*;
 
+use std::collections::BTreeSet;
+
 fn c(cost: f64, last_pick: u64) -> Candidate {
     Candidate {
         admits: true,
@@ -191,4 +193,126 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
     for n in counts {
         assert!((85..=115).contains(&n), "{counts:?}");
     }
+}
+
+fn pod(last_octet: u8) -> Arc<Pod> {
+    let addr = SocketAddr::from(([127, 0, 0, last_octet], 1));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    Arc::new(Pod::new(addr, channel, Estimate::new(1e6, Instant::now())))
+}
+
+/// Where `picks` calls go and how they were let through; each call succeeds.
+fn spread(picker: &Arc<Picker>, picks: usize) -> BTreeSet<(SocketAddr, Admission)> {
+    (0..picks)
+        .map(|_| {
+            let pick = picker.pick().expect("a pod");
+            let seen = (pick.addr(), pick.admission());
+            pick.finish(Outcome::Success);
+            seen
+        })
+        .collect()
+}
+
+/// How `picks` calls are let through; each call is dropped, which changes no breaker.
+fn admissions(picker: &Arc<Picker>, picks: usize) -> BTreeSet<Admission> {
+    (0..picks)
+        .map(|_| picker.pick().expect("a pod").admission())
+        .collect()
+}
+
+fn addr(pod: &Pod) -> SocketAddr {
+    pod.addr
+}
+
+#[tokio::test]
+async fn panic_mode_only_when_every_held_pod_is_ejected() {
+    // Every pod but one may be ejected.
+    let picker = picker(3, 1.0);
+    let pods = picker.snapshot().to_vec();
+    fail_on(&picker, 0);
+    fail_on(&picker, 1);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    // The last pod is never ejected, and it takes every call, none of them in panic mode.
+    fail_on(&picker, 2);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    assert_eq!(
+        spread(&picker, 200),
+        BTreeSet::from([(addr(&pods[2]), Admission::Closed)])
+    );
+    // It leaves: every pod held is ejected, so they all take calls, in panic mode.
+    picker.replace(vec![pods[0].clone(), pods[1].clone()]);
+    assert_eq!(admissions(&picker, 200), BTreeSet::from([Admission::Panic]));
+    // A new pod comes: panic mode is over, and it alone takes calls.
+    let new = pod(9);
+    picker.replace(vec![pods[0].clone(), pods[1].clone(), new.clone()]);
+    assert_eq!(
+        spread(&picker, 200),
+        BTreeSet::from([(addr(&new), Admission::Closed)])
+    );
+}
+
+/// The channel's tally of ejected pods must match the pods' own breakers through every kind of
+/// change: an ejection, a snapshot replaced with the ejected pod in it or without it, and a
+/// pod re-admitted after it left. A tally that drifts shows here as panic mode out of turn, or
+/// as a pod ejected beyond the budget or kept in rotation within it.
+#[tokio::test(start_paused = true)]
+async fn the_ejected_tally_follows_ejections_replacements_and_readmissions() {
+    let picker = picker(3, 1.0);
+    let pods = picker.snapshot().to_vec();
+    fail_on(&picker, 0);
+    assert_eq!(ejected(&picker), [true, false, false]);
+
+    // Its ejection ends; its trial call is in flight when it leaves the snapshot.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let trial = loop {
+        let pick = picker.pick().unwrap();
+        if pick.addr() == pods[0].addr {
+            break pick;
+        }
+        pick.finish(Outcome::Success);
+    };
+    assert_eq!(trial.admission(), Admission::Trial);
+    picker.replace(vec![pods[1].clone(), pods[2].clone()]);
+    assert_eq!(ejected(&picker), [false, false]);
+    // Re-admitted while not held: the tally of the pods held does not move.
+    trial.finish(Outcome::Success);
+    assert!(!pods[0].ejected.load(Ordering::SeqCst));
+    assert_eq!(
+        admissions(&picker, 100),
+        BTreeSet::from([Admission::Closed])
+    );
+    // One of the two held may be ejected, not both.
+    fail_on(&picker, 0);
+    fail_on(&picker, 1);
+    assert_eq!(ejected(&picker), [true, false]);
+
+    // It comes back: 3 held, 1 ejected, so one more may be ejected.
+    picker.replace(pods.clone());
+    assert_eq!(ejected(&picker), [false, true, false]);
+    fail_on(&picker, 0);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    assert_eq!(
+        spread(&picker, 100),
+        BTreeSet::from([(addr(&pods[2]), Admission::Closed)])
+    );
+
+    // The pod in rotation leaves: panic mode.
+    picker.replace(vec![pods[0].clone(), pods[1].clone()]);
+    let pick = loop {
+        let pick = picker.pick().unwrap();
+        assert_eq!(pick.admission(), Admission::Panic);
+        if pick.addr() == pods[0].addr {
+            break pick;
+        }
+        drop(pick);
+    };
+    // A success re-admits it: panic mode is over, and it alone takes calls.
+    pick.finish(Outcome::Success);
+    assert_eq!(ejected(&picker), [false, true]);
+    assert_eq!(
+        spread(&picker, 100),
+        BTreeSet::from([(addr(&pods[0]), Admission::Closed)])
+    );
 }
