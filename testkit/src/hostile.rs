@@ -1,8 +1,9 @@
 //! Pods that misbehave on purpose: a health service that is silent, flaps, breaks its stream
-//! after every status, or answers with a bloated error text. Each runs on a runtime of its own,
+//! after every status, answers with a bloated error text, or with a bloated reply. Each runs on a runtime of its own,
 //! like a [`Pod`](crate::Pod), and counts the health calls it received.
 
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -16,7 +17,13 @@ use std::{
 
 use tokio::sync::oneshot;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tonic::{
+    Request, Response, Status,
+    body::Body,
+    codegen::{Service, http},
+    server::{Grpc, NamedService, ServerStreamingService, UnaryService},
+    transport::server::TcpIncoming,
+};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse,
     health_check_response::ServingStatus,
@@ -38,6 +45,10 @@ pub enum Behaviour {
     ServesThenResets,
     /// Every call fails `UNAVAILABLE` with this text as its `grpc-message`.
     Fails(String),
+    /// `Check` and `Watch` answer `SERVING` in a message that also carries this many bytes in
+    /// a field the client does not know (as a newer server's message might); `Watch` sends one
+    /// such message and then stays open.
+    Bloated(usize),
 }
 
 /// What a [`HostilePod`] counts.
@@ -74,9 +85,16 @@ impl HostilePod {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let stats = Arc::new(HostileStats::default());
-        let service = HostileHealth {
-            behaviour,
-            stats: stats.clone(),
+        let mut server = tonic::transport::Server::builder();
+        let router = match behaviour {
+            Behaviour::Bloated(padding) => server.add_service(BloatedHealth {
+                padding,
+                stats: stats.clone(),
+            }),
+            behaviour => server.add_service(HealthServer::new(HostileHealth {
+                behaviour,
+                stats: stats.clone(),
+            })),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()
@@ -90,9 +108,7 @@ impl HostilePod {
                     let listener =
                         tokio::net::TcpListener::from_std(std_listener).expect("a tokio listener");
                     let incoming = TcpIncoming::from(listener);
-                    let server = tonic::transport::Server::builder()
-                        .add_service(HealthServer::new(service))
-                        .serve_with_incoming(incoming);
+                    let server = router.serve_with_incoming(incoming);
                     tokio::select! {
                         _ = server => {}
                         _ = stopped => {}
@@ -149,7 +165,9 @@ impl Health for HostileHealth {
         match &self.behaviour {
             Behaviour::Silent => std::future::pending().await,
             Behaviour::Fails(text) => Err(Status::unavailable(text.clone())),
-            _ => Ok(Response::new(reply(ServingStatus::Serving))),
+            Behaviour::Flapping { .. } | Behaviour::ServesThenResets | Behaviour::Bloated(_) => {
+                Ok(Response::new(reply(ServingStatus::Serving)))
+            }
         }
     }
 
@@ -178,9 +196,96 @@ impl Health for HostileHealth {
                 Err(Status::unavailable("reset")),
             ])),
             Behaviour::Fails(text) => return Err(Status::unavailable(text.clone())),
+            Behaviour::Bloated(_) => unreachable!("served by BloatedHealth"),
         };
         Ok(Response::new(statuses))
     }
+}
+
+/// `HealthCheckResponse` as a newer server might send it: the status, and a field (number 99)
+/// that `grpc.health.v1` does not define, which a client skips when it decodes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BloatedReply {
+    #[prost(int32, tag = "1")]
+    status: i32,
+    #[prost(bytes = "vec", tag = "99")]
+    padding: Vec<u8>,
+}
+
+/// `grpc.health.v1.Health` written by hand, to send [`BloatedReply`]: the generated server
+/// only sends `HealthCheckResponse`.
+#[derive(Clone)]
+struct BloatedHealth {
+    padding: usize,
+    stats: Arc<HostileStats>,
+}
+
+impl BloatedHealth {
+    fn reply(&self) -> BloatedReply {
+        BloatedReply {
+            status: ServingStatus::Serving as i32,
+            padding: vec![b'x'; self.padding],
+        }
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl UnaryService<HealthCheckRequest> for BloatedHealth {
+    type Response = BloatedReply;
+    type Future = Boxed<Result<Response<BloatedReply>, Status>>;
+
+    fn call(&mut self, _: Request<HealthCheckRequest>) -> Self::Future {
+        self.stats.checks.fetch_add(1, Ordering::SeqCst);
+        let reply = self.reply();
+        Box::pin(async move { Ok(Response::new(reply)) })
+    }
+}
+
+type BloatedStream = Pin<Box<dyn Stream<Item = Result<BloatedReply, Status>> + Send>>;
+
+impl ServerStreamingService<HealthCheckRequest> for BloatedHealth {
+    type Response = BloatedReply;
+    type ResponseStream = BloatedStream;
+    type Future = Boxed<Result<Response<BloatedStream>, Status>>;
+
+    fn call(&mut self, _: Request<HealthCheckRequest>) -> Self::Future {
+        self.stats.watches.fetch_add(1, Ordering::SeqCst);
+        let replies: BloatedStream = Box::pin(tokio_stream::StreamExt::chain(
+            tokio_stream::once(Ok(self.reply())),
+            tokio_stream::pending(),
+        ));
+        Box::pin(async move { Ok(Response::new(replies)) })
+    }
+}
+
+impl Service<http::Request<Body>> for BloatedHealth {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Boxed<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(match request.uri().path() {
+                "/grpc.health.v1.Health/Check" => grpc.unary(this, request).await,
+                "/grpc.health.v1.Health/Watch" => grpc.server_streaming(this, request).await,
+                _ => Status::unimplemented("").into_http(),
+            })
+        })
+    }
+}
+
+impl NamedService for BloatedHealth {
+    const NAME: &'static str = "grpc.health.v1.Health";
 }
 
 /// The stream of `next(0)`, `next(1)`, … until one gives `None`.
