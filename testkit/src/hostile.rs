@@ -16,6 +16,8 @@ use std::{
 };
 
 use tokio::sync::oneshot;
+
+use crate::user::{UserService, pb::user_server::UserServer};
 use tokio_stream::Stream;
 use tonic::{
     Request, Response, Status,
@@ -36,7 +38,8 @@ pub enum Behaviour {
     /// Accepts `Watch` (its response headers go out) and never sends a status; `Check` never
     /// answers.
     Silent,
-    /// `Watch` sends `SERVING` and `NOT_SERVING` in turn, one every `period`, forever.
+    /// `Watch` sends `SERVING` and `NOT_SERVING` in turn, one every `period` (on a fixed
+    /// grid from the stream's start), forever.
     Flapping {
         /// Time between two statuses.
         period: Duration,
@@ -56,6 +59,7 @@ pub enum Behaviour {
 pub struct HostileStats {
     watches: AtomicU64,
     checks: AtomicU64,
+    statuses: AtomicU64,
 }
 
 impl HostileStats {
@@ -67,6 +71,11 @@ impl HostileStats {
     /// `Check` calls received so far.
     pub fn checks(&self) -> u64 {
         self.checks.load(Ordering::SeqCst)
+    }
+
+    /// Statuses sent on `Watch` streams of a [`Behaviour::Flapping`] pod so far.
+    pub fn statuses(&self) -> u64 {
+        self.statuses.load(Ordering::SeqCst)
     }
 }
 
@@ -81,6 +90,24 @@ pub struct HostilePod {
 impl HostilePod {
     /// Starts it on `addr` (port 0 picks one).
     pub fn start(addr: SocketAddr, behaviour: Behaviour) -> io::Result<HostilePod> {
+        Self::start_inner(addr, behaviour, None)
+    }
+
+    /// Starts it on `addr`, serving `user.proto` too, answering as `pod_name`: its calls
+    /// succeed whatever its health says.
+    pub fn start_with_user(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        pod_name: &str,
+    ) -> io::Result<HostilePod> {
+        Self::start_inner(addr, behaviour, Some(pod_name))
+    }
+
+    fn start_inner(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        user: Option<&str>,
+    ) -> io::Result<HostilePod> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
@@ -95,6 +122,10 @@ impl HostilePod {
                 behaviour,
                 stats: stats.clone(),
             })),
+        };
+        let router = match user {
+            Some(name) => router.add_service(UserServer::new(UserService::new(name))),
+            None => router,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()
@@ -178,17 +209,20 @@ impl Health for HostileHealth {
         let statuses: Statuses = match &self.behaviour {
             Behaviour::Silent => Box::pin(tokio_stream::pending()),
             Behaviour::Flapping { period } => {
-                let period = *period;
-                Box::pin(futures_stream(move |n: u64| async move {
-                    if n > 0 {
-                        tokio::time::sleep(period).await;
+                let (period, start) = (*period, tokio::time::Instant::now());
+                let stats = self.stats.clone();
+                Box::pin(futures_stream(move |n: u64| {
+                    let stats = stats.clone();
+                    async move {
+                        tokio::time::sleep_until(start + period * n as u32).await;
+                        stats.statuses.fetch_add(1, Ordering::SeqCst);
+                        let status = if n.is_multiple_of(2) {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        Some(Ok(reply(status)))
                     }
-                    let status = if n.is_multiple_of(2) {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    Some(Ok(reply(status)))
                 }))
             }
             Behaviour::ServesThenResets => Box::pin(tokio_stream::iter([

@@ -79,7 +79,7 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
             Arc::new(Pod::new(addr, channel, Estimate::new(1e6, now)))
         })
         .collect();
-    picker.replace(snapshot.into());
+    picker.replace(snapshot);
     picker
 }
 
@@ -130,7 +130,7 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
         channel,
         Estimate::new(1e6, Instant::now()),
     )));
-    picker.replace(pods.into());
+    picker.replace(pods);
     assert_eq!(ejected(&picker).iter().filter(|r| **r).count(), 1);
     for i in 0..4 {
         if !ejected(&picker)[i] {
@@ -152,7 +152,7 @@ async fn when_every_held_pod_rests_calls_still_go_to_them() {
     assert_eq!(ejected(&picker), [true, false]);
     // The healthy pod leaves (health gate, scale-down): only the ejected one is held.
     let only = vec![picker.snapshot()[0].clone()];
-    picker.replace(only.into());
+    picker.replace(only);
     let pick = picker
         .pick()
         .expect("panic mode: the ejected pod takes calls");
