@@ -191,6 +191,9 @@ pub use crate::endpoint::Http2Keepalive;
 pub use crate::error::Error;
 pub use crate::health::{EndpointHealth, HealthCheck, HealthState};
 pub use crate::key::ServiceKey;
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub use crate::load_balanced::bench as __bench;
 pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure, RetryPolicy, RetryThrottling};
 pub use crate::observe::{
     BreakerView, EndpointSnapshot, PodLoad, RegistrySnapshot, RetryCounts, ServiceSnapshot,

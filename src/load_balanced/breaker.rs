@@ -61,7 +61,7 @@ impl Outcome {
 }
 
 /// Why a call was let through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Admission {
     /// The breaker is closed.
     Closed,

@@ -22,16 +22,11 @@ use super::{
     BalanceSettings,
     breaker::BreakerSettings,
     breaker::Outcome,
-    estimate::Estimate,
-    picker::{Pick, Picker, PickerSettings, Pod},
+    picker::{Pick, Picker, PickerSettings},
     replay::{ChannelBuffer, Limits, Replay},
     retry::{self, Pushback, RetryPolicy, Throttle, Unsent},
 };
-use crate::{
-    backoff::Backoff,
-    endpoint::EndpointTemplate,
-    snapshot::{Edit, Endpoints, diff},
-};
+use crate::{backoff::Backoff, endpoint::EndpointTemplate, snapshot::Endpoints};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
@@ -488,48 +483,13 @@ async fn follow(
     }
 }
 
-/// Makes the picker hold exactly `set`. A new pod's estimate starts at its peers' median, so
-/// that it is neither shunned nor flooded while it learns its own.
+/// Makes the picker hold exactly `set`.
 fn apply(picker: &Picker, set: &BTreeSet<SocketAddr>, template: &EndpointTemplate) {
-    let old = picker.snapshot();
-    let held: BTreeSet<SocketAddr> = old.iter().map(|p| p.addr).collect();
-    let changes = diff(&held, set);
-    if changes.is_empty() {
-        return;
-    }
-    let now = Instant::now();
-    let mut pods: Vec<Arc<Pod>> = Vec::with_capacity(set.len());
-    let start = {
-        let decay = picker.settings.decay();
-        let mut peers: Vec<f64> = old
-            .iter()
-            .filter(|p| set.contains(&p.addr))
-            .map(|p| p.estimate(now, decay))
-            .collect();
-        peers.sort_by(f64::total_cmp);
-        peers
-            .get(peers.len() / 2)
-            .copied()
-            .unwrap_or_else(|| picker.settings.default_rtt())
-    };
-    let mut removed = BTreeSet::new();
-    for edit in changes.edits() {
-        match edit {
-            Edit::Remove(addr) => {
-                tracing::debug!(endpoint = %addr, "load-balanced channel: removing endpoint");
-                removed.insert(addr);
-            }
-            Edit::Insert(addr) => match template.endpoint(addr) {
-                Ok(endpoint) => {
-                    tracing::debug!(endpoint = %addr, "load-balanced channel: adding endpoint");
-                    let estimate = Estimate::new(start, now);
-                    pods.push(Arc::new(Pod::new(addr, endpoint.connect_lazy(), estimate)));
-                }
-                Err(e) => tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}"),
-            },
+    picker.hold(set, |addr| match template.endpoint(addr) {
+        Ok(endpoint) => Some(endpoint.connect_lazy()),
+        Err(e) => {
+            tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}");
+            None
         }
-    }
-    pods.extend(old.iter().filter(|p| !removed.contains(&p.addr)).cloned());
-    pods.sort_by_key(|p| p.addr);
-    picker.replace(pods.into());
+    });
 }

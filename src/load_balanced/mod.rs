@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "__bench")]
+pub mod bench;
 mod breaker;
 mod channel;
 mod estimate;

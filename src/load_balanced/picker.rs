@@ -4,10 +4,16 @@
 //! takes the cheaper one and calls that pod's own `Channel` directly. Each pod carries its
 //! calls in flight, its [`Estimate`] and its [`Breaker`]; what a call takes of them it gives
 //! back through a [`Pick`] guard, also when the call is dropped.
+//!
+//! Every step of a pick is independent of the number of pods, and allocates nothing: the
+//! snapshot keeps its pods in [`Rotation`] current on every ejection and re-admission, so
+//! panic mode is one load and a pick that drew two ejected pods draws again among the rest.
 
 use std::{
+    collections::BTreeSet,
     fmt,
     net::SocketAddr,
+    ops::Deref,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -25,6 +31,10 @@ use super::{
 };
 use crate::ejection::ejection_cap;
 
+mod rotation;
+
+use rotation::Rotation;
+
 /// With no call in flight on either pod, two costs within this factor are a near-tie, which
 /// goes to the pod picked least recently: at light load equal pods' estimates differ by noise
 /// (a busy client's stalls), and only a wide factor keeps their shares even (BENCHMARKS.md).
@@ -33,7 +43,54 @@ use crate::ejection::ejection_cap;
 pub(super) const NEAR_TIE: f64 = 3.0;
 
 /// The pods a channel holds now.
-pub(super) type Snapshot = Arc<[Arc<Pod>]>;
+pub(super) type Snapshot = Arc<Pods>;
+
+/// The pods a channel holds, in address order, swapped whole on every change, and which of
+/// them are in rotation.
+pub(super) struct Pods {
+    list: Box<[Arc<Pod>]>,
+    rotation: Rotation,
+}
+
+impl Pods {
+    /// Reads each pod's ejection: call it under the picker's lock.
+    fn new(mut list: Vec<Arc<Pod>>) -> Self {
+        list.sort_by_key(|p| p.addr);
+        let rotation = Rotation::new(list.len(), |i| !list[i].ejected.load(Ordering::Acquire));
+        Self {
+            list: list.into(),
+            rotation,
+        }
+    }
+
+    /// Where `pod` itself is in the list, if it is there.
+    fn position(&self, pod: &Pod) -> Option<usize> {
+        let i = self.list.binary_search_by_key(&pod.addr, |p| p.addr).ok()?;
+        std::ptr::eq(&*self.list[i], pod).then_some(i)
+    }
+
+    /// How many of them are ejected.
+    pub(super) fn ejected(&self) -> usize {
+        self.list.len() - self.rotation.len()
+    }
+}
+
+impl Deref for Pods {
+    type Target = [Arc<Pod>];
+
+    fn deref(&self) -> &[Arc<Pod>] {
+        &self.list
+    }
+}
+
+impl fmt::Debug for Pods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pods")
+            .field("list", &self.list)
+            .field("ejected", &self.ejected())
+            .finish()
+    }
+}
 
 /// One pod of a load-balanced channel.
 pub(super) struct Pod {
@@ -46,7 +103,8 @@ pub(super) struct Pod {
     retried: AtomicU64,
     /// The pick number of its last pick.
     last_pick: AtomicU64,
-    /// Its breaker is open or half-open; read without the lock.
+    /// Its breaker is open or half-open; read without the lock, changed under both its own
+    /// lock and the picker's, with the rotation.
     ejected: AtomicBool,
     state: Mutex<PodState>,
 }
@@ -173,8 +231,9 @@ pub(super) struct Picker {
     pods: watch::Sender<Snapshot>,
     pub(super) settings: PickerSettings,
     picks: AtomicU64,
-    /// Held while deciding whether one more pod may be ejected.
-    ejected: Mutex<()>,
+    /// Held while a pod is ejected or re-admitted and while the snapshot is replaced, so that
+    /// the rotation of the snapshot in place always matches its pods' breakers.
+    rotation: Mutex<()>,
 }
 
 impl fmt::Debug for Picker {
@@ -189,10 +248,10 @@ impl fmt::Debug for Picker {
 impl Picker {
     pub(super) fn new(settings: PickerSettings) -> Self {
         Self {
-            pods: watch::Sender::new(Arc::from(Vec::new())),
+            pods: watch::Sender::new(Arc::new(Pods::new(Vec::new()))),
             settings,
             picks: AtomicU64::new(0),
-            ejected: Mutex::new(()),
+            rotation: Mutex::new(()),
         }
     }
 
@@ -200,8 +259,70 @@ impl Picker {
         self.pods.borrow().clone()
     }
 
-    pub(super) fn replace(&self, pods: Snapshot) {
-        self.pods.send_replace(pods);
+    pub(super) fn replace(&self, pods: Vec<Arc<Pod>>) {
+        let _changing = self.lock_rotation();
+        self.pods.send_replace(Arc::new(Pods::new(pods)));
+    }
+
+    fn lock_rotation(&self) -> MutexGuard<'_, ()> {
+        self.rotation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the picker hold exactly `set`, with a pod made by `connect` for each new address
+    /// (`None` leaves it out). A new pod's estimate starts at its peers' median, so that it is
+    /// neither shunned nor flooded while it learns its own. Linear in the pods held, with one
+    /// walk through both sorted lists; nothing changes when the set is the same.
+    pub(super) fn hold(
+        &self,
+        set: &BTreeSet<SocketAddr>,
+        mut connect: impl FnMut(SocketAddr) -> Option<Channel>,
+    ) {
+        let old = self.snapshot();
+        if old.len() == set.len() && old.iter().zip(set).all(|(p, a)| p.addr == *a) {
+            return;
+        }
+        let now = Instant::now();
+        let decay = self.settings.decay();
+        let mut peers: Vec<f64> = Vec::new();
+        let mut kept = Vec::with_capacity(set.len());
+        let mut added = Vec::new();
+        let (mut held, mut wanted) = (old.iter().peekable(), set.iter().peekable());
+        loop {
+            match (held.peek(), wanted.peek()) {
+                (Some(p), Some(&&a)) if p.addr == a => {
+                    peers.push(p.estimate(now, decay));
+                    kept.push(Arc::clone(p));
+                    held.next();
+                    wanted.next();
+                }
+                (Some(p), Some(&&a)) if p.addr > a => {
+                    added.push(a);
+                    wanted.next();
+                }
+                (Some(p), _) => {
+                    tracing::debug!(endpoint = %p.addr, "load-balanced channel: removing endpoint");
+                    held.next();
+                }
+                (None, Some(&&a)) => {
+                    added.push(a);
+                    wanted.next();
+                }
+                (None, None) => break,
+            }
+        }
+        let start = if peers.is_empty() {
+            self.settings.default_rtt()
+        } else {
+            let middle = peers.len() / 2;
+            *peers.select_nth_unstable_by(middle, f64::total_cmp).1
+        };
+        for addr in added {
+            if let Some(channel) = connect(addr) {
+                tracing::debug!(endpoint = %addr, "load-balanced channel: adding endpoint");
+                kept.push(Arc::new(Pod::new(addr, channel, Estimate::new(start, now))));
+            }
+        }
+        self.replace(kept);
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<Snapshot> {
@@ -218,7 +339,7 @@ impl Picker {
         }
         let now = Instant::now();
         // At least one pod always takes calls: when every pod is ejected, all of them do.
-        let panic = pods.iter().all(|p| p.ejected.load(Ordering::Acquire));
+        let panic = pods.rotation.len() == 0;
         for _ in 0..4 {
             let chosen = if n == 1 {
                 &pods[0]
@@ -240,17 +361,22 @@ impl Picker {
                 return Some(pick);
             }
         }
-        // Lost races for both draws: the first pod that takes the call, in panic mode last,
-        // and the pod to avoid only when no other takes it.
-        let start = fastrand::usize(..n);
-        let pods = &pods;
-        [(panic, true), (true, true), (true, false)]
-            .into_iter()
-            .find_map(|(panic, skip)| {
-                (0..n)
-                    .map(|i| &pods[(start + i) % n])
-                    .filter(|p| !skip || avoid != Some(p.addr))
-                    .find_map(|p| self.take(p, now, panic))
+        // Drew ejected pods (or lost races) every time: a pod in rotation other than the one to
+        // avoid, and if even those were all ejected under us, any pod in panic mode, which
+        // always takes the call (the one to avoid only when it is the only pod).
+        (0..4)
+            .find_map(|_| {
+                let i = pods.rotation.draw()?;
+                (avoid != Some(pods[i].addr))
+                    .then(|| self.take(&pods[i], now, false))
+                    .flatten()
+            })
+            .or_else(|| {
+                let mut i = fastrand::usize(..n);
+                if n > 1 && avoid == Some(pods[i].addr) {
+                    i = (i + 1) % n;
+                }
+                self.take(&pods[i], now, true)
             })
     }
 
@@ -295,23 +421,33 @@ impl Picker {
 
     /// Ejects `pod` if the channel's budget allows: the pods ejected now, among the pods
     /// held now, stay within the ejection cap, and at least one pod is not ejected.
+    /// Called under the pod's lock, as its breaker opens.
     fn try_rest(&self, pod: &Pod) -> bool {
-        let _deciding = self.ejected.lock().unwrap_or_else(|e| e.into_inner());
+        let _changing = self.lock_rotation();
         let pods = self.snapshot();
-        if !pods.iter().any(|p| std::ptr::eq(&**p, pod)) {
+        let Some(i) = pods.position(pod) else {
             return false;
-        }
+        };
         let held = pods.len();
         let cap = ejection_cap(self.settings.max_ejection, held).min(held - 1);
-        let ejected = pods
-            .iter()
-            .filter(|p| !std::ptr::eq(&***p, pod) && p.ejected.load(Ordering::Acquire))
-            .count();
-        if ejected < cap {
+        let others = pods.ejected() - usize::from(!pods.rotation.contains(i));
+        if others < cap {
             pod.ejected.store(true, Ordering::Release);
+            pods.rotation.remove(i);
             true
         } else {
             false
+        }
+    }
+
+    /// Puts `pod` back in rotation, if the channel still holds it. Called under the pod's lock,
+    /// as its breaker closes.
+    fn readmit(&self, pod: &Pod) {
+        let _changing = self.lock_rotation();
+        pod.ejected.store(false, Ordering::Release);
+        let pods = self.snapshot();
+        if let Some(i) = pods.position(pod) {
+            pods.rotation.insert(i);
         }
     }
 }
@@ -375,6 +511,9 @@ impl Pick {
             .record(self.ticket, outcome, now, &settings.accrual, || {
                 self.picker.try_rest(pod)
             });
+        if transition == Some(BreakerEvent::Closed) {
+            self.picker.readmit(pod);
+        }
         drop(state);
         match transition {
             Some(BreakerEvent::Opened(failures)) => {
@@ -384,7 +523,6 @@ impl Pick {
                 tracing::debug!(endpoint = %pod.addr, ?ejection, "Breaker stays open: the trial call failed");
             }
             Some(BreakerEvent::Closed) => {
-                pod.ejected.store(false, Ordering::Release);
                 tracing::info!(endpoint = %pod.addr, "Closing breaker: a call succeeded");
             }
             None => {}

@@ -1,8 +1,9 @@
 //! Pods that misbehave on purpose: a health service that is silent, flaps, breaks its stream
-//! after every status, or answers with a bloated error text. Each runs on a runtime of its own,
+//! after every status, answers with a bloated error text, or with a bloated reply. Each runs on a runtime of its own,
 //! like a [`Pod`](crate::Pod), and counts the health calls it received.
 
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -15,8 +16,16 @@ use std::{
 };
 
 use tokio::sync::oneshot;
+
+use crate::user::{UserService, pb::user_server::UserServer};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tonic::{
+    Request, Response, Status,
+    body::Body,
+    codegen::{Service, http},
+    server::{Grpc, NamedService, ServerStreamingService, UnaryService},
+    transport::server::TcpIncoming,
+};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse,
     health_check_response::ServingStatus,
@@ -29,7 +38,8 @@ pub enum Behaviour {
     /// Accepts `Watch` (its response headers go out) and never sends a status; `Check` never
     /// answers.
     Silent,
-    /// `Watch` sends `SERVING` and `NOT_SERVING` in turn, one every `period`, forever.
+    /// `Watch` sends `SERVING` and `NOT_SERVING` in turn, one every `period` (on a fixed
+    /// grid from the stream's start), forever.
     Flapping {
         /// Time between two statuses.
         period: Duration,
@@ -38,6 +48,10 @@ pub enum Behaviour {
     ServesThenResets,
     /// Every call fails `UNAVAILABLE` with this text as its `grpc-message`.
     Fails(String),
+    /// `Check` and `Watch` answer `SERVING` in a message that also carries this many bytes in
+    /// a field the client does not know (as a newer server's message might); `Watch` sends one
+    /// such message and then stays open.
+    Bloated(usize),
 }
 
 /// What a [`HostilePod`] counts.
@@ -45,6 +59,7 @@ pub enum Behaviour {
 pub struct HostileStats {
     watches: AtomicU64,
     checks: AtomicU64,
+    statuses: AtomicU64,
 }
 
 impl HostileStats {
@@ -56,6 +71,11 @@ impl HostileStats {
     /// `Check` calls received so far.
     pub fn checks(&self) -> u64 {
         self.checks.load(Ordering::SeqCst)
+    }
+
+    /// Statuses sent on `Watch` streams of a [`Behaviour::Flapping`] pod so far.
+    pub fn statuses(&self) -> u64 {
+        self.statuses.load(Ordering::SeqCst)
     }
 }
 
@@ -70,13 +90,42 @@ pub struct HostilePod {
 impl HostilePod {
     /// Starts it on `addr` (port 0 picks one).
     pub fn start(addr: SocketAddr, behaviour: Behaviour) -> io::Result<HostilePod> {
+        Self::start_inner(addr, behaviour, None)
+    }
+
+    /// Starts it on `addr`, serving `user.proto` too, answering as `pod_name`: its calls
+    /// succeed whatever its health says.
+    pub fn start_with_user(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        pod_name: &str,
+    ) -> io::Result<HostilePod> {
+        Self::start_inner(addr, behaviour, Some(pod_name))
+    }
+
+    fn start_inner(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        user: Option<&str>,
+    ) -> io::Result<HostilePod> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let stats = Arc::new(HostileStats::default());
-        let service = HostileHealth {
-            behaviour,
-            stats: stats.clone(),
+        let mut server = tonic::transport::Server::builder();
+        let router = match behaviour {
+            Behaviour::Bloated(padding) => server.add_service(BloatedHealth {
+                padding,
+                stats: stats.clone(),
+            }),
+            behaviour => server.add_service(HealthServer::new(HostileHealth {
+                behaviour,
+                stats: stats.clone(),
+            })),
+        };
+        let router = match user {
+            Some(name) => router.add_service(UserServer::new(UserService::new(name))),
+            None => router,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()
@@ -90,9 +139,7 @@ impl HostilePod {
                     let listener =
                         tokio::net::TcpListener::from_std(std_listener).expect("a tokio listener");
                     let incoming = TcpIncoming::from(listener);
-                    let server = tonic::transport::Server::builder()
-                        .add_service(HealthServer::new(service))
-                        .serve_with_incoming(incoming);
+                    let server = router.serve_with_incoming(incoming);
                     tokio::select! {
                         _ = server => {}
                         _ = stopped => {}
@@ -149,7 +196,9 @@ impl Health for HostileHealth {
         match &self.behaviour {
             Behaviour::Silent => std::future::pending().await,
             Behaviour::Fails(text) => Err(Status::unavailable(text.clone())),
-            _ => Ok(Response::new(reply(ServingStatus::Serving))),
+            Behaviour::Flapping { .. } | Behaviour::ServesThenResets | Behaviour::Bloated(_) => {
+                Ok(Response::new(reply(ServingStatus::Serving)))
+            }
         }
     }
 
@@ -160,17 +209,20 @@ impl Health for HostileHealth {
         let statuses: Statuses = match &self.behaviour {
             Behaviour::Silent => Box::pin(tokio_stream::pending()),
             Behaviour::Flapping { period } => {
-                let period = *period;
-                Box::pin(futures_stream(move |n: u64| async move {
-                    if n > 0 {
-                        tokio::time::sleep(period).await;
+                let (period, start) = (*period, tokio::time::Instant::now());
+                let stats = self.stats.clone();
+                Box::pin(futures_stream(move |n: u64| {
+                    let stats = stats.clone();
+                    async move {
+                        tokio::time::sleep_until(start + period * n as u32).await;
+                        stats.statuses.fetch_add(1, Ordering::SeqCst);
+                        let status = if n.is_multiple_of(2) {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        Some(Ok(reply(status)))
                     }
-                    let status = if n.is_multiple_of(2) {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    Some(Ok(reply(status)))
                 }))
             }
             Behaviour::ServesThenResets => Box::pin(tokio_stream::iter([
@@ -178,9 +230,96 @@ impl Health for HostileHealth {
                 Err(Status::unavailable("reset")),
             ])),
             Behaviour::Fails(text) => return Err(Status::unavailable(text.clone())),
+            Behaviour::Bloated(_) => unreachable!("served by BloatedHealth"),
         };
         Ok(Response::new(statuses))
     }
+}
+
+/// `HealthCheckResponse` as a newer server might send it: the status, and a field (number 99)
+/// that `grpc.health.v1` does not define, which a client skips when it decodes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BloatedReply {
+    #[prost(int32, tag = "1")]
+    status: i32,
+    #[prost(bytes = "vec", tag = "99")]
+    padding: Vec<u8>,
+}
+
+/// `grpc.health.v1.Health` written by hand, to send [`BloatedReply`]: the generated server
+/// only sends `HealthCheckResponse`.
+#[derive(Clone)]
+struct BloatedHealth {
+    padding: usize,
+    stats: Arc<HostileStats>,
+}
+
+impl BloatedHealth {
+    fn reply(&self) -> BloatedReply {
+        BloatedReply {
+            status: ServingStatus::Serving as i32,
+            padding: vec![b'x'; self.padding],
+        }
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl UnaryService<HealthCheckRequest> for BloatedHealth {
+    type Response = BloatedReply;
+    type Future = Boxed<Result<Response<BloatedReply>, Status>>;
+
+    fn call(&mut self, _: Request<HealthCheckRequest>) -> Self::Future {
+        self.stats.checks.fetch_add(1, Ordering::SeqCst);
+        let reply = self.reply();
+        Box::pin(async move { Ok(Response::new(reply)) })
+    }
+}
+
+type BloatedStream = Pin<Box<dyn Stream<Item = Result<BloatedReply, Status>> + Send>>;
+
+impl ServerStreamingService<HealthCheckRequest> for BloatedHealth {
+    type Response = BloatedReply;
+    type ResponseStream = BloatedStream;
+    type Future = Boxed<Result<Response<BloatedStream>, Status>>;
+
+    fn call(&mut self, _: Request<HealthCheckRequest>) -> Self::Future {
+        self.stats.watches.fetch_add(1, Ordering::SeqCst);
+        let replies: BloatedStream = Box::pin(tokio_stream::StreamExt::chain(
+            tokio_stream::once(Ok(self.reply())),
+            tokio_stream::pending(),
+        ));
+        Box::pin(async move { Ok(Response::new(replies)) })
+    }
+}
+
+impl Service<http::Request<Body>> for BloatedHealth {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Boxed<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(match request.uri().path() {
+                "/grpc.health.v1.Health/Check" => grpc.unary(this, request).await,
+                "/grpc.health.v1.Health/Watch" => grpc.server_streaming(this, request).await,
+                _ => Status::unimplemented("").into_http(),
+            })
+        })
+    }
+}
+
+impl NamedService for BloatedHealth {
+    const NAME: &'static str = "grpc.health.v1.Health";
 }
 
 /// The stream of `next(0)`, `next(1)`, … until one gives `None`.

@@ -273,3 +273,43 @@ async fn a_flapping_pod_is_held_down_and_the_serving_set_stays_calm() {
     );
     assert_eq!(steady_removed, 0, "a steady pod left the serving set");
 }
+
+/// A health reply above the 1 KiB the watcher decodes is refused: a pod whose `SERVING`
+/// comes in 16 KiB (padding in a field the client does not know) never enters the serving
+/// set. With tonic's 4 MiB default it would be taken as healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_reply_above_the_size_limit_is_refused() {
+    init_tracing();
+    let dns = DnsServer::start().await.unwrap();
+    let bloated = HostilePod::start(
+        SocketAddr::new(loopback(146, 2), 0),
+        Behaviour::Bloated(16 * 1024),
+    )
+    .unwrap();
+    let port = bloated.addr().port();
+    let healthy = Pod::start(SocketAddr::new(loopback(146, 3), port), "ok146").unwrap();
+    let service = service_of(&dns, 146, &[bloated.addr(), healthy.addr()]).await;
+    let registry = builder(&dns)
+        .health_interval(Duration::from_millis(100))
+        .service(service.clone())
+        .build()
+        .unwrap();
+    // Every stream breaks on its first reply, so the pod is watched again, and again.
+    assert!(
+        eventually(SLACK, || async { bloated.stats().watches() >= 3 }).await,
+        "{} watches",
+        bloated.stats().watches()
+    );
+    // The healthy pod keeps the Service out of panic mode: only its own health would let the
+    // bloated pod in.
+    assert!(
+        !eventually(Duration::from_secs(2), || async {
+            held(&registry, &service, bloated.addr())
+                || state(&registry, &service, bloated.addr()) == Some(HealthState::Healthy)
+        })
+        .await,
+        "a 16 KiB reply was taken: {:?}",
+        registry.health(&service)
+    );
+    assert!(held(&registry, &service, healthy.addr()));
+}

@@ -17,6 +17,7 @@
 //! meaningful figures.
 
 mod charts;
+mod flapping;
 mod lookups;
 mod proc;
 mod progress;
@@ -95,6 +96,8 @@ enum Measure {
     Reaction,
     /// Discovery cost at scale.
     Scale,
+    /// One pod flapping 1,000 times a second among 100 (`flapping.rs`); runs only when named.
+    Flapping,
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +288,12 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     } else {
         (args.rounds, args.run, args.trials)
     };
+    if args.only.contains(&Measure::Flapping) {
+        print!("{}", flapping::run(quick).await?);
+        if args.only.iter().all(|m| *m == Measure::Flapping) {
+            return Ok(());
+        }
+    }
     let runs = |m: Measure| args.only.is_empty() || args.only.contains(&m);
     let fast_callers: Vec<usize> = CALLERS
         .into_iter()

@@ -13,8 +13,8 @@ use crate::{
 /// where the harness read it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Run {
-    calls: u64,
-    failed: u64,
+    pub calls: u64,
+    pub failed: u64,
     p50: Duration,
     p99: Duration,
     elapsed: Duration,

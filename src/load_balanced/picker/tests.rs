@@ -1,5 +1,7 @@
 use super::*;
 
+use std::collections::BTreeSet;
+
 fn c(cost: f64, last_pick: u64) -> Candidate {
     Candidate {
         admits: true,
@@ -77,7 +79,7 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
             Arc::new(Pod::new(addr, channel, Estimate::new(1e6, now)))
         })
         .collect();
-    picker.replace(snapshot.into());
+    picker.replace(snapshot);
     picker
 }
 
@@ -128,7 +130,7 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
         channel,
         Estimate::new(1e6, Instant::now()),
     )));
-    picker.replace(pods.into());
+    picker.replace(pods);
     assert_eq!(ejected(&picker).iter().filter(|r| **r).count(), 1);
     for i in 0..4 {
         if !ejected(&picker)[i] {
@@ -150,7 +152,7 @@ async fn when_every_held_pod_rests_calls_still_go_to_them() {
     assert_eq!(ejected(&picker), [true, false]);
     // The healthy pod leaves (health gate, scale-down): only the ejected one is held.
     let only = vec![picker.snapshot()[0].clone()];
-    picker.replace(only.into());
+    picker.replace(only);
     let pick = picker
         .pick(None)
         .expect("panic mode: the ejected pod takes calls");
@@ -191,4 +193,147 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
     for n in counts {
         assert!((85..=115).contains(&n), "{counts:?}");
     }
+}
+
+fn pod(last_octet: u8) -> Arc<Pod> {
+    let addr = SocketAddr::from(([127, 0, 0, last_octet], 1));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    Arc::new(Pod::new(addr, channel, Estimate::new(1e6, Instant::now())))
+}
+
+/// Where `picks` calls go and how they were let through; each call succeeds.
+fn spread(picker: &Arc<Picker>, picks: usize) -> BTreeSet<(SocketAddr, Admission)> {
+    (0..picks)
+        .map(|_| {
+            let pick = picker.pick(None).expect("a pod");
+            let seen = (pick.addr(), pick.admission());
+            pick.finish(Outcome::Success);
+            seen
+        })
+        .collect()
+}
+
+/// How `picks` calls are let through; each call is dropped, which changes no breaker.
+fn admissions(picker: &Arc<Picker>, picks: usize) -> BTreeSet<Admission> {
+    (0..picks)
+        .map(|_| picker.pick(None).expect("a pod").admission())
+        .collect()
+}
+
+fn addr(pod: &Pod) -> SocketAddr {
+    pod.addr
+}
+
+#[tokio::test]
+async fn panic_mode_only_when_every_held_pod_is_ejected() {
+    // Every pod but one may be ejected.
+    let picker = picker(3, 1.0);
+    let pods = picker.snapshot().to_vec();
+    fail_on(&picker, 0);
+    fail_on(&picker, 1);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    // The last pod is never ejected, and it takes every call, none of them in panic mode.
+    fail_on(&picker, 2);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    assert_eq!(
+        spread(&picker, 200),
+        BTreeSet::from([(addr(&pods[2]), Admission::Closed)])
+    );
+    // It leaves: every pod held is ejected, so they all take calls, in panic mode.
+    picker.replace(vec![pods[0].clone(), pods[1].clone()]);
+    assert_eq!(admissions(&picker, 200), BTreeSet::from([Admission::Panic]));
+    // A new pod comes: panic mode is over, and it alone takes calls.
+    let new = pod(9);
+    picker.replace(vec![pods[0].clone(), pods[1].clone(), new.clone()]);
+    assert_eq!(
+        spread(&picker, 200),
+        BTreeSet::from([(addr(&new), Admission::Closed)])
+    );
+}
+
+/// The channel's tally of ejected pods must match the pods' own breakers through every kind of
+/// change: an ejection, a snapshot replaced with the ejected pod in it or without it, and a
+/// pod re-admitted after it left. A tally that drifts shows here as panic mode out of turn, or
+/// as a pod ejected beyond the budget or kept in rotation within it.
+#[tokio::test(start_paused = true)]
+async fn the_ejected_tally_follows_ejections_replacements_and_readmissions() {
+    let picker = picker(3, 1.0);
+    let pods = picker.snapshot().to_vec();
+    fail_on(&picker, 0);
+    assert_eq!(ejected(&picker), [true, false, false]);
+
+    // Its ejection ends; its trial call is in flight when it leaves the snapshot.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let trial = loop {
+        let pick = picker.pick(None).unwrap();
+        if pick.addr() == pods[0].addr {
+            break pick;
+        }
+        pick.finish(Outcome::Success);
+    };
+    assert_eq!(trial.admission(), Admission::Trial);
+    picker.replace(vec![pods[1].clone(), pods[2].clone()]);
+    assert_eq!(ejected(&picker), [false, false]);
+    // One of the two held may be ejected.
+    fail_on(&picker, 0);
+    assert_eq!(ejected(&picker), [true, false]);
+    // Re-admitted while not held: the tally of the pods held does not move, so the other
+    // held pod may not be ejected too, and it alone takes calls.
+    trial.finish(Outcome::Success);
+    assert!(!pods[0].ejected.load(Ordering::SeqCst));
+    fail_on(&picker, 1);
+    assert_eq!(ejected(&picker), [true, false]);
+    assert_eq!(
+        spread(&picker, 100),
+        BTreeSet::from([(addr(&pods[2]), Admission::Closed)])
+    );
+
+    // It comes back: 3 held, 1 ejected, so one more may be ejected.
+    picker.replace(pods.clone());
+    assert_eq!(ejected(&picker), [false, true, false]);
+    fail_on(&picker, 0);
+    assert_eq!(ejected(&picker), [true, true, false]);
+    assert_eq!(
+        spread(&picker, 100),
+        BTreeSet::from([(addr(&pods[2]), Admission::Closed)])
+    );
+
+    // The pod in rotation leaves: panic mode.
+    picker.replace(vec![pods[0].clone(), pods[1].clone()]);
+    let pick = loop {
+        let pick = picker.pick(None).unwrap();
+        assert_eq!(pick.admission(), Admission::Panic);
+        if pick.addr() == pods[0].addr {
+            break pick;
+        }
+        drop(pick);
+    };
+    // A success re-admits it: panic mode is over, and it alone takes calls.
+    pick.finish(Outcome::Success);
+    assert_eq!(ejected(&picker), [false, true]);
+    assert_eq!(
+        spread(&picker, 100),
+        BTreeSet::from([(addr(&pods[0]), Admission::Closed)])
+    );
+}
+
+#[tokio::test]
+async fn a_call_sent_again_avoids_the_pod_it_left_while_there_is_another() {
+    let picker = picker(3, 0.5);
+    let avoid = picker.snapshot()[1].addr;
+    for _ in 0..300 {
+        let pick = picker.pick(Some(avoid)).expect("a pod");
+        assert_ne!(pick.addr(), avoid);
+    }
+    // Even when the only other pods are ejected: panic mode takes another pod first.
+    fail_on(&picker, 0);
+    let pick = picker.pick(Some(avoid)).expect("a pod");
+    assert_ne!(pick.addr(), avoid, "went back to the pod it left");
+    drop(pick);
+    // With one pod, the call goes back to it rather than nowhere.
+    let alone = self::picker(1, 0.5);
+    let only = alone.snapshot()[0].addr;
+    assert_eq!(alone.pick(Some(only)).expect("a pod").addr(), only);
 }
