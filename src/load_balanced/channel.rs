@@ -277,13 +277,17 @@ impl LoadBalancedChannel {
             let result = attempt(&pick, request).await;
             // A call the pod cannot have processed is no fault of the pod's, unless it could
             // not be reached at all.
+            let connect_failed = is_connect_error(&result);
             let unsent = match &result {
+                // A pod that could not be reached is tried again only elsewhere: at once, the
+                // same pod would most likely fail the same way, after the same timeout.
+                Err(_) if connect_failed && self.picker.snapshot().len() < 2 => None,
                 Err(e) if retry.transparent => Unsent::of(e),
                 _ => None,
             };
             let outcome = match unsent {
                 Some(Unsent::Refused) => None,
-                Some(Unsent::NeverLeft) if !is_connect_error(&result) => None,
+                Some(Unsent::NeverLeft) if !connect_failed => None,
                 _ => Some(Outcome::of(&result)),
             };
             if let Some(kind) = unsent
