@@ -153,6 +153,11 @@ pub(crate) async fn watch(
 /// only let a pod make us decode megabytes.
 const MAX_HEALTH_REPLY: usize = 1024;
 
+/// The shortest time between two statuses a stream reports: a burst within it is reported as
+/// its last status when it ends. Far below any health interval, so a real change waits for
+/// at most this long, and only when it follows another change.
+const BURST_GAP: Duration = Duration::from_millis(20);
+
 /// How much of a pod's own text (a `grpc-message`) goes into logs and [`EndpointHealth`]
 /// (crate::EndpointHealth).
 const MAX_POD_TEXT: usize = 200;
@@ -213,11 +218,31 @@ where
         }
     };
     let mut served = false;
+    // A burst of statuses is reported as its last one, at most one per `BURST_GAP`: a pod that
+    // flips a thousand times a second costs the gate tens of reports, not thousands.
+    let mut quiet_until: Option<tokio::time::Instant> = None;
+    let mut held: Option<ServingStatus> = None;
     loop {
         // The first status must come within the timeout: a pod that accepts the call and then
         // says nothing is an ambiguous failure, not an endpoint unknown for good.
         let next = if served {
-            Ok(statuses.message().await)
+            let release = async {
+                match (held, quiet_until) {
+                    (Some(_), Some(until)) => tokio::time::sleep_until(until).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = statuses.message() => Ok(next),
+                () = release => {
+                    let status = held.take().unwrap_or(ServingStatus::Unknown);
+                    quiet_until = Some(tokio::time::Instant::now() + BURST_GAP);
+                    if !report(observe(status)).await {
+                        return Streamed::Gone;
+                    }
+                    continue;
+                }
+            }
         } else {
             tokio::time::timeout(config.timeout, statuses.message()).await
         };
@@ -238,16 +263,24 @@ where
         match next {
             Ok(Some(reply)) => {
                 served = true;
-                let observation = match reply.status() {
-                    ServingStatus::Serving => Observation::up(true),
-                    other => Observation::down(true, format!("health: {}", other.as_str_name())),
-                };
-                if !report(observation).await {
+                let now = tokio::time::Instant::now();
+                if quiet_until.is_some_and(|until| now < until) {
+                    held = Some(reply.status());
+                    continue;
+                }
+                held = None;
+                quiet_until = Some(now + BURST_GAP);
+                if !report(observe(reply.status())).await {
                     return Streamed::Gone;
                 }
             }
-            // The stream ended or the connection closed.
+            // The stream ended or the connection closed: a status held back goes first.
             Ok(None) => {
+                if let Some(status) = held.take()
+                    && !report(observe(status)).await
+                {
+                    return Streamed::Gone;
+                }
                 return Streamed::Broke {
                     served,
                     lived: started.elapsed(),
@@ -259,12 +292,25 @@ where
                     "health stream broke: {}",
                     pod_text(status.message())
                 );
+                if let Some(status) = held.take()
+                    && !report(observe(status)).await
+                {
+                    return Streamed::Gone;
+                }
                 return Streamed::Broke {
                     served,
                     lived: started.elapsed(),
                 };
             }
         }
+    }
+}
+
+/// What a pushed status says of the pod.
+fn observe(status: ServingStatus) -> Observation {
+    match status {
+        ServingStatus::Serving => Observation::up(true),
+        other => Observation::down(true, format!("health: {}", other.as_str_name())),
     }
 }
 
