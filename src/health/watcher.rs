@@ -132,6 +132,13 @@ pub(crate) async fn watch(
                     }
                     continue;
                 }
+                Streamed::Storm => {
+                    // Each storm doubles the wait before the next look, as quick breaks do.
+                    quick_breaks = quick_breaks.saturating_add(1);
+                    pacer.record(false);
+                    tokio::time::sleep(pacer.backoff.delay(quick_breaks)).await;
+                    continue;
+                }
                 Streamed::Unimplemented => poll = true,
                 Streamed::Gone => return,
             }
@@ -158,6 +165,10 @@ const MAX_HEALTH_REPLY: usize = 1024;
 /// at most this long, and only when it follows another change.
 const BURST_GAP: Duration = Duration::from_millis(20);
 
+/// The most statuses a `Watch` stream may push within a second. A pod pushes one on each change
+/// of its state: a few a minute at most; a stream past this is a pod flapping without pause.
+const STATUS_STORM: u32 = 50;
+
 /// How much of a pod's own text (a `grpc-message`) goes into logs and [`EndpointHealth`]
 /// (crate::EndpointHealth).
 const MAX_POD_TEXT: usize = 200;
@@ -168,6 +179,9 @@ enum Streamed {
     Broke { served: bool, lived: Duration },
     /// The pod has no `Watch`: poll `Check` instead.
     Unimplemented,
+    /// The pod sent more than [`STATUS_STORM`] statuses within a second: dropped, and watched
+    /// again after a backoff.
+    Storm,
     /// The gate is gone.
     Gone,
 }
@@ -222,6 +236,9 @@ where
     // flips a thousand times a second costs the gate tens of reports, not thousands.
     let mut quiet_until: Option<tokio::time::Instant> = None;
     let mut held: Option<ServingStatus> = None;
+    // Statuses since `second` began: past the storm bound, the stream is dropped, since every
+    // status costs a decode whether or not it is reported.
+    let (mut second, mut statuses_in_second) = (started, 0u32);
     loop {
         // The first status must come within the timeout: a pod that accepts the call and then
         // says nothing is an ambiguous failure, not an endpoint unknown for good.
@@ -264,6 +281,21 @@ where
             Ok(Some(reply)) => {
                 served = true;
                 let now = tokio::time::Instant::now();
+                if now.duration_since(second) >= Duration::from_secs(1) {
+                    (second, statuses_in_second) = (now, 0);
+                }
+                statuses_in_second += 1;
+                if statuses_in_second > STATUS_STORM {
+                    let down = Observation::down(
+                        true,
+                        format!("health: more than {STATUS_STORM} statuses within a second"),
+                    );
+                    return if report(down).await {
+                        Streamed::Storm
+                    } else {
+                        Streamed::Gone
+                    };
+                }
                 if quiet_until.is_some_and(|until| now < until) {
                     held = Some(reply.status());
                     continue;

@@ -272,6 +272,19 @@ async fn a_flapping_pod_is_held_down_and_the_serving_set_stays_calm() {
         "the flapper went in {inserts} times in {window:?}"
     );
     assert_eq!(steady_removed, 0, "a steady pod left the serving set");
+    // Past 50 statuses in a second the stream is dropped and watched again after a backoff
+    // (100 ms doubling to 800 ms): the client takes a few hundred of the flapper's statuses
+    // instead of one per millisecond, over a handful of streams.
+    let (statuses, watches) = (flapper.stats().statuses(), flapper.stats().watches());
+    eprintln!("the flapper sent {statuses} statuses on {watches} streams");
+    assert!(
+        statuses < 1_500,
+        "{statuses} statuses taken in about {window:?}: the storm was read whole"
+    );
+    assert!(
+        watches <= 12,
+        "{watches} streams: the reconnects are not backed off"
+    );
 }
 
 /// A health reply above the 1 KiB the watcher decodes is refused: a pod whose `SERVING`
