@@ -21,6 +21,7 @@ mod lookups;
 mod proc;
 mod progress;
 mod report;
+mod retries;
 mod roles;
 
 use std::{
@@ -95,6 +96,9 @@ enum Measure {
     Reaction,
     /// Discovery cost at scale.
     Scale,
+    /// Calls sent again (issue #23): a killed pod, connections aged out, a failing Service,
+    /// and the cost when nothing fails. Written to a section of its own.
+    Retries,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +111,9 @@ enum Role {
         /// A health service that answers `Check` only, and nothing else.
         #[arg(long)]
         check_only: bool,
+        /// The pods end every connection after this long (`max_connection_age`).
+        #[arg(long, value_parser = parse_duration)]
+        max_connection_age: Option<Duration>,
         /// `NAME=IP`, one per pod.
         pods: Vec<String>,
     },
@@ -129,6 +136,9 @@ enum Role {
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
     Scale(roles::ScaleClient),
+    /// A client of the retry group, which times its failures (used by the harness).
+    #[command(hide = true)]
+    RetryClient(retries::Client),
     /// hickory's resolver alone, asked what the scale client asks (used by the harness).
     #[command(hide = true)]
     Lookups(lookups::Lookups),
@@ -165,8 +175,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Role::Pod {
             port,
             check_only,
+            max_connection_age,
             pods,
-        }) => roles::pod(port, pods, check_only).await,
+        }) => roles::pod(port, pods, check_only, max_connection_age).await,
         Some(Role::Client {
             system,
             dns,
@@ -176,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             tuning,
         }) => roles::client(system, dns, service, pods, interval, tuning).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
+        Some(Role::RetryClient(client)) => retries::client(client).await,
         Some(Role::Lookups(lookups)) => lookups::run(lookups).await,
         Some(Role::Noise { files }) => {
             let reports = files
@@ -318,6 +330,15 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
     if runs(Measure::Scale) {
         planned += scale_planned(quick);
+    }
+    let retry_settings = retries::Settings {
+        quick,
+        no_health,
+        rounds,
+        run,
+    };
+    if runs(Measure::Retries) {
+        planned += retries::planned(&retry_settings);
     }
     progress::start(planned);
     let started = std::time::Instant::now();
@@ -516,7 +537,25 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         report.scale(scales);
     }
 
+    // 6. Calls sent again (issue #23), in a section of its own.
+    let retried = if runs(Measure::Retries) {
+        Some(retries::run(&dns, &me, &args_line(), retry_settings).await?)
+    } else {
+        None
+    };
+
     progress::finish();
+    if let Some(text) = retried {
+        print!("{text}");
+        let path = args
+            .write
+            .clone()
+            .or_else(|| (!quick).then(|| root().join("BENCHMARKS.md")));
+        if let Some(path) = path {
+            retries::write(&path, &text)?;
+            eprintln!("wrote the retry section of {}", path.display());
+        }
+    }
     let target = args
         .write
         .or_else(|| (!quick && args.only.is_empty()).then(|| root().join("BENCHMARKS.md")));
