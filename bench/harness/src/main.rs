@@ -9,6 +9,10 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
+//! The retry group ([`retries`], issue #23) measures calls sent again: a killed pod, pods
+//! ending their connections, a failing Service and the cost when nothing fails; it writes a
+//! section of its own.
+//!
 //! The report's tables come with SVG charts ([`charts`]): throughput, the client's CPU per
 //! call, the slow pod's p99, the discovery reaction and discovery's CPU.
 //!
@@ -59,7 +63,8 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     trials: usize,
     /// Run only these measurements (comma-separated); the default is all of them. A partial
-    /// run is for investigating and writes nothing unless `--write` says where.
+    /// run is for investigating and writes nothing unless `--write` says where; the retry
+    /// group alone still writes its own section (of BENCHMARKS.md, or of `--write`'s file).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
     /// Discovery at scale over TCP only (`DnsTransport::Tcp`), instead of UDP.
