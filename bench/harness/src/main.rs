@@ -9,6 +9,10 @@
 //! (A B C … A B C …), and reports medians and per-round ratios, since the machine is shared
 //! and noisy. BENCHMARKS.md explains the method and holds the last full run.
 //!
+//! The retry group ([`retries`]) measures calls sent again: a killed pod, pods
+//! ending their connections, a failing Service and the cost when nothing fails; it writes a
+//! section of its own.
+//!
 //! The report's tables come with SVG charts ([`charts`]): throughput, the client's CPU per
 //! call, the slow pod's p99, the discovery reaction and discovery's CPU.
 //!
@@ -22,6 +26,7 @@ mod lookups;
 mod proc;
 mod progress;
 mod report;
+mod retries;
 mod roles;
 
 use std::{
@@ -59,7 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     trials: usize,
     /// Run only these measurements (comma-separated); the default is all of them. A partial
-    /// run is for investigating and writes nothing unless `--write` says where.
+    /// run is for investigating and writes nothing unless `--write` says where; the retry
+    /// group alone still writes its own section (of BENCHMARKS.md, or of `--write`'s file).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
     /// Discovery at scale over TCP only (`DnsTransport::Tcp`), instead of UDP.
@@ -98,6 +104,9 @@ enum Measure {
     Scale,
     /// One pod flapping 1,000 times a second among 100 (`flapping.rs`); runs only when named.
     Flapping,
+    /// Calls sent again : a killed pod, connections aged out, a failing Service,
+    /// and the cost when nothing fails. Written to a section of its own.
+    Retries,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +119,9 @@ enum Role {
         /// A health service that answers `Check` only, and nothing else.
         #[arg(long)]
         check_only: bool,
+        /// The pods end every connection after this long (`max_connection_age`).
+        #[arg(long, value_parser = parse_duration)]
+        max_connection_age: Option<Duration>,
         /// `NAME=IP`, one per pod.
         pods: Vec<String>,
     },
@@ -132,6 +144,9 @@ enum Role {
     /// The discovery-at-scale client (used by the harness).
     #[command(hide = true)]
     Scale(roles::ScaleClient),
+    /// A client of the retry group, which times its failures (used by the harness).
+    #[command(hide = true)]
+    RetryClient(retries::Client),
     /// hickory's resolver alone, asked what the scale client asks (used by the harness).
     #[command(hide = true)]
     Lookups(lookups::Lookups),
@@ -168,8 +183,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Role::Pod {
             port,
             check_only,
+            max_connection_age,
             pods,
-        }) => roles::pod(port, pods, check_only).await,
+        }) => roles::pod(port, pods, check_only, max_connection_age).await,
         Some(Role::Client {
             system,
             dns,
@@ -179,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
             tuning,
         }) => roles::client(system, dns, service, pods, interval, tuning).await,
         Some(Role::Scale(client)) => roles::scale(client).await,
+        Some(Role::RetryClient(client)) => retries::client(client).await,
         Some(Role::Lookups(lookups)) => lookups::run(lookups).await,
         Some(Role::Noise { files }) => {
             let reports = files
@@ -327,6 +344,15 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
     if runs(Measure::Scale) {
         planned += scale_planned(quick);
+    }
+    let retry_settings = retries::Settings {
+        quick,
+        no_health,
+        rounds,
+        run,
+    };
+    if runs(Measure::Retries) {
+        planned += retries::planned(&retry_settings);
     }
     progress::start(planned);
     let started = std::time::Instant::now();
@@ -525,7 +551,25 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         report.scale(scales);
     }
 
+    // 6. Calls sent again , in a section of its own.
+    let retried = if runs(Measure::Retries) {
+        Some(retries::run(&dns, &me, &args_line(), retry_settings).await?)
+    } else {
+        None
+    };
+
     progress::finish();
+    if let Some(text) = retried {
+        print!("{text}");
+        let path = args
+            .write
+            .clone()
+            .or_else(|| (!quick).then(|| root().join("BENCHMARKS.md")));
+        if let Some(path) = path {
+            retries::write(&path, &text)?;
+            eprintln!("wrote the retry section of {}", path.display());
+        }
+    }
     let target = args
         .write
         .or_else(|| (!quick && args.only.is_empty()).then(|| root().join("BENCHMARKS.md")));

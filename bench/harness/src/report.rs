@@ -43,13 +43,13 @@ impl Run {
         })
     }
 
-    fn throughput(&self) -> f64 {
+    pub fn throughput(&self) -> f64 {
         (self.calls - self.failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// The client's CPU time per completed call, in µs; NaN where it was not read or no call
     /// completed.
-    fn cpu_per_call(&self) -> f64 {
+    pub fn cpu_per_call(&self) -> f64 {
         match (self.cpu, self.calls - self.failed) {
             (Some(cpu), done) if done > 0 => cpu.as_secs_f64() * 1e6 / done as f64,
             _ => f64::NAN,
@@ -181,7 +181,7 @@ impl Scale {
 /// Discovery's CPU ÷ hickory's lookups alone: the goal.
 const OVER_HICKORY: f64 = 1.15;
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.retain(|x| x.is_finite());
     xs.sort_by(f64::total_cmp);
     match xs.len() {
@@ -1271,7 +1271,7 @@ const README_BEGIN: &str = "<!-- bench:readme:begin (written by the bench progra
 const README_END: &str = "<!-- bench:readme:end -->";
 
 /// `old` with what lies between `begin` and `end` replaced by `text`; `None` without both.
-fn between(old: &str, begin: &str, end: &str, text: &str) -> Option<String> {
+pub fn between(old: &str, begin: &str, end: &str, text: &str) -> Option<String> {
     let b = old.find(begin)?;
     let e = b + old[b..].find(end)?;
     Some(format!("{}{begin}\n{text}{}", &old[..b], &old[e..]))
@@ -1299,12 +1299,12 @@ pub fn write_readme(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
-fn today() -> String {
+pub fn today() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     now.get(..10).unwrap_or(&now).to_owned()
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -1335,7 +1335,7 @@ fn machine() -> String {
 }
 
 /// `name version` of the packages compared, read from the two lockfiles.
-fn versions() -> String {
+pub fn versions() -> String {
     let root = crate::root();
     let locked = |lock: &str, name: &str| -> String {
         let text = std::fs::read_to_string(root.join(lock)).unwrap_or_default();

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context;
 use k8s_headless_svc::{DnsTransport, HeadlessService, HealthCheck, LoadBalancedChannel, Registry};
-use testkit::{Pod, pb};
+use testkit::{Pod, UserService, pb};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
 use tonic_health::pb::{
@@ -62,12 +62,19 @@ impl Discoverer {
     }
 }
 
-/// `bench pod`: pods named and placed as given, on one port; `delay MS` on stdin sets every
-/// pod's added reply delay; the end of input shuts them down. With `check_only`, each pod
+/// `bench pod`: pods named and placed as given, on one port, whose connections last at most
+/// `max_age` when given; on stdin, `delay MS` sets every pod's added reply delay, `fail CODE`
+/// makes every call fail with the gRPC code `CODE` (0: answer again) and `calls` answers the
+/// calls the pods received; the end of input shuts them down. With `check_only`, each pod
 /// serves nothing but a health service that answers `Check` (always `SERVING`) and refuses
 /// `Watch` as `UNIMPLEMENTED`, as a server that implements only the unary method: the health
 /// gate polls it.
-pub async fn pod(port: u16, pods: Vec<String>, check_only: bool) -> anyhow::Result<()> {
+pub async fn pod(
+    port: u16,
+    pods: Vec<String>,
+    check_only: bool,
+    max_age: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut started = Vec::new();
     let mut check_only_pods = tokio::task::JoinSet::new();
     let mut port = port;
@@ -85,7 +92,11 @@ pub async fn pod(port: u16, pods: Vec<String>, check_only: bool) -> anyhow::Resu
                 .serve_with_incoming(TcpIncoming::from(listener));
             check_only_pods.spawn(server);
         } else {
-            let pod = Pod::start(addr, name)?;
+            let mut service = UserService::new(name);
+            if let Some(age) = max_age {
+                service = service.max_connection_age(age);
+            }
+            let pod = Pod::start_service(addr, service)?;
             port = pod.addr().port();
             started.push(pod);
         }
@@ -100,6 +111,18 @@ pub async fn pod(port: u16, pods: Vec<String>, check_only: bool) -> anyhow::Resu
                     p.stats().set_delay(delay);
                 }
                 println!("ok");
+            }
+            Some(("fail", code)) if !check_only => {
+                let code: i32 = code.trim().parse()?;
+                let code = (code != 0).then(|| tonic::Code::from(code));
+                for p in &started {
+                    p.stats().set_failing(code);
+                }
+                println!("ok");
+            }
+            None if line == "calls" => {
+                let calls: u64 = started.iter().map(|p| p.stats().calls()).sum();
+                println!("ok {calls}");
             }
             _ => println!("error unknown command {line:?}"),
         }
@@ -159,7 +182,8 @@ impl bench_protocol::Call for Caller {
 }
 
 /// Settings of our two kinds that an investigating run turns off (`bench --no-keepalive`,
-/// `--no-health`); the defaults otherwise.
+/// `--no-health`), or the retry group's cost measurement (`transparent_retry(false)`); the
+/// defaults otherwise.
 #[derive(Clone, Copy, Debug, Default, clap::Args)]
 pub struct Tuning {
     /// `http2_keepalive(None)` on pod connections.
@@ -168,6 +192,9 @@ pub struct Tuning {
     /// `HealthCheck::Off`.
     #[arg(long)]
     no_health: bool,
+    /// `transparent_retry(false)`: the load-aware kind's single-attempt path.
+    #[arg(long)]
+    no_transparent_retry: bool,
 }
 
 /// `bench client`: one system, driven over the line protocol.
@@ -191,6 +218,9 @@ pub async fn client(
         }
         if tuning.no_health {
             builder = builder.health_check(HealthCheck::Off);
+        }
+        if tuning.no_transparent_retry {
+            builder = builder.transparent_retry(false);
         }
         builder.build()
     };
