@@ -422,7 +422,7 @@ impl Builder {
     /// A retry policy for the load-aware channel (gRFC A6): calls that fail with its codes are
     /// sent again, on another pod when there is one, after a backoff, within the channel's
     /// [`retry_throttling`](Self::retry_throttling) and the call's deadline. Only for methods
-    /// that are safe to run twice: name them in [`RetryPolicy::methods`]. Default: none.
+    /// that are safe to run twice: name them in [`RetryPolicy::methods`](crate::RetryPolicy::methods). Default: none.
     /// Valid: 2 to 5 attempts, backoffs 1 ms to 1 h in order, a multiplier of 1 to 100, at
     /// least one code and not `OK`.
     ///
