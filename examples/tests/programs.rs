@@ -1005,6 +1005,10 @@ async fn browser_shows_the_debug_page_and_a_killed_pod_ejected() {
         "the page never showed {dead_addr} ejected:\n{seen}"
     );
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug-page.png");
+    // The workspace's target/ is not there when builds go to a CARGO_TARGET_DIR elsewhere.
+    if let Some(dir) = shot.parent() {
+        std::fs::create_dir_all(dir).expect("a folder for the screenshot");
+    }
     let out = chromium(&[
         format!("--screenshot={}", shot.display()),
         "--window-size=1300,700".into(),
