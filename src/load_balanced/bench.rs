@@ -5,11 +5,8 @@ use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc};
 
 use tonic::transport::{Channel, Endpoint};
 
-use super::{
-    breaker::{BreakerSettings, Outcome},
-    picker,
-};
-use crate::{Config, backoff::Backoff};
+use super::{breaker::Outcome, picker};
+use crate::Config;
 
 /// A load-aware channel's picker with the default settings, without the task that follows
 /// discovery.
@@ -26,17 +23,7 @@ impl Picker {
     /// needs to listen). Call it inside a tokio runtime: each connection spawns its task.
     pub fn new(pods: usize) -> Self {
         let config = Config::default().balance();
-        let picker = Self(Arc::new(picker::Picker::new(picker::PickerSettings {
-            measure: config.measure,
-            accrual: BreakerSettings {
-                failures: config.failures,
-                ejection: Backoff {
-                    base: config.backoff_base,
-                    max: config.backoff_max,
-                },
-            },
-            max_ejection: config.max_ejection,
-        })));
+        let picker = Self(Arc::new(picker::Picker::new(config.picker())));
         picker.hold(&(0..pods).map(addr).collect());
         picker
     }

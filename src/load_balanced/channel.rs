@@ -20,13 +20,12 @@ use tower::{BoxError, Service};
 
 use super::{
     BalanceSettings,
-    breaker::BreakerSettings,
     breaker::Outcome,
-    picker::{Pick, Picker, PickerSettings},
+    picker::{Pick, Picker},
     replay::{ChannelBuffer, Limits, Replay},
     retry::{self, Pushback, RetryPolicy, Throttle, Unsent},
 };
-use crate::{backoff::Backoff, endpoint::EndpointTemplate, snapshot::Endpoints};
+use crate::{endpoint::EndpointTemplate, snapshot::Endpoints};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
@@ -147,17 +146,7 @@ impl LoadBalancedChannel {
         refresh: Box<dyn Fn() + Send + Sync>,
         label: String,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let picker = Arc::new(Picker::new(PickerSettings {
-            measure: config.measure,
-            accrual: BreakerSettings {
-                failures: config.failures,
-                ejection: Backoff {
-                    base: config.backoff_base,
-                    max: config.backoff_max,
-                },
-            },
-            max_ejection: config.max_ejection,
-        }));
+        let picker = Arc::new(Picker::new(config.picker()));
         let task = handle.spawn(follow(serving, Arc::downgrade(&picker), template));
         let retry = Arc::new(Retry {
             transparent: config.transparent_retry,

@@ -83,3 +83,20 @@ pub(crate) struct BalanceSettings {
     /// What one call, and all calls of a channel, may keep to send again.
     pub(crate) retry_buffer: Limits,
 }
+
+impl BalanceSettings {
+    /// What the picker of one channel needs of these settings.
+    fn picker(&self) -> picker::PickerSettings {
+        picker::PickerSettings {
+            measure: self.measure,
+            accrual: breaker::BreakerSettings {
+                failures: self.failures,
+                ejection: crate::backoff::Backoff {
+                    base: self.backoff_base,
+                    max: self.backoff_max,
+                },
+            },
+            max_ejection: self.max_ejection,
+        }
+    }
+}
