@@ -245,8 +245,7 @@ impl LoadBalancedChannel {
         let (parts, body) = request.into_parts();
         let policy = retry.policy.as_ref().filter(|p| p.covers(parts.uri.path()));
         let deadline = grpc_timeout(&parts.headers).and_then(|t| Instant::now().checked_add(t));
-        let replay = Replay::new(body, retry.limits, retry.buffer.clone());
-        let mut body = replay.attempt();
+        let (replay, mut body) = Replay::start(body, retry.limits, retry.buffer.clone());
         let mut tries = Tries::default();
         let mut avoid = None;
         loop {
@@ -255,28 +254,23 @@ impl LoadBalancedChannel {
             };
             let addr = pick.addr();
             tracing::trace!(endpoint = %addr, admission = ?pick.admission(), "picked");
-            let Some(this_body) = body.take() else {
-                unreachable!("an attempt is made only with a body to send");
-            };
-            let mut request = http::Request::from_parts(parts_of(&parts), this_body);
+            let mut request = http::Request::from_parts(parts_of(&parts), body);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 set_grpc_timeout(request.headers_mut(), left);
             }
             let result = attempt(&pick, request).await;
-            // A call the pod cannot have processed is no fault of the pod's, unless it could
-            // not be reached at all.
-            let connect_failed = is_connect_error(&result);
             let unsent = match &result {
-                // A pod that could not be reached is tried again only elsewhere: at once, the
-                // same pod would most likely fail the same way, after the same timeout.
-                Err(_) if connect_failed && self.picker.snapshot().len() < 2 => None,
                 Err(e) if retry.transparent => Unsent::of(e),
                 _ => None,
-            };
+            }
+            // A pod that could not be reached is tried again only elsewhere: at once, the same
+            // pod would most likely fail the same way, after the same timeout.
+            .filter(|kind| *kind != Unsent::Unreachable || self.picker.snapshot().len() > 1);
+            // A call the pod cannot have processed is no fault of the pod's, unless it could
+            // not be reached at all.
             let outcome = match unsent {
-                Some(Unsent::Refused) => None,
-                Some(Unsent::NeverLeft) if !connect_failed => None,
+                Some(Unsent::NeverLeft | Unsent::Refused) => None,
                 _ => Some(Outcome::of(&result)),
             };
             if let Some(kind) = unsent
@@ -291,7 +285,7 @@ impl LoadBalancedChannel {
                 retry.stats.transparent.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::retried(&retry.label, "transparent");
                 tracing::debug!(endpoint = %addr, ?kind, "sending a call again that the pod did not process");
-                body = Some(next);
+                body = next;
                 avoid = Some(addr);
                 *sent_again = true;
                 continue;
@@ -325,8 +319,8 @@ impl LoadBalancedChannel {
             let delay = delay
                 .filter(|_| tries.policy < policy.max_attempts && !throttled)
                 .filter(|d| deadline.is_none_or(|deadline| Instant::now() + *d < deadline));
-            body = delay.and_then(|_| replay.attempt());
-            let Some(delay) = delay.filter(|_| body.is_some()) else {
+            let next = delay.and_then(|delay| Some((delay, replay.attempt()?)));
+            let Some((delay, next)) = next else {
                 if throttled && tries.policy < policy.max_attempts {
                     retry.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::retried(&retry.label, "throttled");
@@ -343,6 +337,7 @@ impl LoadBalancedChannel {
             drop(result);
             *sent_again = true;
             tokio::time::sleep(delay).await;
+            body = next;
             avoid = Some(addr);
         }
     }
@@ -379,18 +374,6 @@ async fn attempt(
     }
 }
 
-fn is_connect_error<T>(result: &Result<T, BoxError>) -> bool {
-    let Err(error) = result else { return false };
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-    while let Some(e) = cause {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
 /// The sends of one call beyond its first.
 #[derive(Debug, Default)]
 struct Tries {
@@ -404,7 +387,9 @@ impl Tries {
     /// Takes one transparent retry of `kind`, if the call has one left.
     fn transparent(&mut self, kind: Unsent) -> bool {
         let (used, most) = match kind {
-            Unsent::NeverLeft => (&mut self.never_left, retry::NEVER_LEFT_RETRIES),
+            Unsent::Unreachable | Unsent::NeverLeft => {
+                (&mut self.never_left, retry::NEVER_LEFT_RETRIES)
+            }
             Unsent::Refused => (&mut self.refused, retry::REFUSED_RETRIES),
         };
         if *used < most {

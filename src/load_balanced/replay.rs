@@ -106,8 +106,9 @@ impl Drop for Shared {
 }
 
 impl Replay {
-    pub(super) fn new(source: Body, limits: Limits, channel: Arc<ChannelBuffer>) -> Self {
-        Self {
+    /// Keeps `source` for the attempts of one call; the first attempt's body beside it.
+    pub(super) fn start(source: Body, limits: Limits, channel: Arc<ChannelBuffer>) -> (Self, Body) {
+        let replay = Self {
             shared: Arc::new(Mutex::new(Shared {
                 source,
                 kept: Vec::new(),
@@ -115,11 +116,13 @@ impl Replay {
                 trailers: None,
                 ended: false,
                 lost: false,
-                attempt: 0,
+                attempt: 1,
                 limits,
                 channel,
             })),
-        }
+        };
+        let first = replay.body(1);
+        (replay, first)
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -136,12 +139,16 @@ impl Replay {
         shared.attempt += 1;
         let attempt = shared.attempt;
         drop(shared);
-        Some(Body::new(AttemptBody {
+        Some(self.body(attempt))
+    }
+
+    fn body(&self, attempt: u32) -> Body {
+        Body::new(AttemptBody {
             replay: self.clone(),
             attempt,
             next: 0,
             trailers_sent: false,
-        }))
+        })
     }
 
     /// A response came: the call will not be sent again, so nothing more is kept.

@@ -20,7 +20,9 @@ use tower::BoxError;
 /// Why a failed call may be sent again without the caller's say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unsent {
-    /// The call never left the client: no connection, or hyper dropped it unsent.
+    /// The pod could not be reached: the call never left, and the pod is at fault.
+    Unreachable,
+    /// The call never left the client: hyper dropped it unsent as its connection closed.
     NeverLeft,
     /// The pod refused it unprocessed: `REFUSED_STREAM`, or a GOAWAY that left it out.
     Refused,
@@ -31,29 +33,32 @@ impl Unsent {
     /// A GOAWAY counts only with `NO_ERROR`: with an error code, h2 fails every stream of the
     /// connection alike, including those the pod may have processed.
     pub(crate) fn of(error: &BoxError) -> Option<Unsent> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-        while let Some(e) = cause {
-            if e.is::<tonic::ConnectError>() {
-                return Some(Unsent::NeverLeft);
-            }
-            if let Some(e) = e.downcast_ref::<hyper::Error>()
-                && e.is_canceled()
-            {
-                return Some(Unsent::NeverLeft);
-            }
-            if let Some(e) = e.downcast_ref::<h2::Error>() {
-                if e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                    return Some(Unsent::Refused);
+        causes(error)
+            .find_map(|e| {
+                if e.is::<tonic::ConnectError>() {
+                    return Some(Some(Unsent::Unreachable));
                 }
-                if e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR) {
-                    return Some(Unsent::Refused);
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_canceled)
+                {
+                    return Some(Some(Unsent::NeverLeft));
                 }
-                return None;
-            }
-            cause = e.source();
-        }
-        None
+                // The first h2 error decides, whatever lies below it.
+                let e = e.downcast_ref::<h2::Error>()?;
+                let refused = e.is_remote()
+                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)));
+                Some(refused.then_some(Unsent::Refused))
+            })
+            .flatten()
     }
+}
+
+/// An error and the errors that caused it, outermost first.
+fn causes(error: &BoxError) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(&**error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
 }
 
 /// How many times one call may be sent again transparently: a few when it never left (each
@@ -307,17 +312,16 @@ pub(crate) fn trailers_only_code(headers: &http::HeaderMap) -> Option<Code> {
 /// The code a failed call counts as for the policy: a `Status` keeps its own; any other error
 /// from the pod's connection is `UNAVAILABLE`, as gRPC reports a broken transport.
 pub(crate) fn code_of_error(error: &BoxError) -> Code {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-    while let Some(e) = cause {
-        if let Some(status) = e.downcast_ref::<tonic::Status>() {
-            return status.code();
-        }
-        if e.is::<tonic::TimeoutExpired>() {
-            return Code::DeadlineExceeded;
-        }
-        cause = e.source();
-    }
-    Code::Unavailable
+    causes(error)
+        .find_map(|e| {
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                Some(status.code())
+            } else {
+                e.is::<tonic::TimeoutExpired>()
+                    .then_some(Code::DeadlineExceeded)
+            }
+        })
+        .unwrap_or(Code::Unavailable)
 }
 
 #[cfg(feature = "serde")]

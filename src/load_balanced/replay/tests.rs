@@ -36,12 +36,12 @@ async fn a_second_attempt_sends_what_the_first_sent_and_then_the_rest() {
     let mut trailers = HeaderMap::new();
     trailers.insert("x-end", "1".parse().unwrap());
     let channel = Arc::new(ChannelBuffer::default());
-    let replay = Replay::new(
+    let (replay, first) = Replay::start(
         frames(&["ab", "cd"], Some(trailers)),
         ROOMY,
         channel.clone(),
     );
-    let first = read(replay.attempt().unwrap()).await.unwrap();
+    let first = read(first).await.unwrap();
     assert_eq!(first.0, b"abcd");
     assert_eq!(channel.held(), 4);
     let second = read(replay.attempt().unwrap()).await.unwrap();
@@ -57,8 +57,8 @@ async fn a_body_past_the_call_limit_cannot_be_sent_again() {
         per_call: 3,
         ..ROOMY
     };
-    let replay = Replay::new(frames(&["ab", "cd"], None), limits, channel.clone());
-    let first = read(replay.attempt().unwrap()).await.unwrap();
+    let (replay, first) = Replay::start(frames(&["ab", "cd"], None), limits, channel.clone());
+    let first = read(first).await.unwrap();
     assert_eq!(
         first.0, b"abcd",
         "the first attempt is whole past the limit"
@@ -77,10 +77,10 @@ async fn a_full_channel_budget_makes_a_call_not_retryable() {
         per_call: 100,
         per_channel: 5,
     };
-    let one = Replay::new(frames(&["abcd"], None), limits, channel.clone());
-    let two = Replay::new(frames(&["efgh"], None), limits, channel.clone());
-    read(one.attempt().unwrap()).await.unwrap();
-    read(two.attempt().unwrap()).await.unwrap();
+    let (one, first_of_one) = Replay::start(frames(&["abcd"], None), limits, channel.clone());
+    let (two, first_of_two) = Replay::start(frames(&["efgh"], None), limits, channel.clone());
+    read(first_of_one).await.unwrap();
+    read(first_of_two).await.unwrap();
     assert!(one.attempt().is_some(), "the first call fits the budget");
     assert!(
         two.attempt().is_none(),
@@ -93,8 +93,7 @@ async fn a_full_channel_budget_makes_a_call_not_retryable() {
 #[tokio::test]
 async fn a_stale_attempt_reads_nothing_of_the_callers_body() {
     let channel = Arc::new(ChannelBuffer::default());
-    let replay = Replay::new(frames(&["ab", "cd"], None), ROOMY, channel);
-    let stale = replay.attempt().unwrap();
+    let (replay, stale) = Replay::start(frames(&["ab", "cd"], None), ROOMY, channel);
     let fresh = replay.attempt().unwrap();
     assert!(read(stale).await.is_err(), "a replaced attempt must fail");
     assert_eq!(read(fresh).await.unwrap().0, b"abcd");
@@ -103,8 +102,7 @@ async fn a_stale_attempt_reads_nothing_of_the_callers_body() {
 #[tokio::test]
 async fn a_committed_call_keeps_nothing_more() {
     let channel = Arc::new(ChannelBuffer::default());
-    let replay = Replay::new(frames(&["ab", "cd"], None), ROOMY, channel.clone());
-    let body = replay.attempt().unwrap();
+    let (replay, body) = Replay::start(frames(&["ab", "cd"], None), ROOMY, channel.clone());
     replay.commit();
     assert_eq!(
         read(body).await.unwrap().0,
