@@ -694,22 +694,32 @@ async fn interleaved(
                 round + 1,
                 system.label()
             ));
-            // The client's CPU time over the run, as the scale part reads it: from /proc.
-            let pid = client.pid().context("a client's pid")?;
-            let (user0, sys0) = proc::cpu_time(pid)?;
-            let line = client
-                .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
-                .await?;
-            let (user1, sys1) = proc::cpu_time(pid)?;
+            let r = measured_run(client, callers, run).await?;
             progress::advance(run);
-            let mut r = Run::parse(&line)?;
-            r.cpu = Some((user1 + sys1).saturating_sub(user0 + sys0));
             if let Some((_, v)) = runs.iter_mut().find(|(s, _)| s == system) {
                 v.push(r);
             }
         }
     }
     Ok(runs)
+}
+
+/// One run of `callers` for `run` on a client process, with the client's CPU time over it,
+/// as the scale part reads it: from /proc.
+pub(crate) async fn measured_run(
+    client: &mut Proc,
+    callers: usize,
+    run: Duration,
+) -> anyhow::Result<Run> {
+    let pid = client.pid().context("a client's pid")?;
+    let (user0, sys0) = proc::cpu_time(pid)?;
+    let line = client
+        .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
+        .await?;
+    let (user1, sys1) = proc::cpu_time(pid)?;
+    let mut r = Run::parse(&line)?;
+    r.cpu = Some((user1 + sys1).saturating_sub(user0 + sys0));
+    Ok(r)
 }
 
 /// Ips for the scale runs, distinct per service: 127.1.0.0/16 onwards.

@@ -37,7 +37,7 @@ use tonic::transport::Channel;
 
 use crate::{
     ANSWER, ip,
-    proc::{self, Proc},
+    proc::Proc,
     progress,
     report::{self, Run},
 };
@@ -1213,15 +1213,7 @@ async fn interleaved(
                 round + 1,
                 variant.label()
             ));
-            let pid = client.pid().context("a client's pid")?;
-            let (user0, sys0) = proc::cpu_time(pid)?;
-            let line = client
-                .ask(&format!("run {callers} {}", run.as_millis()), ANSWER)
-                .await?;
-            let (user1, sys1) = proc::cpu_time(pid)?;
-            let mut r = Run::parse(&line)?;
-            r.cpu = Some((user1 + sys1).saturating_sub(user0 + sys0));
-            runs[i].push(r);
+            runs[i].push(crate::measured_run(client, callers, run).await?);
             progress::advance(run);
         }
     }
