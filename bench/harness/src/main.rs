@@ -68,6 +68,10 @@ struct Args {
     /// group alone still writes its own section (of BENCHMARKS.md, or of `--write`'s file).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
+    /// Only these parts of the retry group (comma-separated), for investigating: the partial
+    /// section is printed and written nowhere.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    retry_parts: Vec<retries::Part>,
     /// Discovery at scale over TCP only (`DnsTransport::Tcp`), instead of UDP.
     #[arg(long)]
     dns_tcp: bool,
@@ -350,6 +354,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         no_health,
         rounds,
         run,
+        parts: args.retry_parts.clone(),
     };
     if runs(Measure::Retries) {
         planned += retries::planned(&retry_settings);
@@ -561,10 +566,9 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     progress::finish();
     if let Some(text) = retried {
         print!("{text}");
-        let path = args
-            .write
-            .clone()
-            .or_else(|| (!quick).then(|| root().join("BENCHMARKS.md")));
+        let path = args.write.clone().or_else(|| {
+            (!quick && args.retry_parts.is_empty()).then(|| root().join("BENCHMARKS.md"))
+        });
         if let Some(path) = path {
             retries::write(&path, &text)?;
             eprintln!("wrote the retry section of {}", path.display());

@@ -313,8 +313,23 @@ pub async fn client(args: Client) -> anyhow::Result<()> {
 
 // === the harness side ===
 
+/// The group's parts, to run some alone (`--retry-parts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// A pod killed under load.
+    Killed,
+    /// grpcio pods ending their connections after 1 s, and their rolling update.
+    Grpcio,
+    /// tonic pods ending their connections after 1 s, and their rolling update.
+    Tonic,
+    /// Every pod answering `UNAVAILABLE`.
+    Failing,
+    /// The cost when nothing fails.
+    Cost,
+}
+
 /// How the group runs, from the harness's arguments.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub quick: bool,
     /// Our kinds with health checks off where the pods serve health (`--no-health`).
@@ -322,9 +337,15 @@ pub struct Settings {
     /// Rounds and length of the cost's interleaved runs, as the main part's.
     pub rounds: usize,
     pub run: Duration,
+    /// The parts to run; all when empty.
+    pub parts: Vec<Part>,
 }
 
 impl Settings {
+    fn runs(&self, part: Part) -> bool {
+        self.parts.is_empty() || self.parts.contains(&part)
+    }
+
     /// Rounds of the killed pod, and how long each kill is watched.
     fn killed(&self) -> (usize, Duration) {
         if self.quick {
@@ -360,14 +381,19 @@ impl Settings {
 
 /// The group's rough wall time, for the progress bar.
 pub fn planned(s: &Settings) -> Duration {
+    let part = |p: Part, d: Duration| if s.runs(p) { d } else { Duration::ZERO };
     let (rounds, window) = s.killed();
     let killed = (window + Duration::from_secs(1)) * (4 * rounds) as u32;
     let (rounds, run) = s.aged();
     let rolling = (Duration::from_secs(2) + (INTERVAL + GRACE) * s.rolled() as u32) * 3;
-    let aged = (run * (3 * rounds) as u32 + rolling) * 2;
+    let aged = run * (3 * rounds) as u32 + rolling;
     let (drain, measured) = s.failing();
     let cost = (crate::WARM_UP + s.run * s.rounds as u32) * 2 * crate::CALLERS.len() as u32;
-    killed + aged + drain + measured + cost
+    part(Part::Killed, killed)
+        + part(Part::Grpcio, aged)
+        + part(Part::Tonic, aged)
+        + part(Part::Failing, drain + measured)
+        + part(Part::Cost, cost)
 }
 
 /// The client settings compared.
@@ -642,18 +668,28 @@ impl Section {
 
 /// Runs the group; returns its section of the report.
 pub async fn run(dns: &DnsServer, me: &Path, command: &str, s: Settings) -> anyhow::Result<String> {
-    check_grpcio()?;
+    if s.runs(Part::Grpcio) {
+        check_grpcio()?;
+    }
     let started = Instant::now();
     let mut section = Section {
         goals: Vec::new(),
         body: String::new(),
     };
-    killed(dns, me, &s, &mut section).await?;
-    for server in [Server::Grpcio, Server::Tonic] {
-        aged(dns, me, &s, server, &mut section).await?;
+    if s.runs(Part::Killed) {
+        killed(dns, me, &s, &mut section).await?;
     }
-    failing(dns, me, &s, &mut section).await?;
-    cost(dns, me, &s, &mut section).await?;
+    for (server, part) in [(Server::Grpcio, Part::Grpcio), (Server::Tonic, Part::Tonic)] {
+        if s.runs(part) {
+            aged(dns, me, &s, server, &mut section).await?;
+        }
+    }
+    if s.runs(Part::Failing) {
+        failing(dns, me, &s, &mut section).await?;
+    }
+    if s.runs(Part::Cost) {
+        cost(dns, me, &s, &mut section).await?;
+    }
 
     let mut out = String::new();
     let _ = writeln!(out, "- Date: {}", report::today());
