@@ -245,7 +245,9 @@ impl LoadBalancedChannel {
         let (parts, body) = request.into_parts();
         let policy = retry.policy.as_ref().filter(|p| p.covers(parts.uri.path()));
         let deadline = grpc_timeout(&parts.headers).and_then(|t| Instant::now().checked_add(t));
-        let (replay, mut body) = Replay::start(body, retry.limits, retry.buffer.clone());
+        let head = Head::of(&parts);
+        let mut first = Some(parts);
+        let (mut replay, mut body) = Replay::start(body, retry.limits, retry.buffer.clone());
         let mut tries = Tries::default();
         let mut avoid = None;
         loop {
@@ -254,11 +256,19 @@ impl LoadBalancedChannel {
             };
             let addr = pick.addr();
             tracing::trace!(endpoint = %addr, admission = ?pick.admission(), "picked");
-            let mut request = http::Request::from_parts(parts_of(&parts), body);
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                set_grpc_timeout(request.headers_mut(), left);
-            }
+            // The first attempt takes the caller's head as it is; a later one a copy, with
+            // what is left of the deadline.
+            let request = match first.take() {
+                Some(parts) => http::Request::from_parts(parts, body),
+                None => {
+                    let mut request = head.request(body);
+                    if let Some(deadline) = deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        set_grpc_timeout(request.headers_mut(), left);
+                    }
+                    request
+                }
+            };
             let result = attempt(&pick, request).await;
             let unsent = match &result {
                 Err(e) if retry.transparent => Unsent::of(e),
@@ -401,15 +411,34 @@ impl Tries {
     }
 }
 
-/// A copy of a request's head for one more attempt.
-fn parts_of(parts: &http::request::Parts) -> http::request::Parts {
-    let mut request = http::Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
-    request.into_parts().0
+/// A copy of a request's head for the attempts after the first. It leaves the extensions out:
+/// below this channel only tonic's transport and hyper read a request, and neither reads a
+/// gRPC call's extensions, while copying them is most of the copy's cost.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn request(&self, body: Body) -> http::Request<Body> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// The call's deadline from its `grpc-timeout` header (gRPC's wire format: at most 8 digits

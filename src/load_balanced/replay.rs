@@ -1,24 +1,27 @@
 //! A request body that can be sent again: what the pod was given is kept, within limits, so
 //! that a retry replays it and then reads on from the caller's body.
 //!
-//! Each attempt reads through an [`AttemptBody`] of its own. Only the newest attempt may read:
+//! A body that is whole at once (a unary call's one message) is taken before the first attempt
+//! and each attempt sends a copy of it: no lock and no shared state on the common path. Any
+//! other body is read as the pod takes it, each attempt through an [`AttemptBody`] of its own. Only the newest attempt may read:
 //! hyper can still hold a failed attempt's body for a moment, and a stale reader must not take
 //! frames from the caller's body that the next attempt needs. Past the per-call or the
 //! per-channel limit the kept frames are dropped and the call can no longer be retried; once a
 //! response has come ([`Replay::commit`]) nothing more is kept.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use tonic::body::Body;
 
 /// The bytes every call of one channel keeps for a replay, together.
@@ -56,8 +59,31 @@ pub(crate) struct Limits {
 }
 
 /// One call's body, shared by its attempts.
+#[derive(Debug)]
+pub(super) enum Replay {
+    /// The whole body, read before the first attempt; `None` when past a limit.
+    Whole(Option<Whole>),
+    /// A body read as the attempts take it.
+    Streaming(Streaming),
+}
+
+/// A whole body kept for the attempts after the first, its bytes counted in the channel's
+/// budget until the call ends.
+#[derive(Debug)]
+pub(super) struct Whole {
+    data: Bytes,
+    channel: Arc<ChannelBuffer>,
+}
+
+impl Drop for Whole {
+    fn drop(&mut self) {
+        self.channel.give_back(self.data.len());
+    }
+}
+
+/// The state of a streaming body, shared by its attempts.
 #[derive(Debug, Clone)]
-pub(super) struct Replay {
+pub(super) struct Streaming {
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -107,7 +133,131 @@ impl Drop for Shared {
 
 impl Replay {
     /// Keeps `source` for the attempts of one call; the first attempt's body beside it.
-    pub(super) fn start(source: Body, limits: Limits, channel: Arc<ChannelBuffer>) -> (Self, Body) {
+    pub(super) fn start(
+        mut source: Body,
+        limits: Limits,
+        channel: Arc<ChannelBuffer>,
+    ) -> (Self, Body) {
+        // What the body has ready now, without waiting: a pending body is polled again, with
+        // the pod's waker, by whoever sends it.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut ready = VecDeque::new();
+        let mut ended = false;
+        while ready.len() < 2 {
+            match Pin::new(&mut source).poll_frame(&mut cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Some(frame)) => ready.push_back(frame),
+            }
+        }
+        let whole = match (ended, ready.len()) {
+            (true, 0) => Some(Bytes::new()),
+            (true, 1) => match ready.pop_front() {
+                Some(Ok(frame)) if frame.is_data() => frame.into_data().ok(),
+                other => {
+                    ready.extend(other);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(data) = whole {
+            let n = data.len();
+            let fits = n <= limits.per_call && channel.take(n, limits.per_channel);
+            let kept = fits.then(|| Whole {
+                data: data.clone(),
+                channel,
+            });
+            return (Self::Whole(kept), whole_body(data));
+        }
+        let source = if ready.is_empty() && !ended {
+            source
+        } else {
+            Body::new(Prefixed {
+                ready,
+                rest: (!ended).then_some(source),
+            })
+        };
+        let (streaming, first) = Streaming::start(source, limits, channel);
+        (Self::Streaming(streaming), first)
+    }
+
+    /// The body of the next attempt, which replays from the start; `None` once something was
+    /// sent that is no longer kept.
+    pub(super) fn attempt(&self) -> Option<Body> {
+        match self {
+            Self::Whole(kept) => kept.as_ref().map(|k| whole_body(k.data.clone())),
+            Self::Streaming(streaming) => streaming.attempt(),
+        }
+    }
+
+    /// A response came: the call will not be sent again, so nothing more is kept.
+    pub(super) fn commit(&mut self) {
+        match self {
+            Self::Whole(kept) => *kept = None,
+            Self::Streaming(streaming) => streaming.commit(),
+        }
+    }
+}
+
+fn whole_body(data: Bytes) -> Body {
+    Body::new(WholeBody(Some(data)))
+}
+
+/// A body of one data frame, which has ended once the frame is taken (so that the frame
+/// carries the end of the stream). Its size is not announced: a `content-length` the caller's
+/// body did not have would change the request's head.
+struct WholeBody(Option<Bytes>);
+
+impl http_body::Body for WholeBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// Frames read ahead, then the rest of the caller's body.
+struct Prefixed {
+    ready: VecDeque<Result<Frame<Bytes>, tonic::Status>>,
+    rest: Option<Body>,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        if let Some(frame) = self.ready.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+impl Streaming {
+    fn start(source: Body, limits: Limits, channel: Arc<ChannelBuffer>) -> (Self, Body) {
         let replay = Self {
             shared: Arc::new(Mutex::new(Shared {
                 source,
@@ -129,9 +279,7 @@ impl Replay {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The body of the next attempt, which replays from the start; `None` once something was
-    /// sent that is no longer kept.
-    pub(super) fn attempt(&self) -> Option<Body> {
+    fn attempt(&self) -> Option<Body> {
         let mut shared = self.lock();
         if shared.lost {
             return None;
@@ -151,15 +299,14 @@ impl Replay {
         })
     }
 
-    /// A response came: the call will not be sent again, so nothing more is kept.
-    pub(super) fn commit(&self) {
+    fn commit(&self) {
         self.lock().release();
     }
 }
 
 /// The body one attempt sends.
 struct AttemptBody {
-    replay: Replay,
+    replay: Streaming,
     attempt: u32,
     /// The next kept frame to send.
     next: usize,

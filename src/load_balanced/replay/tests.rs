@@ -77,7 +77,7 @@ async fn a_full_channel_budget_makes_a_call_not_retryable() {
         per_call: 100,
         per_channel: 5,
     };
-    let (one, first_of_one) = Replay::start(frames(&["abcd"], None), limits, channel.clone());
+    let (mut one, first_of_one) = Replay::start(frames(&["abcd"], None), limits, channel.clone());
     let (two, first_of_two) = Replay::start(frames(&["efgh"], None), limits, channel.clone());
     read(first_of_one).await.unwrap();
     read(first_of_two).await.unwrap();
@@ -102,7 +102,7 @@ async fn a_stale_attempt_reads_nothing_of_the_callers_body() {
 #[tokio::test]
 async fn a_committed_call_keeps_nothing_more() {
     let channel = Arc::new(ChannelBuffer::default());
-    let (replay, body) = Replay::start(frames(&["ab", "cd"], None), ROOMY, channel.clone());
+    let (mut replay, body) = Replay::start(frames(&["ab", "cd"], None), ROOMY, channel.clone());
     replay.commit();
     assert_eq!(
         read(body).await.unwrap().0,
@@ -111,4 +111,83 @@ async fn a_committed_call_keeps_nothing_more() {
     );
     assert_eq!(channel.held(), 0);
     assert!(replay.attempt().is_none());
+}
+
+#[tokio::test]
+async fn a_unary_body_is_taken_whole_and_sent_with_its_end() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let (mut replay, mut first) = Replay::start(frames(&["abc"], None), ROOMY, channel.clone());
+    assert!(matches!(replay, Replay::Whole(Some(_))), "{replay:?}");
+    assert_eq!(
+        channel.held(),
+        3,
+        "the kept bytes count in the channel's budget"
+    );
+    let frame = first.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "abc");
+    assert!(
+        http_body::Body::is_end_stream(&first),
+        "the one frame carries the end of the stream"
+    );
+    let second = read(replay.attempt().unwrap()).await.unwrap();
+    assert_eq!(second.0, b"abc");
+    replay.commit();
+    assert_eq!(channel.held(), 0, "a committed call gives its bytes back");
+    assert!(replay.attempt().is_none());
+}
+
+#[tokio::test]
+async fn a_whole_body_past_the_call_limit_is_sent_once() {
+    let channel = Arc::new(ChannelBuffer::default());
+    let limits = Limits {
+        per_call: 2,
+        ..ROOMY
+    };
+    let (replay, first) = Replay::start(frames(&["abc"], None), limits, channel.clone());
+    assert_eq!(read(first).await.unwrap().0, b"abc");
+    assert!(replay.attempt().is_none());
+    assert_eq!(channel.held(), 0);
+}
+
+#[tokio::test]
+async fn a_body_not_ready_at_the_start_is_kept_as_it_is_read() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, tonic::Status>>(4);
+    let source = Body::new(http_body_util::StreamBody::new(tokio_stream_of(rx)));
+    let channel = Arc::new(ChannelBuffer::default());
+    let (replay, first) = Replay::start(source, ROOMY, channel.clone());
+    assert!(matches!(replay, Replay::Streaming(_)), "{replay:?}");
+    for part in ["ab", "cd"] {
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+            part.as_bytes(),
+        ))))
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    assert_eq!(read(first).await.unwrap().0, b"abcd");
+    assert_eq!(read(replay.attempt().unwrap()).await.unwrap().0, b"abcd");
+}
+
+#[tokio::test]
+async fn frames_read_ahead_go_first_and_the_rest_follows() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, tonic::Status>>(4);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"ab"))))
+        .await
+        .unwrap();
+    let source = Body::new(http_body_util::StreamBody::new(tokio_stream_of(rx)));
+    let (replay, first) = Replay::start(source, ROOMY, Arc::new(ChannelBuffer::default()));
+    assert!(matches!(replay, Replay::Streaming(_)), "{replay:?}");
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"cd"))))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(read(first).await.unwrap().0, b"abcd");
+    assert_eq!(read(replay.attempt().unwrap()).await.unwrap().0, b"abcd");
+}
+
+/// A stream of what `rx` receives.
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
 }
