@@ -3,10 +3,12 @@
 //! The estimate is an exponentially weighted moving average over *time*: a sample counts
 //! for `1 - e^(-Δt / decay)`, where Δt is the time since the last one, so a burst of calls does
 //! not wipe out the past and an old value fades in about `decay`. A rise is taken at once, as
-//! a peak, once **three samples in a row** show it, so that a slow call or two (a connection
-//! set-up, a stall on a busy client) cannot make an equal pod look slow for a whole `decay`:
-//! at light load nothing else would send it the call that corrects that. A pod that is really
-//! slow is seen after its third call. A new pod's
+//! a peak, once **three calls one after another** show it, each started after the one before
+//! it ended: calls that were in flight together through one stall (a busy pod's connection
+//! task, a new connection's set-up, a client off the CPU) are one observation, however many
+//! they are. So one stall cannot make an equal pod look slow for a whole `decay` (at light
+//! load nothing else would send it the call that corrects that), while a pod that is really
+//! slow is seen within three of its round trips. A new pod's
 //! first [`WARMUP`] round trips are not taken at all: they pay for the connection's set-up.
 //! While no call completes the estimate decays toward zero, so an idle pod is tried again.
 
@@ -28,10 +30,18 @@ const CEILING_NS: f64 = 60e9;
 pub(super) struct Estimate {
     rtt_ns: f64,
     at: Instant,
-    /// The previous two samples: a rise is confirmed by three in a row.
-    last_ns: [f64; 2],
+    /// The last three links of the chain of calls one after another, newest first: a rise is
+    /// confirmed when all three show it.
+    links: [Link; 3],
     /// Round trips seen so far, up to [`WARMUP`].
     seen: u32,
+}
+
+/// Calls that ended while in flight together: the fastest of them, and when the first ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Link {
+    ns: f64,
+    end: Instant,
 }
 
 impl Estimate {
@@ -41,7 +51,10 @@ impl Estimate {
         Self {
             rtt_ns,
             at: now,
-            last_ns: [rtt_ns; 2],
+            links: [Link {
+                ns: rtt_ns,
+                end: now,
+            }; 3],
             seen: 0,
         }
     }
@@ -60,9 +73,26 @@ impl Estimate {
         let sample = nanos(rtt);
         let w = weight(now.saturating_duration_since(self.at), decay);
         let ewma = self.rtt_ns * w + sample * (1.0 - w);
-        let confirmed = sample.min(self.last_ns[0]).min(self.last_ns[1]);
+        let started = now.checked_sub(rtt).unwrap_or(now);
+        if started < self.links[0].end {
+            // In flight when the newest link's first call ended: the same stall.
+            self.links[0].ns = self.links[0].ns.min(sample);
+        } else {
+            self.links = [
+                Link {
+                    ns: sample,
+                    end: now,
+                },
+                self.links[0],
+                self.links[1],
+            ];
+        }
+        let confirmed = self
+            .links
+            .iter()
+            .map(|l| l.ns)
+            .fold(f64::INFINITY, f64::min);
         self.rtt_ns = ewma.max(confirmed).min(CEILING_NS);
-        self.last_ns = [sample, self.last_ns[0]];
         self.at = now;
     }
 
@@ -86,7 +116,10 @@ impl Estimate {
         let penalty = FAILURE_PENALTY * self.at(now, decay).max(floor_ns);
         let sample = nanos(elapsed).max(penalty).min(CEILING_NS);
         self.rtt_ns = sample;
-        self.last_ns = [sample; 2];
+        self.links = [Link {
+            ns: sample,
+            end: now,
+        }; 3];
         self.at = now;
     }
 }
@@ -115,12 +148,12 @@ mod tests {
         let mut now = Instant::now();
         let mut e = Estimate::new(0.3 * MS, now);
         for _ in 0..WARMUP {
-            now += us(300);
+            now += Duration::from_millis(50);
             e.observe(Duration::from_millis(50), now, DECAY);
         }
         assert!(e.at(now, DECAY) <= 0.3 * MS, "the set-up counted: {e:?}");
         for _ in 0..3 {
-            now += us(300);
+            now += Duration::from_millis(50);
             e.observe(Duration::from_millis(50), now, DECAY);
         }
         assert!(
@@ -148,27 +181,49 @@ mod tests {
     }
 
     #[test]
-    fn two_slow_samples_are_not_a_peak_three_in_a_row_are() {
+    fn two_slow_calls_are_not_a_peak_three_one_after_another_are() {
         let mut now = Instant::now();
         let mut e = warm(&mut now);
         for stall in [3, 5] {
-            now += us(300);
+            now += Duration::from_millis(stall);
             e.observe(Duration::from_millis(stall), now, DECAY);
         }
-        assert!(e.at(now, DECAY) < 0.4 * MS, "two stalls: {e:?}");
+        // The moving average takes a little of each (its weight is the time between them).
+        assert!(e.at(now, DECAY) < 0.5 * MS, "two stalls: {e:?}");
         now += us(300);
         e.observe(us(300), now, DECAY);
         for _ in 0..2 {
-            now += us(300);
+            now += Duration::from_millis(20);
             e.observe(Duration::from_millis(20), now, DECAY);
         }
-        assert!(e.at(now, DECAY) < 0.4 * MS, "two slow calls: {e:?}");
-        now += us(300);
+        assert!(e.at(now, DECAY) < 2.0 * MS, "two slow calls: {e:?}");
+        now += Duration::from_millis(20);
         e.observe(Duration::from_millis(20), now, DECAY);
         assert!(
             e.at(now, DECAY) >= 19.9 * MS,
-            "three slow calls in a row: {e:?}"
+            "three slow calls one after another: {e:?}"
         );
+    }
+
+    #[test]
+    fn calls_held_up_together_by_one_stall_are_one_observation() {
+        let mut now = Instant::now();
+        let mut e = warm(&mut now);
+        // Sixteen calls in flight through a 30 ms stall end within a few microseconds.
+        for _ in 0..16 {
+            now += us(5);
+            e.observe(Duration::from_millis(30), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) < 0.4 * MS, "one stall made a peak: {e:?}");
+        // Three more, each of calls that started after the one before it ended: the pod is slow.
+        for _ in 0..3 {
+            now += Duration::from_millis(30);
+            for _ in 0..16 {
+                now += us(5);
+                e.observe(Duration::from_millis(30), now, DECAY);
+            }
+        }
+        assert!(e.at(now, DECAY) >= 29.9 * MS, "{e:?}");
     }
 
     #[test]
@@ -205,7 +260,7 @@ mod tests {
         e.observe_at_least(us(1), now, DECAY);
         assert_eq!(e.at(now, DECAY), before);
         for _ in 0..3 {
-            now += us(300);
+            now += Duration::from_millis(100);
             e.observe_at_least(Duration::from_millis(100), now, DECAY);
         }
         assert!(e.at(now, DECAY) >= 99.0 * MS, "{e:?}");
