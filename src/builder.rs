@@ -285,6 +285,11 @@ impl Builder {
 
     /// Any other tonic setting, applied to every pod's [`Endpoint`] after ours.
     ///
+    /// The load-aware kind dials its pods with a connector of its own, which counts each
+    /// pod's dials; it is the connector tonic would use, set from the endpoint's TCP settings
+    /// (`tcp_nodelay`, `tcp_keepalive*`). A `local_address` set here does not reach it, since
+    /// tonic does not expose it back; the plain kind and the health checks use it.
+    ///
     /// ```
     /// # use k8s_headless_svc::Registry;
     /// let builder = Registry::builder()

@@ -88,6 +88,23 @@ impl EndpointTemplate {
     /// it is `https`, and the certificate is verified against the Service's DNS name, which
     /// is also the `:authority`, as a client of a ClusterIP Service would see it.
     pub(crate) fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
+        self.build(addr, true)
+    }
+
+    /// The endpoint of the pod at `addr` without the connect timeout, for a connector that
+    /// applies it itself (so that a timeout stays a connect error).
+    pub(crate) fn endpoint_without_connect_timeout(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<Endpoint, tonic::transport::Error> {
+        self.build(addr, false)
+    }
+
+    fn build(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: bool,
+    ) -> Result<Endpoint, tonic::transport::Error> {
         let scheme = if self.uses_tls() { "https" } else { "http" };
         let uri = http::Uri::builder()
             .scheme(scheme)
@@ -111,7 +128,7 @@ impl EndpointTemplate {
             }
             ep = ep.tls_config(tls)?;
         }
-        if let Some(t) = self.connect_timeout {
+        if let Some(t) = self.connect_timeout.filter(|_| connect_timeout) {
             ep = ep.connect_timeout(t);
         }
         if let Some(t) = self.request_timeout {

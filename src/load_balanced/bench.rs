@@ -35,7 +35,7 @@ impl Picker {
 
     /// Makes it hold exactly `set`, as the channel does on every change of the serving set.
     pub fn hold(&self, set: &BTreeSet<SocketAddr>) {
-        self.0.hold(set, |a| Some(lazy(a)));
+        self.0.hold(set, |a| Some((lazy(a), Default::default())));
     }
 }
 

@@ -368,7 +368,7 @@ impl LoadBalancedChannel {
 fn settle(pick: Pick, outcome: Option<Outcome>) {
     match outcome {
         Some(outcome) => pick.finish(outcome),
-        None => drop(pick),
+        None => pick.unsent(),
     }
 }
 
@@ -492,8 +492,8 @@ async fn follow(
 
 /// Makes the picker hold exactly `set`.
 fn apply(picker: &Picker, set: &BTreeSet<SocketAddr>, template: &EndpointTemplate) {
-    picker.hold(set, |addr| match template.endpoint(addr) {
-        Ok(endpoint) => Some(endpoint.connect_lazy()),
+    picker.hold(set, |addr| match super::dial::channel(template, addr) {
+        Ok(conn) => Some(conn),
         Err(e) => {
             tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}");
             None

@@ -13,6 +13,7 @@
 //! - [`estimate`]: a pod's latency estimate (Peak-EWMA), a plain value.
 //! - [`breaker`]: a pod's failure accrual, a plain value.
 //! - [`channel`]: [`LoadBalancedChannel`] and the task that follows the serving set.
+//! - [`dial`]: each pod's connector, which counts its dials.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub mod bench;
 mod breaker;
 mod channel;
+mod dial;
 mod estimate;
 mod picker;
 mod replay;

@@ -27,6 +27,7 @@ use tonic::transport::Channel;
 use super::{
     LoadMeasure,
     breaker::{Admission, Breaker, BreakerEvent, BreakerSettings, Outcome, Ticket},
+    dial::{DialMark, Dials},
     estimate::{Estimate, nanos},
 };
 use crate::ejection::ejection_cap;
@@ -96,6 +97,8 @@ impl fmt::Debug for Pods {
 pub(super) struct Pod {
     pub(super) addr: SocketAddr,
     channel: Channel,
+    /// The dials of its connection, so that a call that waited for one is not measured.
+    dials: Arc<Dials>,
     in_flight: AtomicUsize,
     /// Calls it has been given, for the observation API.
     calls: AtomicU64,
@@ -125,10 +128,16 @@ impl fmt::Debug for Pod {
 }
 
 impl Pod {
-    pub(super) fn new(addr: SocketAddr, channel: Channel, estimate: Estimate) -> Self {
+    pub(super) fn new(
+        addr: SocketAddr,
+        channel: Channel,
+        dials: Arc<Dials>,
+        estimate: Estimate,
+    ) -> Self {
         Self {
             addr,
             channel,
+            dials,
             in_flight: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -275,7 +284,7 @@ impl Picker {
     pub(super) fn hold(
         &self,
         set: &BTreeSet<SocketAddr>,
-        mut connect: impl FnMut(SocketAddr) -> Option<Channel>,
+        mut connect: impl FnMut(SocketAddr) -> Option<(Channel, Arc<Dials>)>,
     ) {
         let old = self.snapshot();
         if old.len() == set.len() && old.iter().zip(set).all(|(p, a)| p.addr == *a) {
@@ -317,9 +326,14 @@ impl Picker {
             *peers.select_nth_unstable_by(middle, f64::total_cmp).1
         };
         for addr in added {
-            if let Some(channel) = connect(addr) {
+            if let Some((channel, dials)) = connect(addr) {
                 tracing::debug!(endpoint = %addr, "load-balanced channel: adding endpoint");
-                kept.push(Arc::new(Pod::new(addr, channel, Estimate::new(start, now))));
+                kept.push(Arc::new(Pod::new(
+                    addr,
+                    channel,
+                    dials,
+                    Estimate::new(start, now),
+                )));
             }
         }
         self.replace(kept);
@@ -415,6 +429,7 @@ impl Picker {
             picker: self.clone(),
             ticket,
             started: now,
+            dials: pod.dials.mark(),
             finished: false,
         })
     }
@@ -459,6 +474,7 @@ pub(super) struct Pick {
     picker: Arc<Picker>,
     ticket: Ticket,
     started: Instant,
+    dials: DialMark,
     finished: bool,
 }
 
@@ -489,6 +505,14 @@ impl Pick {
         self.ticket.admission
     }
 
+    /// Gives the pick back for a call the pod did not process: its time (spent waiting for a
+    /// connection, or refused at once) says nothing of the pod's load, so the estimate takes
+    /// nothing, and a trial ticket goes back unused.
+    pub(super) fn unsent(mut self) {
+        self.finished = true;
+        self.pod.state().breaker.cancel(self.ticket);
+    }
+
     /// Records how the call went.
     pub(super) fn finish(mut self, outcome: Outcome) {
         self.finished = true;
@@ -499,6 +523,8 @@ impl Pick {
         let pod = &self.pod;
         let mut state = pod.state();
         match outcome {
+            // A call that waited for a new connection measured the dial, not the pod.
+            Outcome::Success if !pod.dials.quiet_since(self.dials) => {}
             Outcome::Success => state.estimate.observe(elapsed, now, decay),
             Outcome::Failure => {
                 state
@@ -536,8 +562,12 @@ impl Drop for Pick {
         if !self.finished {
             let now = Instant::now();
             let decay = self.picker.settings.decay();
+            let quiet = self.pod.dials.quiet_since(self.dials);
             let mut state = self.pod.state();
             state.breaker.cancel(self.ticket);
+            if !quiet {
+                return;
+            }
             state.estimate.observe_at_least(
                 now.saturating_duration_since(self.started),
                 now,

@@ -76,7 +76,12 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .unwrap()
                 .connect_lazy();
-            Arc::new(Pod::new(addr, channel, Estimate::new(1e6, now)))
+            Arc::new(Pod::new(
+                addr,
+                channel,
+                Arc::default(),
+                Estimate::new(1e6, now),
+            ))
         })
         .collect();
     picker.replace(snapshot);
@@ -128,6 +133,7 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
     pods.push(Arc::new(Pod::new(
         addr,
         channel,
+        Arc::default(),
         Estimate::new(1e6, Instant::now()),
     )));
     picker.replace(pods);
@@ -200,7 +206,12 @@ fn pod(last_octet: u8) -> Arc<Pod> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
-    Arc::new(Pod::new(addr, channel, Estimate::new(1e6, Instant::now())))
+    Arc::new(Pod::new(
+        addr,
+        channel,
+        Arc::default(),
+        Estimate::new(1e6, Instant::now()),
+    ))
 }
 
 /// Where `picks` calls go and how they were let through; each call succeeds.
@@ -336,4 +347,74 @@ async fn a_call_sent_again_avoids_the_pod_it_left_while_there_is_another() {
     let alone = self::picker(1, 0.5);
     let only = alone.snapshot()[0].addr;
     assert_eq!(alone.pick(Some(only)).expect("a pod").addr(), only);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_the_pod_did_not_process_says_nothing_of_its_load() {
+    let picker = picker(1, 0.5);
+    let pod = picker.snapshot()[0].clone();
+    let decay = picker.settings.decay();
+    for _ in 0..crate::load_balanced::estimate::WARMUP {
+        picker.pick(None).unwrap().finish(Outcome::Success);
+    }
+    let before = pod.estimate(Instant::now(), decay);
+    let pick = picker.pick(None).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pick.unsent();
+    let now = Instant::now();
+    assert!(
+        pod.estimate(now, decay) <= before,
+        "the wait of an unsent call was taken: {} ns, from {before} ns",
+        pod.estimate(now, decay)
+    );
+    // A call dropped after the same wait is a lower bound of a round trip, and is taken (as
+    // one sample of the moving average: 500 ms after the last, it weighs 39 %).
+    let pick = picker.pick(None).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(pick);
+    assert!(pod.estimate(Instant::now(), decay) >= 150e6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waited_for_a_dial_measures_nothing_of_the_pod() {
+    let picker = picker(1, 0.5);
+    let dials = Arc::new(Dials::default());
+    let addr = SocketAddr::from(([127, 0, 0, 2], 1));
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.2:1").connect_lazy();
+    picker.replace(vec![Arc::new(Pod::new(
+        addr,
+        channel,
+        dials.clone(),
+        Estimate::new(1e6, Instant::now()),
+    ))]);
+    let pod = picker.snapshot()[0].clone();
+    let decay = picker.settings.decay();
+    let slow_call = |dial: bool| {
+        let (picker, dials) = (picker.clone(), dials.clone());
+        async move {
+            let pick = picker.pick(None).unwrap();
+            // A dial that starts with the call: it waits for the new connection.
+            let dialing = dial.then(|| dials.dial());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(dialing);
+            pick.finish(Outcome::Success);
+        }
+    };
+    for _ in 0..crate::load_balanced::estimate::WARMUP {
+        slow_call(false).await;
+    }
+    for _ in 0..3 {
+        slow_call(true).await;
+    }
+    let now = Instant::now();
+    assert!(
+        pod.estimate(now, decay) < 1e6,
+        "calls that waited for dials were measured: {} ns",
+        pod.estimate(now, decay)
+    );
+    // The same calls on a connection already made: the pod is slow.
+    for _ in 0..3 {
+        slow_call(false).await;
+    }
+    assert!(pod.estimate(Instant::now(), decay) >= 49e6);
 }
