@@ -150,7 +150,14 @@ impl Replay {
                     ended = true;
                     break;
                 }
-                Poll::Ready(Some(frame)) => ready.push_back(frame),
+                Poll::Ready(Some(frame)) => {
+                    // A body that failed is not polled again.
+                    let failed = frame.is_err();
+                    ready.push_back(frame);
+                    if failed {
+                        break;
+                    }
+                }
             }
         }
         let whole = match (ended, ready.len()) {

@@ -191,3 +191,21 @@ fn tokio_stream_of<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
 }
+
+#[tokio::test]
+async fn a_body_that_fails_at_once_fails_its_attempt_and_is_read_no_further() {
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = polls.clone();
+    let source = Body::new(http_body_util::StreamBody::new(
+        futures_util::stream::poll_fn(move |_| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Ready(match n {
+                0 => Some(Err(tonic::Status::internal("broken"))),
+                _ => Some(Ok(http_body::Frame::data(Bytes::from_static(b"late")))),
+            })
+        }),
+    ));
+    let (_replay, first) = Replay::start(source, ROOMY, Arc::new(ChannelBuffer::default()));
+    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(read(first).await.is_err());
+}
