@@ -211,7 +211,8 @@ impl Replay {
 }
 
 fn whole_body(data: Bytes) -> Body {
-    Body::new(WholeBody(Some(data)))
+    // An empty body stays one that has ended before its first frame.
+    Body::new(WholeBody(Some(data).filter(|d| !d.is_empty())))
 }
 
 /// A body of one data frame, which has ended once the frame is taken (so that the frame

@@ -209,3 +209,10 @@ async fn a_body_that_fails_at_once_fails_its_attempt_and_is_read_no_further() {
     assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(read(first).await.is_err());
 }
+
+#[tokio::test]
+async fn an_empty_body_is_sent_as_ended() {
+    let (replay, first) = Replay::start(Body::empty(), ROOMY, Arc::new(ChannelBuffer::default()));
+    assert!(http_body::Body::is_end_stream(&first));
+    assert!(http_body::Body::is_end_stream(&replay.attempt().unwrap()));
+}
