@@ -23,7 +23,7 @@ use tower::Service;
 
 /// The dials of one pod's connection: started, and finished (connected or failed).
 #[derive(Debug, Default)]
-pub(crate) struct Dials {
+pub(super) struct Dials {
     started: AtomicU64,
     finished: AtomicU64,
 }
@@ -52,24 +52,26 @@ impl Dials {
         mark.quiet && self.started.load(Ordering::Acquire) == mark.started
     }
 
-    /// Counts a dial, as the connector does, for tests elsewhere in the module.
-    #[cfg(test)]
-    pub(super) fn dial(&self) -> impl Drop {
+    /// Counts a dial as started; the guard counts it as finished when dropped, however the
+    /// dial ended.
+    pub(super) fn begin(self: &Arc<Self>) -> Finished {
         self.started.fetch_add(1, Ordering::AcqRel);
-        struct Done<'a>(&'a Dials);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.finished.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        Done(self)
+        Finished(self.clone())
+    }
+}
+
+pub(super) struct Finished(Arc<Dials>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
     }
 }
 
 /// A lazy channel to the pod at `addr`, dialed by the connector tonic would use (the
 /// endpoint's TCP settings and the template's connect timeout; tonic adds TLS), counting its
 /// dials.
-pub(crate) fn channel(
+pub(super) fn channel(
     template: &EndpointTemplate,
     addr: SocketAddr,
 ) -> Result<(Channel, Arc<Dials>), tonic::transport::Error> {
@@ -96,15 +98,6 @@ struct Counting {
     dials: Arc<Dials>,
 }
 
-/// Counts a dial as finished when dropped, however the dial ended.
-struct Finished(Arc<Dials>);
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
 type Dialing<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl Service<Uri> for Counting {
@@ -117,8 +110,7 @@ impl Service<Uri> for Counting {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        self.dials.started.fetch_add(1, Ordering::AcqRel);
-        let finished = Finished(self.dials.clone());
+        let finished = self.dials.begin();
         let dial = self.http.call(uri);
         Box::pin(async move {
             let io = dial.await;
@@ -134,13 +126,13 @@ mod tests {
 
     #[test]
     fn a_call_overlapping_a_dial_is_not_quiet() {
-        let dials = Dials::default();
+        let dials = Arc::new(Dials::default());
         let before = dials.mark();
         assert!(dials.quiet_since(before), "nothing dialed");
-        dials.started.fetch_add(1, Ordering::AcqRel);
+        let dial = dials.begin();
         assert!(!dials.quiet_since(before), "a dial started during the call");
         let during = dials.mark();
-        dials.finished.fetch_add(1, Ordering::AcqRel);
+        drop(dial);
         assert!(!dials.quiet_since(during), "the call started during a dial");
         let after = dials.mark();
         assert!(dials.quiet_since(after), "the dial ended before the call");

@@ -40,12 +40,13 @@ pub use retry::{RetryPolicy, RetryThrottling};
 )]
 #[non_exhaustive]
 pub enum LoadMeasure {
-    /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice), with two
+    /// Peak-EWMA of response latency, times the calls in flight (linkerd's choice), with three
     /// refinements: a rise in latency counts at once only when three calls one after another
     /// show it, each started after the one before it ended (a slow call or two, or many held
     /// up together by one stall, are not a peak), a call that waited for a new connection is
-    /// not taken, and a new pod starts from its peers' median estimate. `default_rtt` is the start when
-    /// there are no peers; a peak fades over about `decay`. The default: 1 ms and 1 s.
+    /// not taken, and a new pod starts from its peers' median estimate. `default_rtt` is the
+    /// start when there are no peers; a peak fades over about `decay`. The default: 1 ms and
+    /// 1 s.
     PeakEwma {
         /// The latency assumed for a pod with no peers to learn from.
         #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]

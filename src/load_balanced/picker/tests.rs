@@ -394,7 +394,7 @@ async fn a_call_that_waited_for_a_dial_measures_nothing_of_the_pod() {
         async move {
             let pick = picker.pick(None).unwrap();
             // A dial that starts with the call: it waits for the new connection.
-            let dialing = dial.then(|| dials.dial());
+            let dialing = dial.then(|| dials.begin());
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(dialing);
             pick.finish(Outcome::Success);
