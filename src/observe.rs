@@ -80,6 +80,9 @@ pub struct PodLoad {
     /// Of those, calls it failed that the channel sent again on another pod: transparently
     /// (it could not have processed them) or by the retry policy.
     pub retried: u64,
+    /// Connections it ended with a `GOAWAY` (a maximum connection age, or a shutdown): each
+    /// time, new calls went to a fresh connection while the calls in flight finished.
+    pub goaways: u64,
     /// Its breaker has ejected it.
     pub ejected: bool,
     /// Its latency estimate (Peak-EWMA), in milliseconds; `None` when the pod was busy at the

@@ -3,14 +3,12 @@
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc};
 
-use tonic::transport::{Channel, Endpoint};
-
-use super::{breaker::Outcome, picker};
-use crate::Config;
+use super::{breaker::Outcome, dial::Connections, picker};
+use crate::{Config, endpoint::EndpointTemplate};
 
 /// A load-aware channel's picker with the default settings, without the task that follows
 /// discovery.
-pub struct Picker(Arc<picker::Picker>);
+pub struct Picker(Arc<picker::Picker>, Arc<EndpointTemplate>);
 
 impl fmt::Debug for Picker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,7 +21,10 @@ impl Picker {
     /// needs to listen). Call it inside a tokio runtime: each connection spawns its task.
     pub fn new(pods: usize) -> Self {
         let config = Config::default().balance();
-        let picker = Self(Arc::new(picker::Picker::new(config.picker())));
+        let picker = Self(
+            Arc::new(picker::Picker::new(config.picker())),
+            Arc::new(Config::default().template()),
+        );
         picker.hold(&(0..pods).map(addr).collect());
         picker
     }
@@ -35,7 +36,9 @@ impl Picker {
 
     /// Makes it hold exactly `set`, as the channel does on every change of the serving set.
     pub fn hold(&self, set: &BTreeSet<SocketAddr>) {
-        self.0.hold(set, |a| Some((lazy(a), Default::default())));
+        self.0.hold(set, |a| {
+            Some(Connections::new(self.1.clone(), a).expect("a valid address"))
+        });
     }
 }
 
@@ -43,12 +46,6 @@ impl Picker {
 pub fn addr(i: usize) -> SocketAddr {
     let ip = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)) + i as u32;
     SocketAddr::from((std::net::Ipv4Addr::from(ip), 8080))
-}
-
-fn lazy(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("an address is a URI")
-        .connect_lazy()
 }
 
 /// One call's hold on its pod; dropped, it counts as a cancelled call.

@@ -21,6 +21,7 @@ use tower::{BoxError, Service};
 use super::{
     BalanceSettings,
     breaker::Outcome,
+    dial::Connections,
     picker::{Pick, Picker},
     replay::{ChannelBuffer, Limits, Replay},
     retry::{self, Pushback, RetryPolicy, Throttle, Unsent},
@@ -229,7 +230,7 @@ impl LoadBalancedChannel {
             return Ok(self.no_endpoint());
         };
         tracing::trace!(endpoint = %pick.addr(), admission = ?pick.admission(), "picked");
-        let result = attempt(&pick, request).await;
+        let result = self.attempt(&pick, request).await;
         pick.finish(Outcome::of(&result));
         result
     }
@@ -269,7 +270,7 @@ impl LoadBalancedChannel {
                     request
                 }
             };
-            let result = attempt(&pick, request).await;
+            let result = self.attempt(&pick, request).await;
             let unsent = match &result {
                 Err(e) if retry.transparent => Unsent::of(e),
                 _ => None,
@@ -352,6 +353,23 @@ impl LoadBalancedChannel {
         }
     }
 
+    /// One attempt on the picked pod's connection.
+    async fn attempt(
+        &self,
+        pick: &Pick,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
+        let (mut channel, fresh) = pick.channel();
+        if fresh {
+            // The pod ended its connection: it may be going away, so ask DNS soon.
+            self.retry.hint_refresh();
+        }
+        match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+            Ok(()) => channel.call(request).await.map_err(Into::into),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The answer when no pod came within the failfast time.
     fn no_endpoint(&self) -> http::Response<Body> {
         tracing::debug!(failfast = ?self.failfast, "no endpoint: failing fast");
@@ -369,18 +387,6 @@ fn settle(pick: Pick, outcome: Option<Outcome>) {
     match outcome {
         Some(outcome) => pick.finish(outcome),
         None => pick.unsent(),
-    }
-}
-
-/// One attempt on the picked pod's connection.
-async fn attempt(
-    pick: &Pick,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, BoxError> {
-    let mut channel = pick.channel();
-    match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
-        Ok(()) => channel.call(request).await.map_err(Into::into),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -491,8 +497,8 @@ async fn follow(
 }
 
 /// Makes the picker hold exactly `set`.
-fn apply(picker: &Picker, set: &BTreeSet<SocketAddr>, template: &EndpointTemplate) {
-    picker.hold(set, |addr| match super::dial::channel(template, addr) {
+fn apply(picker: &Picker, set: &BTreeSet<SocketAddr>, template: &Arc<EndpointTemplate>) {
+    picker.hold(set, |addr| match Connections::new(template.clone(), addr) {
         Ok(conn) => Some(conn),
         Err(e) => {
             tracing::warn!(endpoint = %addr, "cannot make an endpoint: {e}");

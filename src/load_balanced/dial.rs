@@ -1,21 +1,31 @@
-//! Each pod's connection is dialed through a connector that counts its dials, so that a call
-//! that waited for a new connection is not taken as a measure of the pod's load: a server
-//! ending its connections every second (gRFC A9) would otherwise make its pod look slow after
-//! each reconnect, and p2c would shun it.
+//! Each pod's connection is dialed through a connector of ours, for two things tonic's
+//! `Channel` does not tell:
+//! - its dials, so that a call that waited for a new connection is not taken as a measure of
+//!   the pod's load: a server ending its connections every second (gRFC A9) would otherwise
+//!   make its pod look slow after each reconnect, and p2c would shun it;
+//! - the server's `GOAWAY`, read off the connection's bytes as they arrive, so that new calls
+//!   go to a fresh connection at once while the calls in flight finish on the old one (A9).
+//!   Left alone, tonic keeps handing calls to the closing connection, where hyper refuses them
+//!   or the server ignores them.
 
 use std::{
     future::Future,
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
 };
 
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use tonic::transport::Channel;
 
 use crate::endpoint::EndpointTemplate;
@@ -68,15 +78,87 @@ impl Drop for Finished {
     }
 }
 
+/// One pod's connection for new calls: a lazy channel, made afresh once the pod has sent a
+/// `GOAWAY` on the one before. The old channel lives on in the calls that hold it.
+pub(super) struct Connections {
+    template: Arc<EndpointTemplate>,
+    addr: SocketAddr,
+    dials: Arc<Dials>,
+    current: RwLock<Current>,
+    /// Connections the pod ended with a `GOAWAY`, for the observation API.
+    goaways: AtomicU64,
+}
+
+struct Current {
+    channel: Channel,
+    /// Set by the connection when the pod's `GOAWAY` arrives.
+    closing: Arc<AtomicBool>,
+}
+
+impl Connections {
+    pub(super) fn new(
+        template: Arc<EndpointTemplate>,
+        addr: SocketAddr,
+    ) -> Result<Self, tonic::transport::Error> {
+        let dials = Arc::new(Dials::default());
+        let current = channel(&template, addr, &dials)?;
+        Ok(Self {
+            template,
+            addr,
+            dials,
+            current: RwLock::new(current),
+            goaways: AtomicU64::new(0),
+        })
+    }
+
+    /// The channel for a new call, and whether it was made for this call because the pod
+    /// had just ended the one before.
+    pub(super) fn channel(&self) -> (Channel, bool) {
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if !current.closing.load(Ordering::Acquire) {
+                return (current.channel.clone(), false);
+            }
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if !current.closing.load(Ordering::Acquire) {
+            // Another call made it first.
+            return (current.channel.clone(), false);
+        }
+        match channel(&self.template, self.addr, &self.dials) {
+            Ok(fresh) => {
+                self.goaways.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(endpoint = %self.addr, "the pod sent GOAWAY: new calls take a fresh connection");
+                *current = fresh;
+                (current.channel.clone(), true)
+            }
+            // It was made once from the same template and address, so this does not happen;
+            // if it did, the old channel still reconnects by itself.
+            Err(e) => {
+                tracing::warn!(endpoint = %self.addr, "cannot make a fresh connection: {e}");
+                (current.channel.clone(), false)
+            }
+        }
+    }
+
+    pub(super) fn dials(&self) -> &Arc<Dials> {
+        &self.dials
+    }
+
+    pub(super) fn goaways(&self) -> u64 {
+        self.goaways.load(Ordering::Relaxed)
+    }
+}
+
 /// A lazy channel to the pod at `addr`, dialed by the connector tonic would use (the
 /// endpoint's TCP settings and the template's connect timeout; tonic adds TLS), counting its
-/// dials.
-pub(super) fn channel(
+/// dials and watching for a `GOAWAY`.
+fn channel(
     template: &EndpointTemplate,
     addr: SocketAddr,
-) -> Result<(Channel, Arc<Dials>), tonic::transport::Error> {
+    dials: &Arc<Dials>,
+) -> Result<Current, tonic::transport::Error> {
     let endpoint = template.endpoint_without_connect_timeout(addr)?;
-    let dials = Arc::new(Dials::default());
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(endpoint.get_tcp_nodelay());
@@ -85,23 +167,26 @@ pub(super) fn channel(
     http.set_keepalive_retries(endpoint.get_tcp_keepalive_retries());
     // A timeout `map_endpoint` set on the endpoint is tonic's to apply, around this one.
     http.set_connect_timeout(template.connect_timeout);
-    let channel = endpoint.connect_with_connector_lazy(Counting {
+    let closing = Arc::new(AtomicBool::new(false));
+    let channel = endpoint.connect_with_connector_lazy(Connector {
         http,
         dials: dials.clone(),
+        closing: closing.clone(),
     });
-    Ok((channel, dials))
+    Ok(Current { channel, closing })
 }
 
 #[derive(Clone)]
-struct Counting {
+struct Connector {
     http: HttpConnector,
     dials: Arc<Dials>,
+    closing: Arc<AtomicBool>,
 }
 
 type Dialing<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl Service<Uri> for Counting {
-    type Response = <HttpConnector as Service<Uri>>::Response;
+impl Service<Uri> for Connector {
+    type Response = TokioIo<Watched>;
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = Dialing<Self::Response, Self::Error>;
 
@@ -112,11 +197,124 @@ impl Service<Uri> for Counting {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let finished = self.dials.begin();
         let dial = self.http.call(uri);
+        let closing = self.closing.clone();
         Box::pin(async move {
             let io = dial.await;
             drop(finished);
-            io
+            Ok(TokioIo::new(Watched {
+                io: io?.into_inner(),
+                frames: Frames::default(),
+                closing,
+            }))
         })
+    }
+}
+
+/// A connection whose incoming bytes are read for the server's `GOAWAY`.
+struct Watched {
+    io: TcpStream,
+    frames: Frames,
+    closing: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.frames.feed(&buf.filled()[before..]) {
+            this.closing.store(true, Ordering::Release);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+
+/// Follows the frames a server sends (RFC 9113 §4.1) by their headers alone: each payload is
+/// skipped, not read, so the work is one header per frame whatever the frames hold.
+#[derive(Debug, Default)]
+struct Frames {
+    header: [u8; FRAME_HEADER],
+    /// Bytes of the current header read so far.
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+    /// A first frame came, the server's `SETTINGS` on stream 0 (its preface).
+    started: bool,
+    /// Nothing more to look for: a `GOAWAY` came, or the bytes are not cleartext HTTP/2
+    /// (TLS, which tonic adds around this connection).
+    done: bool,
+}
+
+impl Frames {
+    /// Takes the next bytes read; true the first time a `GOAWAY` has come.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !self.done && !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < FRAME_HEADER {
+                break;
+            }
+            self.have = 0;
+            let [l0, l1, l2, kind, _, s0, s1, s2, s3] = self.header;
+            // A TLS record read as a frame header has a stream ID of at least 2 << 24.
+            if !self.started && (kind != SETTINGS || [s0, s1, s2, s3] != [0; 4]) {
+                self.done = true;
+                break;
+            }
+            self.started = true;
+            if kind == GOAWAY {
+                self.done = true;
+                return true;
+            }
+            self.skip = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+        }
+        false
     }
 }
 
@@ -136,5 +334,66 @@ mod tests {
         assert!(!dials.quiet_since(during), "the call started during a dial");
         let after = dials.mark();
         assert!(dials.quiet_since(after), "the dial ended before the call");
+    }
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Where a `GOAWAY` is first reported when `bytes` arrive in pieces of `piece` bytes: the
+    /// offset of the piece's end.
+    fn reported_at(bytes: &[u8], piece: usize) -> Option<usize> {
+        let mut frames = Frames::default();
+        let mut at = None;
+        for (i, chunk) in bytes.chunks(piece).enumerate() {
+            if frames.feed(chunk) {
+                assert!(at.is_none(), "reported twice");
+                at = Some(i * piece + chunk.len());
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_goaway_is_seen_however_the_bytes_are_split_and_only_in_a_frame_header() {
+        let goaway = frame(GOAWAY, 0, &[0, 0, 0, 7, 0, 0, 0, 0]);
+        // A DATA payload that holds a GOAWAY frame's bytes, and a large HEADERS frame.
+        let mut bytes = frame(SETTINGS, 0, &[0, 3, 0, 0, 0, 100]);
+        bytes.extend(frame(0x0, 1, &goaway));
+        bytes.extend(frame(0x1, 3, &[0xab; 20_000]));
+        let goaway_ends = bytes.len() + FRAME_HEADER;
+        for piece in [1, 2, 5, 9, 10, 4096, bytes.len()] {
+            assert_eq!(reported_at(&bytes, piece), None, "piece {piece}");
+        }
+        bytes.extend(&goaway);
+        bytes.extend(frame(0x6, 0, &[0; 8]));
+        bytes.extend(&goaway);
+        for piece in [1, 2, 5, 9, 10, 4096, bytes.len()] {
+            let at = reported_at(&bytes, piece).expect("a GOAWAY");
+            assert!(
+                (goaway_ends..goaway_ends + piece).contains(&at),
+                "piece {piece}: at {at}, the header ends at {goaway_ends}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_that_do_not_start_with_a_server_preface_are_not_read() {
+        let goaway = frame(GOAWAY, 0, &[0; 8]);
+        // A TLS 1.2 record of 0x04_00 bytes: read as a header, a SETTINGS frame on stream
+        // 0x02_00_03_fc (a ServerHello's type and length).
+        let mut tls = vec![0x16, 0x03, 0x03, 0x04, 0x00, 0x02, 0x00, 0x03, 0xfc];
+        tls.resize(9 + 0x400, 0);
+        tls.extend(&goaway);
+        assert_eq!(reported_at(&tls, 1), None);
+        assert_eq!(reported_at(&tls, tls.len()), None);
+        // A first frame other than SETTINGS.
+        let mut ping_first = frame(0x6, 0, &[0; 8]);
+        ping_first.extend(&goaway);
+        assert_eq!(reported_at(&ping_first, 3), None);
     }
 }

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use super::{
     LoadMeasure,
     breaker::{Admission, Breaker, BreakerEvent, BreakerSettings, Outcome, Ticket},
-    dial::{DialMark, Dials},
+    dial::{Connections, DialMark},
     estimate::{Estimate, nanos},
 };
 use crate::ejection::ejection_cap;
@@ -96,9 +96,8 @@ impl fmt::Debug for Pods {
 /// One pod of a load-balanced channel.
 pub(super) struct Pod {
     pub(super) addr: SocketAddr,
-    channel: Channel,
-    /// The dials of its connection, so that a call that waited for one is not measured.
-    dials: Arc<Dials>,
+    /// Its connection, with its dials, so that a call that waited for one is not measured.
+    conn: Connections,
     in_flight: AtomicUsize,
     /// Calls it has been given, for the observation API.
     calls: AtomicU64,
@@ -128,16 +127,10 @@ impl fmt::Debug for Pod {
 }
 
 impl Pod {
-    pub(super) fn new(
-        addr: SocketAddr,
-        channel: Channel,
-        dials: Arc<Dials>,
-        estimate: Estimate,
-    ) -> Self {
+    pub(super) fn new(addr: SocketAddr, conn: Connections, estimate: Estimate) -> Self {
         Self {
             addr,
-            channel,
-            dials,
+            conn,
             in_flight: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -162,6 +155,7 @@ impl Pod {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+            goaways: self.conn.goaways(),
             ejected: self.ejected.load(Ordering::Relaxed),
             estimate_ms: state
                 .as_ref()
@@ -284,7 +278,7 @@ impl Picker {
     pub(super) fn hold(
         &self,
         set: &BTreeSet<SocketAddr>,
-        mut connect: impl FnMut(SocketAddr) -> Option<(Channel, Arc<Dials>)>,
+        mut connect: impl FnMut(SocketAddr) -> Option<Connections>,
     ) {
         let old = self.snapshot();
         if old.len() == set.len() && old.iter().zip(set).all(|(p, a)| p.addr == *a) {
@@ -326,14 +320,9 @@ impl Picker {
             *peers.select_nth_unstable_by(middle, f64::total_cmp).1
         };
         for addr in added {
-            if let Some((channel, dials)) = connect(addr) {
+            if let Some(conn) = connect(addr) {
                 tracing::debug!(endpoint = %addr, "load-balanced channel: adding endpoint");
-                kept.push(Arc::new(Pod::new(
-                    addr,
-                    channel,
-                    dials,
-                    Estimate::new(start, now),
-                )));
+                kept.push(Arc::new(Pod::new(addr, conn, Estimate::new(start, now))));
             }
         }
         self.replace(kept);
@@ -429,7 +418,7 @@ impl Picker {
             picker: self.clone(),
             ticket,
             started: now,
-            dials: pod.dials.mark(),
+            dials: pod.conn.dials().mark(),
             finished: false,
         })
     }
@@ -488,8 +477,10 @@ impl fmt::Debug for Pick {
 }
 
 impl Pick {
-    pub(super) fn channel(&self) -> Channel {
-        self.pod.channel.clone()
+    /// The channel to send the call on, and whether it was made for this call because the
+    /// pod had just ended its connection with a `GOAWAY`.
+    pub(super) fn channel(&self) -> (Channel, bool) {
+        self.pod.conn.channel()
     }
 
     pub(super) fn addr(&self) -> SocketAddr {
@@ -524,7 +515,7 @@ impl Pick {
         let mut state = pod.state();
         match outcome {
             // A call that waited for a new connection measured the dial, not the pod.
-            Outcome::Success if !pod.dials.quiet_since(self.dials) => {}
+            Outcome::Success if !pod.conn.dials().quiet_since(self.dials) => {}
             Outcome::Success => state.estimate.observe(elapsed, now, decay),
             Outcome::Failure => {
                 state
@@ -562,7 +553,7 @@ impl Drop for Pick {
         if !self.finished {
             let now = Instant::now();
             let decay = self.picker.settings.decay();
-            let quiet = self.pod.dials.quiet_since(self.dials);
+            let quiet = self.pod.conn.dials().quiet_since(self.dials);
             let mut state = self.pod.state();
             state.breaker.cancel(self.ticket);
             if !quiet {

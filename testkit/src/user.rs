@@ -36,6 +36,8 @@ use pb::{
 pub struct PodStats {
     calls: AtomicU64,
     in_flight: AtomicU64,
+    /// Client streams open now.
+    open_streams: AtomicU64,
     delay_ms: AtomicU64,
     /// The gRPC code every unary call fails with; 0 (`OK`) for none.
     fail_code: AtomicI32,
@@ -54,6 +56,7 @@ impl Default for PodStats {
         Self {
             calls: AtomicU64::default(),
             in_flight: AtomicU64::default(),
+            open_streams: AtomicU64::default(),
             delay_ms: AtomicU64::default(),
             fail_code: AtomicI32::default(),
             serving: tokio::sync::watch::Sender::new(true),
@@ -73,6 +76,11 @@ impl PodStats {
     /// Unary calls in flight now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// `ClientStream` calls open now.
+    pub fn open_streams(&self) -> u64 {
+        self.open_streams.load(Ordering::SeqCst)
     }
 
     /// Adds `delay` before every unary reply from now on.
@@ -162,6 +170,22 @@ impl UserService {
     }
 }
 
+/// Counts one open stream for as long as it lives, however the call ends.
+struct Open<'a>(&'a AtomicU64);
+
+impl<'a> Open<'a> {
+    fn count(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -196,6 +220,7 @@ impl User for UserService {
         &self,
         request: Request<Streaming<ClientStreamRequest>>,
     ) -> Result<Response<ClientStreamResponse>, Status> {
+        let _open = Open::count(&self.stats.open_streams);
         let mut stream = request.into_inner();
         let mut count = 0;
         while let Some(req) = stream.next().await {

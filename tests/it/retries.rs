@@ -87,6 +87,95 @@ async fn connections_aged_out_by_the_pods_lose_no_call_handed_to_them() {
     );
 }
 
+/// A client stream held open on the pod: it keeps the connection it went on from closing.
+struct Held {
+    strokes: tokio::sync::mpsc::Sender<testkit::pb::ClientStreamRequest>,
+    call: tokio::task::JoinHandle<
+        Result<tonic::Response<testkit::pb::ClientStreamResponse>, tonic::Status>,
+    >,
+}
+
+impl Held {
+    async fn open(channel: &k8s_headless_svc::LoadBalancedChannel) -> Held {
+        let mut client = channel.client();
+        let (strokes, rx) = tokio::sync::mpsc::channel(1);
+        let stroke = testkit::pb::ClientStreamRequest { stroke: 1 };
+        strokes.send(stroke).await.unwrap();
+        let call = tokio::spawn(async move {
+            let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+            client.client_stream(rx).await
+        });
+        Held { strokes, call }
+    }
+
+    /// Sends its second message and ends it; the count the pod answered.
+    async fn finish(self) -> i64 {
+        let stroke = testkit::pb::ClientStreamRequest { stroke: 2 };
+        self.strokes.send(stroke).await.unwrap();
+        drop(self.strokes);
+        let answer = tokio::time::timeout(SLACK, self.call).await;
+        answer.unwrap().unwrap().unwrap().into_inner().count
+    }
+}
+
+/// gRFC A9: once a pod has sent its connection a `GOAWAY`, new calls go to a fresh connection
+/// (none is handed to the closing one, to be refused and sent again), while the calls in
+/// flight on the old one (client streams held open, which keep the pod from closing it) go on
+/// there; and discovery looks again early, as the pod may be going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_goaway_new_calls_take_a_fresh_connection_while_old_calls_finish() {
+    let _heavy = HEAVY.lock().await;
+    let fx = aged_fixture(171, 1, Some(Duration::from_millis(300))).await;
+    // An interval far longer than the test: only the hint can bring a second resolution.
+    let registry = registry(&fx, |b| {
+        b.health_check(HealthCheck::Off)
+            .refresh_interval(Duration::from_secs(600))
+    });
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.serving_count() == 1 }).await);
+    let first = fx.dns.a_queries();
+    // Calls one after another for 2 s, about six connection ages, with a stream held open
+    // every 100 calls so that every connection stays open after its GOAWAY.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut held = Vec::new();
+    let mut answered = 0;
+    while Instant::now() < until {
+        if answered % 100 == 0 {
+            held.push(Held::open(&channel).await);
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(1), call(&channel)).await;
+        assert!(
+            matches!(reply, Ok(Ok(_))),
+            "a call after {answered} answered: {reply:?}"
+        );
+        answered += 1;
+    }
+    let streams = held.len();
+    for held in held {
+        assert_eq!(held.finish().await, 2, "a held stream");
+    }
+    let snapshot = registry.snapshot();
+    let retries = snapshot.services[0].retries.expect("the channel is made");
+    let goaways: u64 = snapshot.services[0]
+        .endpoints
+        .iter()
+        .filter_map(|e| e.load.as_ref())
+        .map(|l| l.goaways)
+        .sum();
+    eprintln!("{answered} calls and {streams} held streams over {goaways} GOAWAYs: {retries:?}");
+    assert!(goaways >= 3, "too few connection ages: {goaways}");
+    // A call handed over in the instant a GOAWAY arrives may still be refused and sent again;
+    // handing calls to the closing connection costs about one per GOAWAY.
+    assert!(
+        retries.transparent <= 1,
+        "calls were handed to closing connections: {retries:?}"
+    );
+    assert!(
+        eventually(SLACK, || async { fx.dns.a_queries() > first }).await,
+        "no early resolution after the pod's GOAWAY"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pod_fails_only_the_calls_it_held() {
     let _heavy = HEAVY.lock().await;

@@ -73,15 +73,7 @@ fn picker(pods: usize, max_ejection: f64) -> Arc<Picker> {
     let snapshot: Vec<_> = (0..pods)
         .map(|i| {
             let addr = SocketAddr::from(([127, 0, 0, 2 + i as u8], 1));
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_lazy();
-            Arc::new(Pod::new(
-                addr,
-                channel,
-                Arc::default(),
-                Estimate::new(1e6, now),
-            ))
+            Arc::new(Pod::new(addr, lazy(addr), Estimate::new(1e6, now)))
         })
         .collect();
     picker.replace(snapshot);
@@ -129,11 +121,9 @@ async fn the_budget_counts_pods_resting_now_among_pods_held_now() {
         .unwrap();
     pods.remove(gone);
     let addr = SocketAddr::from(([127, 0, 0, 9], 1));
-    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.9:1").connect_lazy();
     pods.push(Arc::new(Pod::new(
         addr,
-        channel,
-        Arc::default(),
+        lazy(addr),
         Estimate::new(1e6, Instant::now()),
     )));
     picker.replace(pods);
@@ -201,15 +191,16 @@ async fn one_caller_spreads_evenly_over_equal_pods() {
     }
 }
 
+/// A pod's connections to `addr`, dialed on the first call.
+fn lazy(addr: SocketAddr) -> Connections {
+    Connections::new(Arc::new(crate::Config::default().template()), addr).unwrap()
+}
+
 fn pod(last_octet: u8) -> Arc<Pod> {
     let addr = SocketAddr::from(([127, 0, 0, last_octet], 1));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
     Arc::new(Pod::new(
         addr,
-        channel,
-        Arc::default(),
+        lazy(addr),
         Estimate::new(1e6, Instant::now()),
     ))
 }
@@ -378,16 +369,14 @@ async fn a_call_the_pod_did_not_process_says_nothing_of_its_load() {
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waited_for_a_dial_measures_nothing_of_the_pod() {
     let picker = picker(1, 0.5);
-    let dials = Arc::new(Dials::default());
     let addr = SocketAddr::from(([127, 0, 0, 2], 1));
-    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.2:1").connect_lazy();
     picker.replace(vec![Arc::new(Pod::new(
         addr,
-        channel,
-        dials.clone(),
+        lazy(addr),
         Estimate::new(1e6, Instant::now()),
     ))]);
     let pod = picker.snapshot()[0].clone();
+    let dials = pod.conn.dials().clone();
     let decay = picker.settings.decay();
     let slow_call = |dial: bool| {
         let (picker, dials) = (picker.clone(), dials.clone());
