@@ -194,6 +194,9 @@ pub use crate::key::ServiceKey;
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use crate::load_balanced::bench as __bench;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use crate::load_balanced::fuzz_frames;
 pub use crate::load_balanced::{LoadBalancedChannel, LoadMeasure, RetryPolicy, RetryThrottling};
 pub use crate::observe::{
     BreakerView, EndpointSnapshot, PodLoad, RegistrySnapshot, RetryCounts, ServiceSnapshot,

@@ -318,6 +318,49 @@ impl Frames {
     }
 }
 
+/// For the fuzzing harness (`fuzz/`, built with `--cfg fuzzing`) only: any bytes as what a
+/// server sends, fed in pieces whose sizes the first byte sets; panics only if the `GOAWAY`
+/// reported differs from a plain walk of the whole buffer, frame by frame, or if it is reported
+/// before its header has fully arrived.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_frames(input: &[u8]) {
+    let Some((&piece, bytes)) = input.split_first() else {
+        return;
+    };
+    // The reference: the header of each frame in turn, from the start of the whole buffer.
+    let mut expected = None;
+    let mut at = 0;
+    while at + FRAME_HEADER <= bytes.len() {
+        let h = &bytes[at..at + FRAME_HEADER];
+        if at == 0 && (h[3] != SETTINGS || h[5..] != [0; 4]) {
+            break;
+        }
+        if h[3] == GOAWAY {
+            expected = Some(at + FRAME_HEADER);
+            break;
+        }
+        at += FRAME_HEADER + (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]));
+    }
+    let piece = usize::from(piece).max(1);
+    let mut frames = Frames::default();
+    let mut reported = None;
+    for (i, chunk) in bytes.chunks(piece).enumerate() {
+        if frames.feed(chunk) {
+            assert!(reported.is_none(), "a GOAWAY reported twice");
+            reported = Some(i * piece + chunk.len());
+        }
+    }
+    match (expected, reported) {
+        (None, None) => {}
+        (Some(end), Some(at)) => assert!(
+            (end..end + piece).contains(&at),
+            "reported at {at}, the header ends at {end}"
+        ),
+        _ => panic!("expected {expected:?}, reported {reported:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,8 @@ pub mod bench;
 mod breaker;
 mod channel;
 mod dial;
+#[cfg(fuzzing)]
+pub use dial::fuzz_frames;
 mod estimate;
 mod picker;
 mod replay;
