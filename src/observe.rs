@@ -80,8 +80,9 @@ pub struct PodLoad {
     /// Of those, calls it failed that the channel sent again on another pod: transparently
     /// (it could not have processed them) or by the retry policy.
     pub retried: u64,
-    /// Connections it ended with a `GOAWAY` (a maximum connection age, or a shutdown): each
-    /// time, new calls went to a fresh connection while the calls in flight finished.
+    /// `GOAWAY`s it sent on its connections (a maximum connection age, or a shutdown): after
+    /// each, new calls go to a fresh connection while the calls in flight finish. Not seen,
+    /// and 0, behind TLS.
     pub goaways: u64,
     /// Its breaker has ejected it.
     pub ejected: bool,

@@ -85,8 +85,8 @@ pub(super) struct Connections {
     addr: SocketAddr,
     dials: Arc<Dials>,
     current: RwLock<Current>,
-    /// Connections the pod ended with a `GOAWAY`, for the observation API.
-    goaways: AtomicU64,
+    /// `GOAWAY`s its connections have received, for the observation API.
+    goaways: Arc<AtomicU64>,
 }
 
 struct Current {
@@ -101,13 +101,14 @@ impl Connections {
         addr: SocketAddr,
     ) -> Result<Self, tonic::transport::Error> {
         let dials = Arc::new(Dials::default());
-        let current = channel(&template, addr, &dials)?;
+        let goaways = Arc::new(AtomicU64::new(0));
+        let current = channel(&template, addr, &dials, &goaways)?;
         Ok(Self {
             template,
             addr,
             dials,
             current: RwLock::new(current),
-            goaways: AtomicU64::new(0),
+            goaways,
         })
     }
 
@@ -125,9 +126,8 @@ impl Connections {
             // Another call made it first.
             return (current.channel.clone(), false);
         }
-        match channel(&self.template, self.addr, &self.dials) {
+        match channel(&self.template, self.addr, &self.dials, &self.goaways) {
             Ok(fresh) => {
-                self.goaways.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(endpoint = %self.addr, "the pod sent GOAWAY: new calls take a fresh connection");
                 *current = fresh;
                 (current.channel.clone(), true)
@@ -157,6 +157,7 @@ fn channel(
     template: &EndpointTemplate,
     addr: SocketAddr,
     dials: &Arc<Dials>,
+    goaways: &Arc<AtomicU64>,
 ) -> Result<Current, tonic::transport::Error> {
     let endpoint = template.endpoint_without_connect_timeout(addr)?;
     let mut http = HttpConnector::new();
@@ -172,6 +173,7 @@ fn channel(
         http,
         dials: dials.clone(),
         closing: closing.clone(),
+        goaways: goaways.clone(),
     });
     Ok(Current { channel, closing })
 }
@@ -181,6 +183,7 @@ struct Connector {
     http: HttpConnector,
     dials: Arc<Dials>,
     closing: Arc<AtomicBool>,
+    goaways: Arc<AtomicU64>,
 }
 
 type Dialing<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -197,7 +200,7 @@ impl Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let finished = self.dials.begin();
         let dial = self.http.call(uri);
-        let closing = self.closing.clone();
+        let (closing, goaways) = (self.closing.clone(), self.goaways.clone());
         Box::pin(async move {
             let io = dial.await;
             drop(finished);
@@ -205,6 +208,7 @@ impl Service<Uri> for Connector {
                 io: io?.into_inner(),
                 frames: Frames::default(),
                 closing,
+                goaways,
             }))
         })
     }
@@ -215,6 +219,7 @@ struct Watched {
     io: TcpStream,
     frames: Frames,
     closing: Arc<AtomicBool>,
+    goaways: Arc<AtomicU64>,
 }
 
 impl AsyncRead for Watched {
@@ -228,6 +233,7 @@ impl AsyncRead for Watched {
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if this.frames.feed(&buf.filled()[before..]) {
             this.closing.store(true, Ordering::Release);
+            this.goaways.fetch_add(1, Ordering::Relaxed);
         }
         read
     }
