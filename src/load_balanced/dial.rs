@@ -324,6 +324,21 @@ impl Frames {
     }
 }
 
+/// Where a `GOAWAY` is first reported when `bytes` arrive in pieces of `piece` bytes: the
+/// offset of the piece's end. Panics if it is reported twice.
+#[cfg(any(test, fuzzing))]
+fn reported_at(bytes: &[u8], piece: usize) -> Option<usize> {
+    let mut frames = Frames::default();
+    let mut at = None;
+    for (i, chunk) in bytes.chunks(piece).enumerate() {
+        if frames.feed(chunk) {
+            assert!(at.is_none(), "a GOAWAY reported twice");
+            at = Some(i * piece + chunk.len());
+        }
+    }
+    at
+}
+
 /// For the fuzzing harness (`fuzz/`, built with `--cfg fuzzing`) only: any bytes as what a
 /// server sends, fed in pieces whose sizes the first byte sets; panics only if the `GOAWAY`
 /// reported differs from a plain walk of the whole buffer, frame by frame, or if it is reported
@@ -349,14 +364,7 @@ pub fn fuzz_frames(input: &[u8]) {
         at += FRAME_HEADER + (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]));
     }
     let piece = usize::from(piece).max(1);
-    let mut frames = Frames::default();
-    let mut reported = None;
-    for (i, chunk) in bytes.chunks(piece).enumerate() {
-        if frames.feed(chunk) {
-            assert!(reported.is_none(), "a GOAWAY reported twice");
-            reported = Some(i * piece + chunk.len());
-        }
-    }
+    let reported = reported_at(bytes, piece);
     match (expected, reported) {
         (None, None) => {}
         (Some(end), Some(at)) => assert!(
@@ -391,20 +399,6 @@ mod tests {
         f.extend_from_slice(&stream.to_be_bytes());
         f.extend_from_slice(payload);
         f
-    }
-
-    /// Where a `GOAWAY` is first reported when `bytes` arrive in pieces of `piece` bytes: the
-    /// offset of the piece's end.
-    fn reported_at(bytes: &[u8], piece: usize) -> Option<usize> {
-        let mut frames = Frames::default();
-        let mut at = None;
-        for (i, chunk) in bytes.chunks(piece).enumerate() {
-            if frames.feed(chunk) {
-                assert!(at.is_none(), "reported twice");
-                at = Some(i * piece + chunk.len());
-            }
-        }
-        at
     }
 
     #[test]

@@ -34,6 +34,19 @@ fn registry(
     .unwrap()
 }
 
+/// One count of the first Service's load-aware pods, summed over them.
+fn summed(
+    snapshot: &k8s_headless_svc::RegistrySnapshot,
+    count: impl Fn(&k8s_headless_svc::PodLoad) -> u64,
+) -> u64 {
+    let endpoints = &snapshot.services[0].endpoints;
+    endpoints
+        .iter()
+        .filter_map(|e| e.load.as_ref())
+        .map(count)
+        .sum()
+}
+
 /// Calls each pod answered.
 fn calls(pods: &[Pod]) -> Vec<u64> {
     pods.iter().map(|p| p.stats().calls()).collect()
@@ -157,12 +170,7 @@ async fn after_a_goaway_new_calls_take_a_fresh_connection_while_old_calls_finish
     }
     let snapshot = registry.snapshot();
     let retries = snapshot.services[0].retries.expect("the channel is made");
-    let goaways: u64 = snapshot.services[0]
-        .endpoints
-        .iter()
-        .filter_map(|e| e.load.as_ref())
-        .map(|l| l.goaways)
-        .sum();
+    let goaways = summed(&snapshot, |l| l.goaways);
     eprintln!("{answered} calls and {streams} held streams over {goaways} GOAWAYs: {retries:?}");
     assert!(goaways >= 3, "too few connection ages: {goaways}");
     // A call handed over in the instant a GOAWAY arrives may still be refused and sent again;
@@ -417,12 +425,7 @@ async fn a_call_sent_again_makes_discovery_look_again_early() {
         .retries
         .expect("the load-aware channel is made");
     assert!(retries.transparent > 0, "{retries:?}");
-    let retried: u64 = snapshot.services[0]
-        .endpoints
-        .iter()
-        .filter_map(|e| e.load.as_ref())
-        .map(|l| l.retried)
-        .sum();
+    let retried = summed(&snapshot, |l| l.retried);
     assert_eq!(
         retried, retries.transparent,
         "per-pod counts differ from the channel's"
