@@ -189,7 +189,7 @@ struct Connector {
 type Dialing<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl Service<Uri> for Connector {
-    type Response = TokioIo<Watched>;
+    type Response = TokioIo<Watched<TcpStream>>;
     type Error = <HttpConnector as Service<Uri>>::Error;
     type Future = Dialing<Self::Response, Self::Error>;
 
@@ -204,48 +204,100 @@ impl Service<Uri> for Connector {
         Box::pin(async move {
             let io = dial.await;
             drop(finished);
-            Ok(TokioIo::new(Watched {
-                io: io?.into_inner(),
-                frames: Frames::default(),
+            Ok(TokioIo::new(Watched::new(
+                io?.into_inner(),
                 closing,
                 goaways,
-            }))
+            )))
         })
     }
 }
 
 /// A connection whose incoming bytes are read for the server's `GOAWAY`.
-struct Watched {
-    io: TcpStream,
+struct Watched<T> {
+    io: T,
     frames: Frames,
     closing: Arc<AtomicBool>,
     goaways: Arc<AtomicU64>,
+    /// The bytes read behind a `GOAWAY`, held back while h2 still writes.
+    held: Vec<u8>,
+    /// Something was written since the last read that yielded.
+    wrote: bool,
+    yields: u8,
 }
 
-impl AsyncRead for Watched {
+/// How many times a read waits for h2's writes after a `GOAWAY`: each wait lets it write the
+/// calls it was handed meanwhile, and new calls go elsewhere, so a few waits drain it.
+const MAX_YIELDS: u8 = 8;
+
+impl<T> Watched<T> {
+    fn new(io: T, closing: Arc<AtomicBool>, goaways: Arc<AtomicU64>) -> Self {
+        Self {
+            io,
+            frames: Frames::default(),
+            closing,
+            goaways,
+            held: Vec::new(),
+            wrote: false,
+            yields: 0,
+        }
+    }
+
+    fn count_write(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.held.is_empty() {
+            // h2 writes the calls it holds only once a read finds nothing, and answers the
+            // server's PING (behind its GOAWAY) as soon as it reads it: calls written after
+            // that answer are past the last stream the server takes, so they go first.
+            if this.wrote && this.yields < MAX_YIELDS {
+                this.wrote = false;
+                this.yields += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = this.held.len().min(buf.remaining());
+            buf.put_slice(&this.held[..n]);
+            this.held.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.frames.feed(&buf.filled()[before..]) {
+        if let Some(end) = this.frames.feed(&buf.filled()[before..]) {
             this.closing.store(true, Ordering::Release);
             this.goaways.fetch_add(1, Ordering::Relaxed);
+            let end = before + end;
+            if end < buf.filled().len() {
+                this.held = buf.filled()[end..].to_vec();
+                buf.set_filled(end);
+                this.wrote = true;
+            }
         }
         read
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.count_write(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -253,7 +305,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.count_write(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -290,8 +345,10 @@ struct Frames {
 }
 
 impl Frames {
-    /// Takes the next bytes read; true the first time a `GOAWAY` has come.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    /// Takes the next bytes read; the first time a `GOAWAY` has come, the offset in `bytes`
+    /// just past it (or their end, if it goes on beyond them).
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<usize> {
+        let len = bytes.len();
         while !self.done && !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -314,13 +371,14 @@ impl Frames {
                 break;
             }
             self.started = true;
+            let payload = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
             if kind == GOAWAY {
                 self.done = true;
-                return true;
+                return Some((len - bytes.len()).saturating_add(payload).min(len));
             }
-            self.skip = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+            self.skip = payload;
         }
-        false
+        None
     }
 }
 
@@ -331,7 +389,7 @@ fn reported_at(bytes: &[u8], piece: usize) -> Option<usize> {
     let mut frames = Frames::default();
     let mut at = None;
     for (i, chunk) in bytes.chunks(piece).enumerate() {
-        if frames.feed(chunk) {
+        if frames.feed(chunk).is_some() {
             assert!(at.is_none(), "a GOAWAY reported twice");
             at = Some(i * piece + chunk.len());
         }
@@ -438,5 +496,59 @@ mod tests {
         let mut ping_first = frame(0x6, 0, &[0; 8]);
         ping_first.extend(&goaway);
         assert_eq!(reported_at(&ping_first, 3), None);
+    }
+
+    /// One read on `watched` with a waker that does nothing: what it gave, or `None` for
+    /// pending.
+    fn read_now(watched: &mut Watched<tokio::io::DuplexStream>) -> Option<Vec<u8>> {
+        let mut bytes = [0u8; 1024];
+        let mut buf = ReadBuf::new(&mut bytes);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(watched).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(read) => {
+                read.expect("a read");
+                Some(buf.filled().to_vec())
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    fn write_now(watched: &mut Watched<tokio::io::DuplexStream>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let written = Pin::new(watched).poll_write(&mut cx, b"a call");
+        assert!(matches!(written, Poll::Ready(Ok(6))), "{written:?}");
+    }
+
+    #[tokio::test]
+    async fn what_follows_a_goaway_waits_while_the_connection_still_writes() {
+        use tokio::io::AsyncWriteExt;
+        let goaway = frame(GOAWAY, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let ping = frame(0x6, 0, &[1; 8]);
+        let mut first = frame(SETTINGS, 0, &[]);
+        first.extend(&goaway);
+        let mut sent = first.clone();
+        sent.extend(&ping);
+        for writes in [1, MAX_YIELDS as usize + 3] {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            let closing = Arc::new(AtomicBool::new(false));
+            let mut watched = Watched::new(client, closing.clone(), Arc::default());
+            server.write_all(&sent).await.unwrap();
+            assert_eq!(read_now(&mut watched).as_deref(), Some(&first[..]));
+            assert!(closing.load(Ordering::SeqCst));
+            // The bytes behind it wait for one read, and one more after each read that the
+            // connection wrote before, at most `MAX_YIELDS` in all.
+            let mut waited = 0;
+            let rest = loop {
+                match read_now(&mut watched) {
+                    Some(rest) => break rest,
+                    None => waited += 1,
+                }
+                if waited < writes {
+                    write_now(&mut watched);
+                }
+            };
+            assert_eq!(rest, ping);
+            assert_eq!(waited, writes.min(MAX_YIELDS as usize));
+        }
     }
 }
