@@ -65,13 +65,13 @@ async fn under_connection_age(net: u8) -> (u64, u64, Vec<String>, Vec<u64>) {
     (ok, failed, errors, calls(&fx.pods))
 }
 
-/// What tonic pods may still lose as they end connections: a call already inside h2 when the
-/// pod's GOAWAY arrives is still written (h2's client keeps opening streams after a GOAWAY),
-/// the pod ignores it and closes the connection once its own streams are done, and the reset
-/// that follows hides its last GOAWAY from the client, which cannot tell the call was not
-/// processed. Up to about ten per million in the bench; never a call handed to a closing
-/// connection (`canceled`), which is what transparent retry sends elsewhere. grpc-core pods
-/// lose none (`grpcio_pods`).
+/// What tonic pods could still lose as they end connections: a call h2 writes after it has
+/// answered the PING behind the pod's GOAWAY (the connection holds that PING back until h2 has
+/// written what it held, 8 reads at most) is ignored by the pod, which closes the connection
+/// once its own streams are done, and the reset that follows hides its last GOAWAY from the
+/// client, which cannot tell the call was not processed. None in the bench; never a call
+/// handed to a closing connection (`canceled`), which is what transparent retry sends
+/// elsewhere. grpc-core pods lose none (`grpcio_pods`).
 fn only_resets_of_a_closing_server(calls: u64, errors: &[String]) {
     assert!(
         errors.iter().all(|e| !e.contains("cancel")),
