@@ -170,7 +170,8 @@ impl UserService {
     }
 }
 
-/// Counts one open stream for as long as it lives, however the call ends.
+/// Counts one call in flight or one open stream for as long as it lives, however the call
+/// ends (a caller that gives up drops it).
 struct Open<'a>(&'a AtomicU64);
 
 impl<'a> Open<'a> {
@@ -192,12 +193,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl User for UserService {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
-        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = Open::count(&self.stats.in_flight);
         let delay = self.stats.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        drop(in_flight);
         let code = tonic::Code::from(self.stats.fail_code.load(Ordering::SeqCst));
         if code != tonic::Code::Ok {
             let mut status = Status::new(code, "failing on request");
