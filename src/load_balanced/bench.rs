@@ -20,10 +20,10 @@ impl Picker {
     /// A picker holding `pods` pods, at [`addr`]`(0..pods)`, with lazy connections (no pod
     /// needs to listen). Call it inside a tokio runtime: each connection spawns its task.
     pub fn new(pods: usize) -> Self {
-        let config = Config::default().balance();
+        let config = Config::default();
         let picker = Self(
-            Arc::new(picker::Picker::new(config.picker())),
-            Arc::new(Config::default().template()),
+            Arc::new(picker::Picker::new(config.balance().picker())),
+            Arc::new(config.template()),
         );
         picker.hold(&(0..pods).map(addr).collect());
         picker
