@@ -415,12 +415,24 @@ async fn an_empty_family_is_skipped_and_asked_again_when_records_appear() {
     // Per refresh, once confirmed: one A query and, on average, 1/12 of an AAAA one.
     let (dns, registry, service) = (&dns, &registry, &svc);
     let (a_queries, aaaa_queries) = (|| dns.a_queries(), || dns.aaaa_queries());
-    let per_refresh = |window: Duration| async move {
-        let (a0, aaaa0) = (dns.a_queries(), dns.aaaa_queries());
-        let r0 = registry.status(service).unwrap().resolutions;
+    // Each count is read just after a resolution has ended, while the next is 200 ms away, so
+    // that no refresh straddles the window with its queries on one side and its end on the
+    // other.
+    let resolutions = || registry.status(service).unwrap().resolutions;
+    let just_after_a_resolution = move || async move {
+        let before = resolutions();
+        assert!(
+            eventually(SLACK, || async { resolutions() != before }).await,
+            "no resolution ended"
+        );
+        (resolutions(), dns.a_queries(), dns.aaaa_queries())
+    };
+    let per_refresh = move |window: Duration| async move {
+        let (r0, a0, aaaa0) = just_after_a_resolution().await;
         tokio::time::sleep(window).await;
-        let refreshes = (registry.status(service).unwrap().resolutions - r0).max(1);
-        let (a, aaaa) = (dns.a_queries() - a0, dns.aaaa_queries() - aaaa0);
+        let (r1, a1, aaaa1) = just_after_a_resolution().await;
+        let refreshes = (r1 - r0).max(1);
+        let (a, aaaa) = (a1 - a0, aaaa1 - aaaa0);
         (
             a as f64 / refreshes as f64,
             aaaa as f64 / refreshes as f64,
