@@ -55,7 +55,7 @@ pub enum HealthCheck {
         service: String,
     },
     /// A plain TCP connect every interval (polled: it learns of a change an interval late); a
-    /// refused connect ejects at once.
+    /// refused or reset connect ejects at once.
     Tcp,
     /// No probing: the balancer holds every endpoint DNS reports.
     Off,

@@ -386,7 +386,7 @@ async fn connect(
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(Observation::down(
-            refused(&e),
+            no_server(&e),
             format!("connect: {}", chain(&e)),
         )),
         Err(_) => Err(Observation::down(
@@ -399,19 +399,20 @@ async fn connect(
 async fn tcp(addr: SocketAddr, timeout: Duration) -> Observation {
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Observation::up(false),
-        Ok(Err(e)) => Observation::down(
-            e.kind() == std::io::ErrorKind::ConnectionRefused,
-            format!("connect: {e}"),
-        ),
+        Ok(Err(e)) => Observation::down(gone(e.kind()), format!("connect: {e}")),
         Err(_) => Observation::down(false, format!("connect: no answer within {timeout:?}")),
     }
 }
 
 fn from_status(status: &tonic::Status) -> Observation {
-    Observation::down(
-        refused(status),
-        format!("health: {}: {}", status.code(), pod_text(status.message())),
-    )
+    let mut detail = format!("health: {}: {}", status.code(), pod_text(status.message()));
+    // A status made here from a transport error says only "transport error": the cause is in
+    // its source.
+    if let Some(source) = std::error::Error::source(status) {
+        detail.push_str(": ");
+        detail.push_str(&chain(source));
+    }
+    Observation::down(no_server(status), detail)
 }
 
 /// A pod's own text, as it may go into a log line or a public type: at most
@@ -432,18 +433,25 @@ fn pod_text(text: &str) -> String {
     out
 }
 
-/// Whether anything in the error's chain is a refused connection.
-fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether anything in the error's chain is a connection refused or reset: no server holds
+/// the port any more. A process that dies resets the handshakes its kernel still completes
+/// for a moment, so a reconnect after its stream broke can be reset rather than refused.
+fn no_server(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
+            && gone(io.kind())
         {
             return true;
         }
         next = e.source();
     }
     false
+}
+
+fn gone(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, ConnectionReset};
+    matches!(kind, ConnectionRefused | ConnectionReset)
 }
 
 /// The error and its causes, on one line.
@@ -472,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_connection_is_found_anywhere_in_the_chain() {
+    fn a_refused_or_reset_connection_is_found_anywhere_in_the_chain() {
         #[derive(Debug)]
         struct Wrap(std::io::Error);
         impl std::fmt::Display for Wrap {
@@ -486,9 +494,11 @@ mod tests {
             }
         }
         let e = Wrap(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(refused(&e));
+        assert!(no_server(&e));
         assert!(chain(&e).starts_with("transport error: "));
+        let e = Wrap(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(no_server(&e));
         let e = Wrap(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        assert!(!refused(&e));
+        assert!(!no_server(&e));
     }
 }

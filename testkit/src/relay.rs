@@ -1,8 +1,10 @@
 //! A TCP relay in front of a pod, which can black-hole it: from one moment on no byte crosses
 //! in either direction and nothing new is accepted, while every connection stays open, as when
-//! a pod's node drops off the network without a word (no RST, no FIN).
+//! a pod's node drops off the network without a word (no RST, no FIN). Or crash it: every
+//! connection is reset, and new ones are taken and reset at once, as while a pod's process
+//! dies and its kernel still completes handshakes on the port.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -18,8 +20,16 @@ use tokio::{
 #[derive(Debug)]
 pub struct Relay {
     addr: SocketAddr,
-    holed: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     task: JoinHandle<()>,
+}
+
+/// What the relay does with the bytes and connections it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Relay,
+    BlackHole,
+    Crash,
 }
 
 impl Relay {
@@ -27,9 +37,9 @@ impl Relay {
     pub async fn start(listen: SocketAddr, target: SocketAddr) -> io::Result<Relay> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let (holed, watching) = watch::channel(false);
+        let (mode, watching) = watch::channel(Mode::Relay);
         let task = tokio::spawn(accept(listener, target, watching));
-        Ok(Relay { addr, holed, task })
+        Ok(Relay { addr, mode, task })
     }
 
     /// Where it listens.
@@ -41,7 +51,13 @@ impl Relay {
     /// connections stay open and silent, and new ones complete their handshake in the kernel's
     /// accept queue, then hear nothing.
     pub fn black_hole(&self) {
-        self.holed.send_replace(true);
+        self.mode.send_replace(Mode::BlackHole);
+    }
+
+    /// Crashes the pod from now on: every open connection is reset (RST), and each new one
+    /// completes its handshake and is reset at once.
+    pub fn crash(&self) {
+        self.mode.send_replace(Mode::Crash);
     }
 }
 
@@ -51,8 +67,9 @@ impl Drop for Relay {
     }
 }
 
-/// Accepts and relays until black-holed; then holds the listener and every connection, silent.
-async fn accept(listener: TcpListener, target: SocketAddr, mut holed: watch::Receiver<bool>) {
+/// Accepts and relays until black-holed, from when it holds the listener and every connection,
+/// silent; or until crashed, from when it resets every connection it takes.
+async fn accept(listener: TcpListener, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
     // Dropping the set (this task aborted) aborts every pipe and closes its sockets.
     let mut pipes = JoinSet::new();
     loop {
@@ -61,10 +78,14 @@ async fn accept(listener: TcpListener, target: SocketAddr, mut holed: watch::Rec
                 Ok((inbound, _)) => inbound,
                 Err(_) => continue,
             },
-            _ = holed.wait_for(|h| *h) => break,
+            _ = mode.wait_for(|m| *m == Mode::BlackHole) => break,
             Some(_) = pipes.join_next(), if !pipes.is_empty() => continue,
         };
-        let holed = holed.clone();
+        if *mode.borrow() == Mode::Crash {
+            reset(&inbound);
+            continue;
+        }
+        let mode = mode.clone();
         pipes.spawn(async move {
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
@@ -72,21 +93,29 @@ async fn accept(listener: TcpListener, target: SocketAddr, mut holed: watch::Rec
             let (in_read, in_write) = inbound.into_split();
             let (out_read, out_write) = outbound.into_split();
             tokio::join!(
-                pipe(in_read, out_write, holed.clone()),
-                pipe(out_read, in_write, holed)
+                pipe(in_read, out_write, mode.clone()),
+                pipe(out_read, in_write, mode)
             );
         });
     }
     std::future::pending::<()>().await;
 }
 
-/// Copies `from` to `to` until EOF, or until black-holed, from when it holds both, silent.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut holed: watch::Receiver<bool>) {
+/// Makes closing `stream` send a RST instead of a FIN.
+fn reset(stream: &TcpStream) {
+    // A zero linger closes at once, so the drop does not block.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+}
+
+/// Copies `from` to `to` until EOF; once black-holed it holds both, silent, and once crashed it
+/// resets both.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
     let mut buf = vec![0u8; 16 * 1024];
-    loop {
+    let stopped = loop {
         let read = tokio::select! {
             read = from.read(&mut buf) => read,
-            _ = holed.wait_for(|h| *h) => break,
+            m = mode.wait_for(|m| *m != Mode::Relay) => break m.map_or(Mode::Crash, |m| *m),
         };
         let n = match read {
             Ok(0) | Err(_) => {
@@ -95,12 +124,18 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut holed: watch:
             }
             Ok(n) => n,
         };
-        if *holed.borrow() {
-            break;
+        let now = *mode.borrow();
+        if now != Mode::Relay {
+            break now;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    };
+    if stopped == Mode::Crash {
+        reset(from.as_ref());
+        reset(to.as_ref());
+        return;
     }
     let _held = (from, to);
     std::future::pending::<()>().await;

@@ -674,6 +674,51 @@ async fn a_pod_black_holed_after_its_admission_is_ejected() {
     assert!(registry.listed(&fx.service).unwrap().contains(&addr));
 }
 
+/// A pod's process dying under load: its kernel still completes handshakes on the port for a
+/// moment and resets them, so the health stream's reconnect is reset, not refused. That is the
+/// pod gone as surely as a refusal: out at once, not a backoff later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_port_resets_new_connections_is_out_of_the_plain_kind_at_once() {
+    let fx = Fixture::start(95, 2).await;
+    let hidden = Pod::start(SocketAddr::new(loopback(95, 10), 0), "hidden").unwrap();
+    let relay = Relay::start(
+        SocketAddr::new(loopback(95, 9), fx.pods[0].addr().port()),
+        hidden.addr(),
+    )
+    .await
+    .unwrap();
+    let addr = relay.addr();
+    fx.dns.add_addr(&fx.fqdn, addr.ip()).await;
+    let registry = hourly_probes(&fx);
+    let channel = registry.channel(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
+    const CALLERS: usize = 8;
+    let load = Load::start(&channel, CALLERS, Duration::from_secs(30));
+    assert!(eventually(SLACK, || async { load.ok() > 300 }).await);
+    let crashed = Instant::now();
+    relay.crash();
+    let out = eventually(SLACK, || async { serving(&registry, &fx.service) == 2 }).await;
+    let took = crashed.elapsed();
+    eprintln!("a port resetting connections: out of channel() {took:?} after the crash");
+    assert!(out, "still held: {:?}", registry.health(&fx.service));
+    // Without it the reset counts as one failure of two, and the next look is a backoff away.
+    assert!(took < AT_ONCE, "{took:?}: not at once");
+    // Calls go on for a second after it, to show the plain balancer let go of the pod.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = load.failed_since(crashed + took + Duration::from_millis(100));
+    let (ok, failed, errors) = load.stop().await;
+    assert!(
+        failed > 0,
+        "the crash failed no call: not a crash under load"
+    );
+    assert_eq!(
+        late, 0,
+        "calls started after the ejection failed: {errors:?}"
+    );
+    assert!(ok > 300, "too little load: {ok}");
+    assert_eq!(registry.listed(&fx.service).unwrap().len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pod_is_out_of_the_load_aware_kind_at_once() {
     let fx = Fixture::start(93, 3).await;
