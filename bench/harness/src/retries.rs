@@ -132,8 +132,10 @@ struct Tally {
     calls: u64,
     /// When each failed call started, in µs since the loops started.
     failed_at: Vec<u64>,
-    /// The first few failures' errors, for the harness's log.
-    errors: Vec<String>,
+    /// The first few failures' errors with when their calls started, for the harness's log.
+    errors: Vec<(u64, String)>,
+    /// The last failure's error.
+    last_error: Option<(u64, String)>,
     longest: Duration,
     answered: BTreeMap<String, u64>,
 }
@@ -178,11 +180,12 @@ impl Load {
                             Ok(Err(status)) => status.to_string(),
                             Err(_) => format!("no answer within {CALL_TIMEOUT:?}"),
                         };
-                        tally
-                            .failed_at
-                            .push((t - origin).as_micros().try_into().unwrap_or(u64::MAX));
-                        if tally.errors.len() < 3 {
-                            tally.errors.push(error);
+                        let at = (t - origin).as_micros().try_into().unwrap_or(u64::MAX);
+                        tally.failed_at.push(at);
+                        if tally.errors.len() < FIRST_ERRORS {
+                            tally.errors.push((at, error));
+                        } else {
+                            tally.last_error = Some((at, error));
                         }
                     }
                 })
@@ -226,9 +229,7 @@ impl Load {
         let mark = mark_unix_us.map_or(u64::MAX, |m| m.saturating_sub(self.origin_unix_us));
         let before = tally.failed_at.iter().filter(|&&at| at < mark).count();
         let failed = tally.failed_at.len();
-        if let Some(first) = tally.errors.first() {
-            eprintln!("{failed} failed, the first: {first}");
-        }
+        log_failures(&tally, mark);
         let answered: Vec<String> = tally
             .answered
             .iter()
@@ -242,6 +243,37 @@ impl Load {
             elapsed.as_micros(),
             answered.join(" ")
         )
+    }
+}
+
+/// How many failures' errors a run keeps from its start: more than calls can be in flight.
+const FIRST_ERRORS: usize = 64;
+
+/// Logs a run's failures: the first, and of those started after the mark the first and the
+/// last with their start relative to it, which shows how long a dead pod kept failing calls.
+fn log_failures(tally: &Tally, mark: u64) {
+    let Some((_, first)) = tally.errors.first() else {
+        return;
+    };
+    let failed = tally.failed_at.len();
+    let mut after = tally
+        .errors
+        .iter()
+        .chain(tally.last_error.iter())
+        .filter(|(at, _)| *at >= mark);
+    let ms = |at: u64| (at - mark) as f64 / 1000.0;
+    match (after.next(), after.next_back()) {
+        (Some((a, e)), last) => {
+            let (z, l) = last.map_or((*a, e), |(z, l)| (*z, l));
+            let n = tally.failed_at.iter().filter(|&&at| at >= mark).count();
+            eprintln!(
+                "{failed} failed, the first: {first}; {n} started after the mark, \
+                 from +{:.1} ms ({e}) to +{:.1} ms ({l})",
+                ms(*a),
+                ms(z)
+            );
+        }
+        (None, _) => eprintln!("{failed} failed, the first: {first}"),
     }
 }
 
