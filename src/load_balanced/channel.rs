@@ -21,7 +21,7 @@ use tower::{BoxError, Service};
 use super::{
     BalanceSettings,
     breaker::Outcome,
-    dial::Connections,
+    dial::{Connections, Handed},
     picker::{Pick, Picker},
     replay::{ChannelBuffer, Limits, Replay},
     retry::{self, Pushback, RetryPolicy, Throttle, Unsent},
@@ -230,7 +230,7 @@ impl LoadBalancedChannel {
             return Ok(self.no_endpoint());
         };
         tracing::trace!(endpoint = %pick.addr(), admission = ?pick.admission(), "picked");
-        let result = self.attempt(&pick, request).await;
+        let result = self.attempt(&pick, request).await.result;
         pick.finish(Outcome::of(&result));
         result
     }
@@ -270,9 +270,11 @@ impl LoadBalancedChannel {
                     request
                 }
             };
-            let result = self.attempt(&pick, request).await;
+            let Attempt { result, unwritten } = self.attempt(&pick, request).await;
             let unsent = match &result {
-                Err(e) if retry.transparent => Unsent::of(e),
+                Err(e) if retry.transparent => {
+                    Unsent::of(e).or_else(|| Unsent::of_unwritten(e).filter(|_| unwritten))
+                }
                 _ => None,
             }
             // A pod that could not be reached is tried again only elsewhere: at once, the same
@@ -354,20 +356,23 @@ impl LoadBalancedChannel {
     }
 
     /// One attempt on the picked pod's connection.
-    async fn attempt(
-        &self,
-        pick: &Pick,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, BoxError> {
-        let (mut channel, fresh) = pick.channel();
+    async fn attempt(&self, pick: &Pick, request: http::Request<Body>) -> Attempt {
+        let Handed {
+            mut channel,
+            fresh,
+            writes,
+        } = pick.channel();
         if fresh {
             // The pod ended its connection: it may be going away, so ask DNS soon.
             self.retry.hint_refresh();
         }
-        match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+        let mark = writes.mark();
+        let result = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
             Ok(()) => channel.call(request).await.map_err(Into::into),
             Err(e) => Err(e.into()),
-        }
+        };
+        let unwritten = result.is_err() && writes.none_since(mark);
+        Attempt { result, unwritten }
     }
 
     /// The answer when no pod came within the failfast time.
@@ -379,6 +384,13 @@ impl LoadBalancedChannel {
         ))
         .into_http()
     }
+}
+
+/// What one attempt of a call came to.
+struct Attempt {
+    result: Result<http::Response<Body>, BoxError>,
+    /// It failed, and its connection wrote nothing since the call was handed to it.
+    unwritten: bool,
 }
 
 /// Gives the pick back: with how the call went, or, for a call the pod cannot have processed,

@@ -6,7 +6,9 @@
 //! - the server's `GOAWAY`, read off the connection's bytes as they arrive, so that new calls
 //!   go to a fresh connection at once while the calls in flight finish on the old one (A9).
 //!   Left alone, tonic keeps handing calls to the closing connection, where hyper refuses them
-//!   or the server ignores them.
+//!   or the server ignores them;
+//! - whether anything was written since a call was handed over: a call whose connection failed
+//!   before any write cannot have left the client, so it may be sent again (gRFC A6).
 
 use std::{
     future::Future,
@@ -93,6 +95,31 @@ struct Current {
     channel: Channel,
     /// Set by the connection when the pod's `GOAWAY` arrives.
     closing: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+}
+
+/// The channel a call is handed to.
+pub(super) struct Handed {
+    pub(super) channel: Channel,
+    /// It was made for this call, because the pod had just ended the one before.
+    pub(super) fresh: bool,
+    pub(super) writes: Writes,
+}
+
+/// Successful writes on a channel's connections, each of one or more bytes.
+pub(super) struct Writes(Arc<AtomicU64>);
+
+impl Writes {
+    /// The writes so far: take it before handing a call over.
+    pub(super) fn mark(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing was written since `mark`: then no byte of a call handed over after it
+    /// left the client.
+    pub(super) fn none_since(&self, mark: u64) -> bool {
+        self.0.load(Ordering::Acquire) == mark
+    }
 }
 
 impl Connections {
@@ -114,29 +141,29 @@ impl Connections {
 
     /// The channel for a new call, and whether it was made for this call because the pod
     /// had just ended the one before.
-    pub(super) fn channel(&self) -> (Channel, bool) {
+    pub(super) fn channel(&self) -> Handed {
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
             if !current.closing.load(Ordering::Acquire) {
-                return (current.channel.clone(), false);
+                return current.hand(false);
             }
         }
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if !current.closing.load(Ordering::Acquire) {
             // Another call made it first.
-            return (current.channel.clone(), false);
+            return current.hand(false);
         }
         match channel(&self.template, self.addr, &self.dials, &self.goaways) {
             Ok(fresh) => {
                 tracing::debug!(endpoint = %self.addr, "the pod sent GOAWAY: new calls take a fresh connection");
                 *current = fresh;
-                (current.channel.clone(), true)
+                current.hand(true)
             }
             // It was made once from the same template and address, so this does not happen;
             // if it did, the old channel still reconnects by itself.
             Err(e) => {
                 tracing::warn!(endpoint = %self.addr, "cannot make a fresh connection: {e}");
-                (current.channel.clone(), false)
+                current.hand(false)
             }
         }
     }
@@ -153,6 +180,16 @@ impl Connections {
 /// A lazy channel to the pod at `addr`, dialed by the connector tonic would use (the
 /// endpoint's TCP settings and the template's connect timeout; tonic adds TLS), counting its
 /// dials and watching for a `GOAWAY`.
+impl Current {
+    fn hand(&self, fresh: bool) -> Handed {
+        Handed {
+            channel: self.channel.clone(),
+            fresh,
+            writes: Writes(self.writes.clone()),
+        }
+    }
+}
+
 fn channel(
     template: &EndpointTemplate,
     addr: SocketAddr,
@@ -169,13 +206,19 @@ fn channel(
     // A timeout `map_endpoint` set on the endpoint is tonic's to apply, around this one.
     http.set_connect_timeout(template.connect_timeout);
     let closing = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
     let channel = endpoint.connect_with_connector_lazy(Connector {
         http,
         dials: dials.clone(),
         closing: closing.clone(),
         goaways: goaways.clone(),
+        writes: writes.clone(),
     });
-    Ok(Current { channel, closing })
+    Ok(Current {
+        channel,
+        closing,
+        writes,
+    })
 }
 
 #[derive(Clone)]
@@ -184,6 +227,7 @@ struct Connector {
     dials: Arc<Dials>,
     closing: Arc<AtomicBool>,
     goaways: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
 }
 
 type Dialing<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -201,6 +245,7 @@ impl Service<Uri> for Connector {
         let finished = self.dials.begin();
         let dial = self.http.call(uri);
         let (closing, goaways) = (self.closing.clone(), self.goaways.clone());
+        let writes = self.writes.clone();
         Box::pin(async move {
             let io = dial.await;
             drop(finished);
@@ -208,6 +253,7 @@ impl Service<Uri> for Connector {
                 io?.into_inner(),
                 closing,
                 goaways,
+                writes,
             )))
         })
     }
@@ -219,6 +265,7 @@ struct Watched<T> {
     frames: Frames,
     closing: Arc<AtomicBool>,
     goaways: Arc<AtomicU64>,
+    writes: Arc<AtomicU64>,
     /// The bytes read behind a `GOAWAY`, held back while h2 still writes.
     held: Vec<u8>,
     /// Something was written since the last read that yielded.
@@ -231,12 +278,18 @@ struct Watched<T> {
 const MAX_YIELDS: u8 = 8;
 
 impl<T> Watched<T> {
-    fn new(io: T, closing: Arc<AtomicBool>, goaways: Arc<AtomicU64>) -> Self {
+    fn new(
+        io: T,
+        closing: Arc<AtomicBool>,
+        goaways: Arc<AtomicU64>,
+        writes: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             io,
             frames: Frames::default(),
             closing,
             goaways,
+            writes,
             held: Vec::new(),
             wrote: false,
             yields: 0,
@@ -246,6 +299,7 @@ impl<T> Watched<T> {
     fn count_write(&mut self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
             self.wrote = true;
+            self.writes.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -531,7 +585,7 @@ mod tests {
         for writes in [1, MAX_YIELDS as usize + 3] {
             let (client, mut server) = tokio::io::duplex(1 << 16);
             let closing = Arc::new(AtomicBool::new(false));
-            let mut watched = Watched::new(client, closing.clone(), Arc::default());
+            let mut watched = Watched::new(client, closing.clone(), Arc::default(), Arc::default());
             server.write_all(&sent).await.unwrap();
             assert_eq!(read_now(&mut watched).as_deref(), Some(&first[..]));
             assert!(closing.load(Ordering::SeqCst));

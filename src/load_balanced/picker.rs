@@ -22,12 +22,11 @@ use std::{
 };
 
 use tokio::{sync::watch, time::Instant};
-use tonic::transport::Channel;
 
 use super::{
     LoadMeasure,
     breaker::{Admission, Breaker, BreakerEvent, BreakerSettings, Outcome, Ticket},
-    dial::{Connections, DialMark},
+    dial::{Connections, DialMark, Handed},
     estimate::{Estimate, nanos},
 };
 use crate::ejection::ejection_cap;
@@ -477,9 +476,9 @@ impl fmt::Debug for Pick {
 }
 
 impl Pick {
-    /// The channel to send the call on, and whether it was made for this call because the
-    /// pod had just ended its connection with a `GOAWAY`.
-    pub(super) fn channel(&self) -> (Channel, bool) {
+    /// The channel to send the call on, made afresh for it when the pod had just ended its
+    /// connection with a `GOAWAY`.
+    pub(super) fn channel(&self) -> Handed {
         self.pod.conn.channel()
     }
 

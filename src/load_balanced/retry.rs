@@ -4,7 +4,9 @@
 //!   pod, whatever the method, without the caller seeing it. [`Unsent::of`] tells which
 //!   failures qualify: the call never left the client (no connection, or hyper dropped it
 //!   unsent because its connection was closing), or the pod refused it unprocessed
-//!   (`REFUSED_STREAM`, or a GOAWAY that left its stream out).
+//!   (`REFUSED_STREAM`, or a GOAWAY that left its stream out); [`Unsent::of_unwritten`], which
+//!   qualify when the connection wrote nothing since the call was handed to it (reset before
+//!   the request was written).
 //! - **A retry policy**, opt-in: a call that failed with one of the policy's codes is sent again
 //!   after a backoff, while its attempts last and the channel's [`Throttle`] has tokens; a
 //!   pod's `grpc-retry-pushback-ms` sets the delay, or forbids the retry when negative.
@@ -51,6 +53,18 @@ impl Unsent {
                 Some(refused.then_some(Unsent::Refused))
             })
             .flatten()
+    }
+}
+
+impl Unsent {
+    /// The kind of an error that ended a call when its connection had written nothing since
+    /// the call was handed to it: a connection that failed under it (reset, broken pipe,
+    /// closed) before any of it left. Not a timeout, which ends the call's own time.
+    pub(crate) fn of_unwritten(error: &BoxError) -> Option<Unsent> {
+        let timed_out = causes(error).any(|e| e.is::<tonic::TimeoutExpired>());
+        let connection = causes(error)
+            .any(|e| e.is::<hyper::Error>() || e.is::<h2::Error>() || e.is::<std::io::Error>());
+        (connection && !timed_out).then_some(Unsent::NeverLeft)
     }
 }
 
@@ -458,5 +472,18 @@ mod tests {
         let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
         // An `h2::Error` made from a reason is a local reset: not the pod's refusal.
         assert_eq!(Unsent::of(&refused), None);
+    }
+
+    #[test]
+    fn a_failed_connection_counts_as_unsent_only_when_nothing_was_written() {
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(Unsent::of_unwritten(&reset), Some(Unsent::NeverLeft));
+        let h2: BoxError = Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert_eq!(Unsent::of_unwritten(&h2), Some(Unsent::NeverLeft));
+        // A status is the pod's answer, and a timeout ends the call's own time.
+        let status: BoxError = Box::new(tonic::Status::unavailable("no"));
+        assert_eq!(Unsent::of_unwritten(&status), None);
+        let timeout: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(Unsent::of_unwritten(&timeout), None);
     }
 }

@@ -4,7 +4,7 @@
 //! connection is reset, and new ones are taken and reset at once, as while a pod's process
 //! dies and its kernel still completes handshakes on the port.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,6 +21,8 @@ use tokio::{
 pub struct Relay {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    /// Connections relayed now.
+    open: Arc<watch::Sender<usize>>,
     task: JoinHandle<()>,
 }
 
@@ -38,8 +40,14 @@ impl Relay {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (mode, watching) = watch::channel(Mode::Relay);
-        let task = tokio::spawn(accept(listener, target, watching));
-        Ok(Relay { addr, mode, task })
+        let open = Arc::new(watch::Sender::new(0));
+        let task = tokio::spawn(accept(listener, target, watching, open.clone()));
+        Ok(Relay {
+            addr,
+            mode,
+            open,
+            task,
+        })
     }
 
     /// Where it listens.
@@ -59,6 +67,29 @@ impl Relay {
     pub fn crash(&self) {
         self.mode.send_replace(Mode::Crash);
     }
+
+    /// Waits until no connection is relayed: after [`Relay::crash`], until every one it held
+    /// has been reset. It needs no runtime of its own, so a relay started on another runtime
+    /// can be waited for without the caller's runtime running meanwhile.
+    pub async fn closed(&self) {
+        let _ = self.open.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Counts a relayed connection until dropped.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|n| *n += 1);
+        Self(open)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Drop for Relay {
@@ -69,7 +100,12 @@ impl Drop for Relay {
 
 /// Accepts and relays until black-holed, from when it holds the listener and every connection,
 /// silent; or until crashed, from when it resets every connection it takes.
-async fn accept(listener: TcpListener, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    open: Arc<watch::Sender<usize>>,
+) {
     // Dropping the set (this task aborted) aborts every pipe and closes its sockets.
     let mut pipes = JoinSet::new();
     loop {
@@ -86,7 +122,9 @@ async fn accept(listener: TcpListener, target: SocketAddr, mut mode: watch::Rece
             continue;
         }
         let mode = mode.clone();
+        let open = Open::new(open.clone());
         pipes.spawn(async move {
+            let _open = open;
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };

@@ -1,7 +1,10 @@
 //! Calls sent again (gRFC A6) and connections a pod ages out (gRFC A9), on the load-aware
 //! kind: against real pods that end their connections, die mid-load, or answer `UNAVAILABLE`.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use k8s_headless_svc::{HealthCheck, Registry, RetryPolicy, RetryThrottling};
 use testkit::UserService;
@@ -234,6 +237,54 @@ async fn a_killed_pod_fails_only_the_calls_it_held() {
             );
         }
     }
+}
+
+/// A pod's connection reset while calls are on their way to it: those the client handed to
+/// the connection before it read the reset were never written, and are sent again elsewhere
+/// (gRFC A6); before, only a refused or closing connection counted as unsent. The client runs
+/// on this one thread, held still while the relay in front of the pod resets its connections
+/// from a runtime of its own, so the next calls meet the reset not yet read.
+#[tokio::test(flavor = "current_thread")]
+async fn calls_handed_to_a_connection_reset_before_they_were_written_are_sent_again() {
+    let fx = aged_fixture(96, 1, None).await;
+    let hidden = Pod::start(SocketAddr::new(loopback(96, 10), 0), "hidden").unwrap();
+    let relays = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listen = SocketAddr::new(loopback(96, 9), fx.pods[0].addr().port());
+    let relay = relays
+        .spawn(Relay::start(listen, hidden.addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    fx.dns.add_addr(&fx.fqdn, listen.ip()).await;
+    // No health checks and a breaker that never opens: only the call path decides.
+    let registry = registry(&fx, |b| {
+        b.health_check(HealthCheck::Off).breaker_failures(1_000)
+    });
+    let channel = registry.load_balanced(&fx.service).unwrap();
+    assert!(eventually(SLACK, || async { channel.serving_count() == 2 }).await);
+    let (hits, errors) = spread(&channel, 40, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hits.len(), 2, "both pods connected: {hits:?}");
+    relay.crash();
+    std::thread::scope(|s| {
+        s.spawn(|| relays.block_on(relay.closed()));
+    });
+    let (hits, errors) = spread(&channel, 16, 16).await;
+    let retries = registry.snapshot().services[0]
+        .retries
+        .expect("the channel is made");
+    eprintln!("after the reset: {hits:?}, {retries:?}, {errors:?}");
+    assert!(errors.is_empty(), "calls never written failed: {errors:?}");
+    assert!(
+        retries.transparent > 0,
+        "no call met the reset connection: {retries:?}"
+    );
+    drop(relay);
+    relays.shutdown_background();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
