@@ -38,9 +38,13 @@ use rotation::Rotation;
 /// With no call in flight on either pod, two costs within this factor are a near-tie, which
 /// goes to the pod picked least recently: at light load equal pods' estimates differ by noise
 /// (a busy client's stalls), and only a wide factor keeps their shares even (BENCHMARKS.md).
-/// A pod several times slower still loses. With calls in flight, the cheaper pod wins, as in
-/// plain p2c, or a slow pod's calls would set the client's tail latency.
+/// A pod several times slower still loses.
 pub(super) const NEAR_TIE: f64 = 3.0;
+
+/// With calls in flight, the near-tie's factor: plain p2c over latency × calls in flight gives
+/// a share falling with about the square of latency, so pods a few percent apart (processes
+/// sharing cores) got shares far apart. A pod twice as slow still gets clearly less.
+pub(super) const LOADED_TIE: f64 = 1.5;
 
 /// The pods a channel holds now.
 pub(super) type Snapshot = Arc<Pods>;
@@ -191,11 +195,7 @@ pub(super) fn prefer_first(a: Candidate, b: Candidate) -> bool {
     }
     let idle = a.in_flight == 0 && b.in_flight == 0;
     let (low, high) = (a.cost.min(b.cost), a.cost.max(b.cost));
-    let tie = if idle {
-        high <= low * NEAR_TIE
-    } else {
-        high == low
-    };
+    let tie = high <= low * if idle { NEAR_TIE } else { LOADED_TIE };
     if !tie {
         return a.cost < b.cost;
     }

@@ -13,15 +13,71 @@ fn c(cost: f64, last_pick: u64) -> Candidate {
 }
 
 #[test]
-fn with_calls_in_flight_the_cheaper_pod_always_wins() {
+fn with_calls_in_flight_a_narrower_tie_goes_to_the_pod_picked_least_recently() {
     let busy = |cost, in_flight, last_pick| Candidate {
         in_flight,
         ..c(cost, last_pick)
     };
-    assert!(!prefer_first(busy(1.2, 1, 1), busy(1.0, 1, 5)));
-    assert!(!prefer_first(busy(1.2, 0, 1), busy(1.0, 2, 5)));
+    // Within the loaded tie's factor, the pod picked least recently.
+    assert!(prefer_first(busy(1.2, 1, 1), busy(1.0, 1, 5)));
+    assert!(!prefer_first(busy(1.0, 1, 5), busy(1.2, 1, 1)));
+    assert!(prefer_first(busy(1.45, 0, 1), busy(1.0, 2, 5)));
     assert!(!prefer_first(busy(1.0, 3, 5), busy(1.0, 3, 1)));
-    assert!(prefer_first(busy(1.0, 3, 1), busy(1.0, 3, 5)));
+    // Beyond it, the cheaper pod, however recently picked.
+    assert!(!prefer_first(busy(1.6, 1, 1), busy(1.0, 1, 5)));
+    assert!(prefer_first(busy(1.0, 1, 5), busy(2.9, 2, 1)));
+}
+
+/// Shares of `callers` calling back to back for `total` calls, over pods that answer each
+/// call after their latency (whole milliseconds: the timer's grain), on the paused clock.
+async fn shares(latencies_ms: &[u64], callers: usize, total: usize) -> Vec<usize> {
+    let picker = picker(latencies_ms.len(), 0.5);
+    let addrs: Vec<SocketAddr> = picker.snapshot().iter().map(|p| p.addr).collect();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+    let counts = Arc::new(std::sync::Mutex::new(vec![0usize; addrs.len()]));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (picker, addrs, left, counts) =
+                (picker.clone(), addrs.clone(), left.clone(), counts.clone());
+            let latencies = latencies_ms.to_vec();
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let pick = picker.pick(None).expect("a pod");
+                    let i = addrs.iter().position(|a| *a == pick.addr()).unwrap();
+                    tokio::time::sleep(Duration::from_millis(latencies[i])).await;
+                    pick.finish(Outcome::Success);
+                    counts.lock().unwrap()[i] += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    counts.lock().unwrap().clone()
+}
+
+fn spread_of(counts: &[usize]) -> f64 {
+    let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
+    *max as f64 / (*min).max(1) as f64 - 1.0
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_load_pods_a_few_percent_apart_get_even_shares_and_a_slow_pod_less() {
+    // 16 callers, pods 5 % and 10 % slower than the first: plain p2c over latency × calls in
+    // flight gives a share that falls with the square of the latency (about 20 % apart here).
+    let even = shares(&[20, 21, 22], 16, 30_000).await;
+    assert!(spread_of(&even) <= 0.10, "{even:?}");
+    // A pod twice as slow still gets clearly less than either of the others.
+    let slow = shares(&[20, 20, 40], 16, 30_000).await;
+    eprintln!("pods 0/5/10 % slower: {even:?}; a pod twice as slow: {slow:?}");
+    assert!(
+        (slow[2] as f64) < 0.75 * slow[0].min(slow[1]) as f64,
+        "{slow:?}"
+    );
 }
 
 #[test]
