@@ -627,19 +627,25 @@ async fn tcp_probes_eject_a_dead_pod_at_its_refused_connect() {
     assert_eq!(hits.len(), 2, "{hits:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_black_holed_after_its_admission_is_ejected() {
-    let fx = Fixture::start(92, 2).await;
-    // A third pod behind a relay on the Service's port: the relay black-holes it later.
-    let hidden = Pod::start(SocketAddr::new(loopback(92, 10), 0), "hidden").unwrap();
+/// A third pod, behind a relay on `127.0.net.9` and the Service's port, listed in its DNS.
+async fn behind_relay(fx: &Fixture, net: u8) -> (Pod, Relay) {
+    let hidden = Pod::start(SocketAddr::new(loopback(net, 10), 0), "hidden").unwrap();
     let relay = Relay::start(
-        SocketAddr::new(loopback(92, 9), fx.pods[0].addr().port()),
+        SocketAddr::new(loopback(net, 9), fx.pods[0].addr().port()),
         hidden.addr(),
     )
     .await
     .unwrap();
+    fx.dns.add_addr(&fx.fqdn, relay.addr().ip()).await;
+    (hidden, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_black_holed_after_its_admission_is_ejected() {
+    let fx = Fixture::start(92, 2).await;
+    // The relay black-holes the third pod later.
+    let (_hidden, relay) = behind_relay(&fx, 92).await;
     let addr = relay.addr();
-    fx.dns.add_addr(&fx.fqdn, addr.ip()).await;
     let (interval, timeout, k) = (PROBE, Duration::from_millis(300), 2);
     let registry = health_builder(&fx)
         .health_interval(interval)
@@ -680,15 +686,7 @@ async fn a_pod_black_holed_after_its_admission_is_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_whose_port_resets_new_connections_is_out_of_the_plain_kind_at_once() {
     let fx = Fixture::start(95, 2).await;
-    let hidden = Pod::start(SocketAddr::new(loopback(95, 10), 0), "hidden").unwrap();
-    let relay = Relay::start(
-        SocketAddr::new(loopback(95, 9), fx.pods[0].addr().port()),
-        hidden.addr(),
-    )
-    .await
-    .unwrap();
-    let addr = relay.addr();
-    fx.dns.add_addr(&fx.fqdn, addr.ip()).await;
+    let (_hidden, relay) = behind_relay(&fx, 95).await;
     let registry = hourly_probes(&fx);
     let channel = registry.channel(&fx.service).unwrap();
     assert!(eventually(SLACK, || async { serving(&registry, &fx.service) == 3 }).await);
