@@ -139,8 +139,8 @@ impl Connections {
         })
     }
 
-    /// The channel for a new call, and whether it was made for this call because the pod
-    /// had just ended the one before.
+    /// The channel for a new call, made afresh for it when the pod had just ended the one
+    /// before.
     pub(super) fn channel(&self) -> Handed {
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -177,9 +177,6 @@ impl Connections {
     }
 }
 
-/// A lazy channel to the pod at `addr`, dialed by the connector tonic would use (the
-/// endpoint's TCP settings and the template's connect timeout; tonic adds TLS), counting its
-/// dials and watching for a `GOAWAY`.
 impl Current {
     fn hand(&self, fresh: bool) -> Handed {
         Handed {
@@ -190,6 +187,9 @@ impl Current {
     }
 }
 
+/// A lazy channel to the pod at `addr`, dialed by the connector tonic would use (the
+/// endpoint's TCP settings and the template's connect timeout; tonic adds TLS), counting its
+/// dials and writes and watching for a `GOAWAY`.
 fn channel(
     template: &EndpointTemplate,
     addr: SocketAddr,
@@ -259,7 +259,8 @@ impl Service<Uri> for Connector {
     }
 }
 
-/// A connection whose incoming bytes are read for the server's `GOAWAY`.
+/// A connection whose incoming bytes are read for the server's `GOAWAY`, and whose writes are
+/// counted.
 struct Watched<T> {
     io: T,
     frames: Frames,
