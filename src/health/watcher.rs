@@ -206,7 +206,10 @@ where
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) if status.code() == Code::Unimplemented => return Streamed::Unimplemented,
         Ok(Err(status)) => {
-            let down = from_status(&status);
+            let mut down = from_status(&status);
+            // The connection was made just before: closed before it carried the request, the
+            // port has no server that serves (a dying process's, reset as it was taken).
+            down.definitive |= closed_unused(&status);
             return if report(down).await {
                 Streamed::Broke {
                     served: false,
@@ -447,6 +450,14 @@ fn no_server(error: &(dyn std::error::Error + 'static)) -> bool {
         next = e.source();
     }
     false
+}
+
+/// Whether the error says the connection closed before the request was sent on it.
+fn closed_unused(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+    })
 }
 
 fn gone(kind: std::io::ErrorKind) -> bool {
