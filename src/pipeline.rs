@@ -373,12 +373,8 @@ async fn follow_subset(
 /// Why the TLS settings cannot work for `service`: tonic's error ("transport error") and
 /// every cause under it.
 fn tls_reason(service: &HeadlessService, e: &tonic::transport::Error) -> String {
-    let mut reason = format!("cannot dial the pods of {service}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    reason
+    format!(
+        "cannot dial the pods of {service}: {}",
+        crate::error::chain(e)
+    )
 }

@@ -27,7 +27,11 @@ use tonic_health::pb::{
 };
 
 use super::{HealthCheck, HealthSettings, gate::Observation};
-use crate::{backoff::Backoff, endpoint::EndpointTemplate};
+use crate::{
+    backoff::Backoff,
+    endpoint::EndpointTemplate,
+    error::{causes, chain},
+};
 
 /// What a watcher sends: the endpoint, its entry's generation and what was seen.
 pub(crate) type Report = (SocketAddr, u64, Observation);
@@ -440,21 +444,15 @@ fn pod_text(text: &str) -> String {
 /// the port any more. A process that dies resets the handshakes its kernel still completes
 /// for a moment, so a reconnect after its stream broke can be reset rather than refused.
 fn no_server(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && gone(io.kind())
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    causes(error).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| gone(io.kind()))
+    })
 }
 
 /// Whether the error says the connection closed before the request was sent on it.
 fn closed_unused(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+    causes(error).any(|e| {
         e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
     })
@@ -463,18 +461,6 @@ fn closed_unused(error: &(dyn std::error::Error + 'static)) -> bool {
 fn gone(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind::{ConnectionRefused, ConnectionReset};
     matches!(kind, ConnectionRefused | ConnectionReset)
-}
-
-/// The error and its causes, on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        next = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -54,9 +54,7 @@ impl Unsent {
             })
             .flatten()
     }
-}
 
-impl Unsent {
     /// The kind of an error that ended a call when its connection had written nothing since
     /// the call was handed to it: a connection that failed under it (reset, broken pipe,
     /// closed) before any of it left. Not a timeout, which ends the call's own time.
@@ -70,9 +68,7 @@ impl Unsent {
 
 /// An error and the errors that caused it, outermost first.
 fn causes(error: &BoxError) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(&**error as &(dyn std::error::Error + 'static)), |e| {
-        e.source()
-    })
+    crate::error::causes(&**error)
 }
 
 /// How many times one call may be sent again transparently: a few when it never left (each
