@@ -10,7 +10,7 @@
 //!    receive per call once the token bucket has drained, and the longest call against its
 //!    deadline.
 //! 4. The cost when nothing fails: the load-aware kind with retry support on and off, in
-//!    interleaved rounds, through the main part's client (`bench client`).
+//!    interleaved rounds, each with a fresh pair of the main part's clients (`bench client`).
 //!
 //! Its clients (`bench retry-client`) time every failure, so that the harness can tell the
 //! calls a kill caught in flight from those that started after it.
@@ -62,6 +62,8 @@ const NET_GRPCIO: u8 = 124;
 const NET_TONIC: u8 = 125;
 const NET_FAILING: u8 = 126;
 const NET_COST: u8 = 127;
+/// The cost part's rounds, per round of the main part's throughput runs.
+const COST_ROUNDS: usize = 3;
 const BEGIN: &str = "<!-- bench:retries:begin (written by the bench program) -->";
 const END: &str = "<!-- bench:retries:end -->";
 
@@ -420,7 +422,8 @@ pub fn planned(s: &Settings) -> Duration {
     let rolling = (Duration::from_secs(2) + (INTERVAL + GRACE) * s.rolled() as u32) * 3;
     let aged = run * (3 * rounds) as u32 + rolling;
     let (drain, measured) = s.failing();
-    let cost = (crate::WARM_UP + s.run * s.rounds as u32) * 2 * crate::CALLERS.len() as u32;
+    let cost =
+        (crate::WARM_UP + s.run) * (2 * COST_ROUNDS * s.rounds * crate::CALLERS.len()) as u32;
     part(Part::Killed, killed)
         + part(Part::Grpcio, aged)
         + part(Part::Tonic, aged)
@@ -1166,8 +1169,9 @@ async fn failing(
 }
 
 /// Nothing fails (4.): the load-aware kind with retry support (the default) and with
-/// `transparent_retry(false)`, through the main part's client and load loop, in interleaved
-/// rounds, with each client's CPU per call.
+/// `transparent_retry(false)`, through the main part's client and load loop, with each client's
+/// CPU per call. Each round starts a fresh pair of clients, so that what one process keeps for
+/// its life (where its connections and threads landed) does not tilt every round one way.
 async fn cost(
     dns: &DnsServer,
     me: &Path,
@@ -1182,8 +1186,7 @@ async fn cost(
     let ips: Vec<IpAddr> = names.iter().map(|(_, ip)| *ip).collect();
     dns.set_addrs(&svc_fqdn("user-svc", &namespace), &ips).await;
     let variants = [Variant::Transparent, Variant::NoTransparent];
-    let mut clients = Vec::new();
-    for v in variants {
+    let spawn = |v: Variant| {
         let mut args = vec![
             "client".to_owned(),
             "--system=load-aware".to_owned(),
@@ -1197,22 +1200,60 @@ async fn cost(
         if s.no_health {
             args.push("--no-health".to_owned());
         }
-        clients.push((v, Proc::spawn(v.label(), me, &args)?));
+        Proc::spawn(v.label(), me, &args)
+    };
+    // runs[callers][variant]: one run per round. Rounds in fresh processes are independent,
+    // so more of them narrow the median of their ratios, which a goal of 3-5 % needs.
+    let rounds = COST_ROUNDS * s.rounds;
+    let mut runs = vec![vec![Vec::new(); variants.len()]; crate::CALLERS.len()];
+    for round in 0..rounds {
+        let mut clients = Vec::new();
+        for v in variants {
+            clients.push((v, spawn(v)?));
+        }
+        for (k, callers) in crate::CALLERS.into_iter().enumerate() {
+            let stage = |what: &str, v: Variant| {
+                progress::stage(format!(
+                    "retries, nothing fails, {callers} callers: round {}/{rounds}, {what}{}",
+                    round + 1,
+                    v.label()
+                ));
+            };
+            for (variant, client) in &mut clients {
+                stage("warm-up, ", *variant);
+                let warm_up = format!("run {callers} {}", crate::WARM_UP.as_millis());
+                client.ask(&warm_up, ANSWER).await?;
+                progress::advance(crate::WARM_UP);
+            }
+            let mut order: Vec<usize> = (0..clients.len()).collect();
+            fastrand::shuffle(&mut order);
+            for i in order {
+                let (variant, client) = &mut clients[i];
+                stage("", *variant);
+                runs[k][i].push(crate::measured_run(client, callers, s.run).await?);
+                progress::advance(s.run);
+            }
+        }
+        for (_, c) in clients {
+            c.close().await;
+        }
     }
+    pods.close().await;
+
     let b = &mut section.body;
     let _ = writeln!(
         b,
         "### Nothing fails: what retry support costs (load_balanced(), 3 tonic pods)\n\n\
-         {} interleaved rounds of {} per system. Ratios: the default over `transparent_retry(false)`, \
-         medians of per-round ratios.\n\n\
+         {} rounds of {} per system, interleaved, each round with a fresh pair of client \
+         processes. Ratios: the default over `transparent_retry(false)`, medians of per-round \
+         ratios.\n\n\
          | callers | calls/s, default | calls/s, transparent_retry(false) | throughput ratio | client CPU µs/call, default | client CPU µs/call, transparent_retry(false) | CPU per call ratio |\n\
          |---|---|---|---|---|---|---|",
-        s.rounds,
+        rounds,
         humantime::format_duration(s.run)
     );
     let mut goals = Vec::new();
-    for callers in crate::CALLERS {
-        let runs = interleaved(&mut clients, callers, s.rounds, s.run).await?;
+    for (callers, runs) in crate::CALLERS.into_iter().zip(&runs) {
         let [on, off] = [&runs[0], &runs[1]];
         let med = |runs: &[Run], f: fn(&Run) -> f64| report::median(runs.iter().map(f).collect());
         let paired = |f: fn(&Run) -> f64| {
@@ -1242,50 +1283,7 @@ async fn cost(
             cpu <= 1.05,
         );
     }
-    for (_, c) in clients {
-        c.close().await;
-    }
-    pods.close().await;
     Ok(())
-}
-
-/// `rounds` rounds of `run callers` on each client in a new order each round, after one
-/// uncounted warm-up each, with each run's CPU time; the runs in the clients' order.
-async fn interleaved(
-    clients: &mut [(Variant, Proc)],
-    callers: usize,
-    rounds: usize,
-    run: Duration,
-) -> anyhow::Result<Vec<Vec<Run>>> {
-    for (variant, client) in clients.iter_mut() {
-        progress::stage(format!(
-            "retries, nothing fails, {callers} callers: warm-up, {}",
-            variant.label()
-        ));
-        client
-            .ask(
-                &format!("run {callers} {}", crate::WARM_UP.as_millis()),
-                ANSWER,
-            )
-            .await?;
-        progress::advance(crate::WARM_UP);
-    }
-    let mut runs = vec![Vec::new(); clients.len()];
-    for round in 0..rounds {
-        let mut order: Vec<usize> = (0..clients.len()).collect();
-        fastrand::shuffle(&mut order);
-        for i in order {
-            let (variant, client) = &mut clients[i];
-            progress::stage(format!(
-                "retries, nothing fails, {callers} callers: round {}/{rounds}, {}",
-                round + 1,
-                variant.label()
-            ));
-            runs[i].push(crate::measured_run(client, callers, run).await?);
-            progress::advance(run);
-        }
-    }
-    Ok(runs)
 }
 
 #[cfg(test)]
