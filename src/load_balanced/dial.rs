@@ -175,6 +175,12 @@ impl Connections {
     pub(super) fn goaways(&self) -> u64 {
         self.goaways.load(Ordering::Relaxed)
     }
+
+    /// Counts a `GOAWAY` as if the pod had sent one on the current connection.
+    #[cfg(test)]
+    pub(super) fn note_goaway(&self) {
+        self.goaways.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Current {

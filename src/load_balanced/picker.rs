@@ -418,6 +418,7 @@ impl Picker {
             ticket,
             started: now,
             dials: pod.conn.dials().mark(),
+            goaways: pod.conn.goaways(),
             finished: false,
         })
     }
@@ -463,6 +464,8 @@ pub(super) struct Pick {
     ticket: Ticket,
     started: Instant,
     dials: DialMark,
+    /// The pod's GOAWAYs so far, when the call was picked.
+    goaways: u64,
     finished: bool,
 }
 
@@ -503,6 +506,13 @@ impl Pick {
         self.pod.state().breaker.cancel(self.ticket);
     }
 
+    /// No dial and no `GOAWAY` overlapped the call: its time is the pod's own. The pods that
+    /// end connections on a timer do so at the same rate whatever their load, so those slow
+    /// calls, counted, weigh most on the pod given least, and it would get less still.
+    fn measures_the_pod(&self) -> bool {
+        self.pod.conn.dials().quiet_since(self.dials) && self.pod.conn.goaways() == self.goaways
+    }
+
     /// Records how the call went.
     pub(super) fn finish(mut self, outcome: Outcome) {
         self.finished = true;
@@ -513,8 +523,9 @@ impl Pick {
         let pod = &self.pod;
         let mut state = pod.state();
         match outcome {
-            // A call that waited for a new connection measured the dial, not the pod.
-            Outcome::Success if !pod.conn.dials().quiet_since(self.dials) => {}
+            // A call that waited for a new connection, or lived through the end of one,
+            // measured the hand-over, not the pod.
+            Outcome::Success if !self.measures_the_pod() => {}
             Outcome::Success => state.estimate.observe(elapsed, now, decay),
             Outcome::Failure => {
                 state
@@ -552,7 +563,7 @@ impl Drop for Pick {
         if !self.finished {
             let now = Instant::now();
             let decay = self.picker.settings.decay();
-            let quiet = self.pod.conn.dials().quiet_since(self.dials);
+            let quiet = self.measures_the_pod();
             let mut state = self.pod.state();
             state.breaker.cancel(self.ticket);
             if !quiet {

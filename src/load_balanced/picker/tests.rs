@@ -423,6 +423,43 @@ async fn a_call_the_pod_did_not_process_says_nothing_of_its_load() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_that_lived_through_a_goaway_measures_nothing_of_the_pod() {
+    let picker = picker(1, 0.5);
+    let pod = picker.snapshot()[0].clone();
+    let decay = picker.settings.decay();
+    let slow_call = |goaway: bool| {
+        let (picker, pod) = (picker.clone(), pod.clone());
+        async move {
+            let pick = picker.pick(None).unwrap();
+            // The pod ends the connection while the call is on it: the call waits for the
+            // hand-over (the pod finishing its streams, the client moving to a new one).
+            if goaway {
+                pod.conn.note_goaway();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            pick.finish(Outcome::Success);
+        }
+    };
+    for _ in 0..crate::load_balanced::estimate::WARMUP {
+        slow_call(false).await;
+    }
+    for _ in 0..3 {
+        slow_call(true).await;
+    }
+    let now = Instant::now();
+    assert!(
+        pod.estimate(now, decay) < 1e6,
+        "calls that lived through GOAWAYs were measured: {} ns",
+        pod.estimate(now, decay)
+    );
+    // The same calls with no GOAWAY: the pod is slow.
+    for _ in 0..3 {
+        slow_call(false).await;
+    }
+    assert!(pod.estimate(Instant::now(), decay) >= 49e6);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_call_that_waited_for_a_dial_measures_nothing_of_the_pod() {
     let picker = picker(1, 0.5);
     let addr = SocketAddr::from(([127, 0, 0, 2], 1));
