@@ -11,6 +11,8 @@
 //! slow is seen within three of its round trips. A new pod's
 //! first [`WARMUP`] round trips are not taken at all: they pay for the connection's set-up.
 //! While no call completes the estimate decays toward zero, so an idle pod is tried again.
+//! Beside it the moving average alone is kept, without peaks, for the picker to compare pods
+//! that have calls in flight.
 
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ const CEILING_NS: f64 = 60e9;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Estimate {
     rtt_ns: f64,
+    /// The moving average alone, without peaks: what a pod with calls in flight is costed by.
+    mean_ns: f64,
     at: Instant,
     /// The last three links of the chain of calls one after another, newest first: a rise is
     /// confirmed when all three show it.
@@ -50,6 +54,7 @@ impl Estimate {
         let rtt_ns = rtt_ns.clamp(0.0, CEILING_NS);
         Self {
             rtt_ns,
+            mean_ns: rtt_ns,
             at: now,
             links: [Link {
                 ns: rtt_ns,
@@ -64,6 +69,14 @@ impl Estimate {
         self.rtt_ns * weight(now.saturating_duration_since(self.at), decay)
     }
 
+    /// The moving average at `now` without its peaks, in nanoseconds, decayed the same way.
+    /// A peak is confirmed from the calls that ended one after another, and a pod given fewer
+    /// calls has fewer to refute it: between busy pods it would read the pod given less as
+    /// slower, while calls in flight already show a pod that slows.
+    pub(super) fn mean_at(&self, now: Instant, decay: Duration) -> f64 {
+        self.mean_ns * weight(now.saturating_duration_since(self.at), decay)
+    }
+
     /// Takes the round trip of a call that succeeded.
     pub(super) fn observe(&mut self, rtt: Duration, now: Instant, decay: Duration) {
         if self.seen < WARMUP {
@@ -73,6 +86,7 @@ impl Estimate {
         let sample = nanos(rtt);
         let w = weight(now.saturating_duration_since(self.at), decay);
         let ewma = self.rtt_ns * w + sample * (1.0 - w);
+        self.mean_ns = (self.mean_ns * w + sample * (1.0 - w)).min(CEILING_NS);
         let started = now.checked_sub(rtt).unwrap_or(now);
         if started < self.links[0].end {
             // In flight when the newest link's first call ended: the same stall.
@@ -116,6 +130,7 @@ impl Estimate {
         let penalty = FAILURE_PENALTY * self.at(now, decay).max(floor_ns);
         let sample = nanos(elapsed).max(penalty).min(CEILING_NS);
         self.rtt_ns = sample;
+        self.mean_ns = sample;
         self.links = [Link {
             ns: sample,
             end: now,
@@ -203,6 +218,23 @@ mod tests {
             e.at(now, DECAY) >= 19.9 * MS,
             "three slow calls one after another: {e:?}"
         );
+    }
+
+    #[test]
+    fn a_peak_raises_the_estimate_and_not_the_average() {
+        let mut now = Instant::now();
+        let mut e = warm(&mut now);
+        for _ in 0..3 {
+            now += Duration::from_millis(20);
+            e.observe(Duration::from_millis(20), now, DECAY);
+        }
+        assert!(e.at(now, DECAY) >= 19.9 * MS, "{e:?}");
+        // The average takes the three calls by their time alone: 60 ms of a 1 s decay.
+        let mean = e.mean_at(now, DECAY);
+        assert!(mean > 0.3 * MS && mean < 2.0 * MS, "{mean}");
+        // A failure counts in both.
+        e.penalize(us(50), now, DECAY, 1.0 * MS);
+        assert!(e.mean_at(now, DECAY) >= FAILURE_PENALTY * MS);
     }
 
     #[test]

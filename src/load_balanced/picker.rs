@@ -41,10 +41,12 @@ use rotation::Rotation;
 /// A pod several times slower still loses.
 pub(super) const NEAR_TIE: f64 = 3.0;
 
-/// With calls in flight, the near-tie's factor: plain p2c over latency × calls in flight gives
-/// a share falling with about the square of latency, so pods a few percent apart (processes
-/// sharing cores) got shares far apart. A pod twice as slow still gets clearly less.
-pub(super) const LOADED_TIE: f64 = 1.5;
+/// With calls in flight, pods whose average latencies (without peaks) are within this factor
+/// are alike, and the call goes to the one with fewer calls in flight: those follow what a pod
+/// does now, while equal pods' estimates drift apart (rare slow calls weigh most on the pod
+/// answering least), and a picker that follows the drift keeps one equal pod behind for good
+/// (BENCHMARKS.md). Past this factor a pod is costed as its average × calls in flight.
+pub(super) const LOADED_TIE: f64 = 3.0;
 
 /// The pods a channel holds now.
 pub(super) type Snapshot = Arc<Pods>;
@@ -180,7 +182,11 @@ pub(super) struct Candidate {
     pub(super) admits: bool,
     /// Its ejection is over and its trial call is due.
     pub(super) trial_due: bool,
+    /// Its latency estimate × (calls in flight + 1): what decides between two idle pods.
     pub(super) cost: f64,
+    /// Its average latency without peaks (1 for every pod when the load is measured by calls
+    /// in flight): what decides once either has calls in flight.
+    pub(super) mean: f64,
     pub(super) in_flight: usize,
     pub(super) last_pick: u64,
 }
@@ -193,11 +199,19 @@ pub(super) fn prefer_first(a: Candidate, b: Candidate) -> bool {
     if a.trial_due != b.trial_due {
         return a.trial_due;
     }
-    let idle = a.in_flight == 0 && b.in_flight == 0;
-    let (low, high) = (a.cost.min(b.cost), a.cost.max(b.cost));
-    let tie = high <= low * if idle { NEAR_TIE } else { LOADED_TIE };
-    if !tie {
-        return a.cost < b.cost;
+    if a.in_flight == 0 && b.in_flight == 0 {
+        let (low, high) = (a.cost.min(b.cost), a.cost.max(b.cost));
+        if high > low * NEAR_TIE {
+            return a.cost < b.cost;
+        }
+        return a.last_pick <= b.last_pick;
+    }
+    let (low, high) = (a.mean.min(b.mean), a.mean.max(b.mean));
+    if high > low * LOADED_TIE {
+        return a.mean * (a.in_flight as f64 + 1.0) < b.mean * (b.in_flight as f64 + 1.0);
+    }
+    if a.in_flight != b.in_flight {
+        return a.in_flight < b.in_flight;
     }
     a.last_pick <= b.last_pick
 }
@@ -391,16 +405,18 @@ impl Picker {
         } else {
             (true, false)
         };
-        let cost = match self.settings.measure {
-            LoadMeasure::PeakEwma { decay, .. } => {
-                state.estimate.at(now, decay) * (in_flight as f64 + 1.0)
-            }
-            LoadMeasure::PendingRequests => in_flight as f64 + 1.0,
+        let (estimate, mean) = match self.settings.measure {
+            LoadMeasure::PeakEwma { decay, .. } => (
+                state.estimate.at(now, decay),
+                state.estimate.mean_at(now, decay),
+            ),
+            LoadMeasure::PendingRequests => (1.0, 1.0),
         };
         Candidate {
             admits,
             trial_due,
-            cost,
+            cost: estimate * (in_flight as f64 + 1.0),
+            mean,
             in_flight,
             last_pick: pod.last_pick.load(Ordering::Relaxed),
         }

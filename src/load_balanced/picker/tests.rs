@@ -7,31 +7,52 @@ fn c(cost: f64, last_pick: u64) -> Candidate {
         admits: true,
         trial_due: false,
         cost,
+        mean: cost,
         in_flight: 0,
         last_pick,
     }
 }
 
 #[test]
-fn with_calls_in_flight_a_narrower_tie_goes_to_the_pod_picked_least_recently() {
-    let busy = |cost, in_flight, last_pick| Candidate {
+fn with_calls_in_flight_pods_of_alike_averages_go_by_their_calls_in_flight() {
+    let busy = |cost, mean, in_flight, last_pick| Candidate {
+        cost,
+        mean,
         in_flight,
         ..c(cost, last_pick)
     };
-    // Within the loaded tie's factor, the pod picked least recently.
-    assert!(prefer_first(busy(1.2, 1, 1), busy(1.0, 1, 5)));
-    assert!(!prefer_first(busy(1.0, 1, 5), busy(1.2, 1, 1)));
-    assert!(prefer_first(busy(1.45, 0, 1), busy(1.0, 2, 5)));
-    assert!(!prefer_first(busy(1.0, 3, 5), busy(1.0, 3, 1)));
-    // Beyond it, the cheaper pod, however recently picked.
-    assert!(!prefer_first(busy(1.6, 1, 1), busy(1.0, 1, 5)));
-    assert!(prefer_first(busy(1.0, 1, 5), busy(2.9, 2, 1)));
+    // A peak counts only between idle pods: here the averages are alike, so fewer calls in
+    // flight wins, however recently picked.
+    assert!(prefer_first(busy(30.0, 1.0, 2, 9), busy(5.0, 1.0, 4, 1)));
+    assert!(prefer_first(busy(3.0, 2.9, 1, 9), busy(4.0, 1.0, 3, 1)));
+    // As many in flight: the pod picked least recently.
+    assert!(prefer_first(busy(2.0, 1.2, 3, 1), busy(2.0, 1.0, 3, 5)));
+    assert!(!prefer_first(busy(2.0, 1.0, 3, 5), busy(2.0, 1.2, 3, 1)));
+    // Averages apart past the factor: average × (calls in flight + 1).
+    assert!(!prefer_first(busy(1.0, 4.0, 1, 1), busy(1.0, 1.0, 3, 9)));
+    assert!(prefer_first(busy(1.0, 4.0, 0, 1), busy(1.0, 1.0, 5, 9)));
 }
 
 /// Shares of `callers` calling back to back for `total` calls, over pods that answer each
 /// call after their latency (whole milliseconds: the timer's grain), on the paused clock.
 async fn shares(latencies_ms: &[u64], callers: usize, total: usize) -> Vec<usize> {
-    let picker = picker(latencies_ms.len(), 0.5);
+    let latencies = latencies_ms.to_vec();
+    shares_by(latencies_ms.len(), callers, total, move |pod, _| {
+        latencies[pod]
+    })
+    .await
+}
+
+/// Shares as [`shares`] gives them, over pods where a call on pod `i` started with `n` calls
+/// in flight there (itself included) takes `latency(i, n)` milliseconds.
+async fn shares_by(
+    pods: usize,
+    callers: usize,
+    total: usize,
+    latency: impl Fn(usize, usize) -> u64 + Send + Sync + 'static,
+) -> Vec<usize> {
+    let latency = Arc::new(latency);
+    let picker = picker(pods, 0.5);
     let addrs: Vec<SocketAddr> = picker.snapshot().iter().map(|p| p.addr).collect();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(total));
     let counts = Arc::new(std::sync::Mutex::new(vec![0usize; addrs.len()]));
@@ -39,7 +60,7 @@ async fn shares(latencies_ms: &[u64], callers: usize, total: usize) -> Vec<usize
         .map(|_| {
             let (picker, addrs, left, counts) =
                 (picker.clone(), addrs.clone(), left.clone(), counts.clone());
-            let latencies = latencies_ms.to_vec();
+            let latency = latency.clone();
             tokio::spawn(async move {
                 while left
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -47,7 +68,8 @@ async fn shares(latencies_ms: &[u64], callers: usize, total: usize) -> Vec<usize
                 {
                     let pick = picker.pick(None).expect("a pod");
                     let i = addrs.iter().position(|a| *a == pick.addr()).unwrap();
-                    tokio::time::sleep(Duration::from_millis(latencies[i])).await;
+                    let in_flight = picker.snapshot()[i].in_flight.load(Ordering::Acquire);
+                    tokio::time::sleep(Duration::from_millis(latency(i, in_flight))).await;
                     pick.finish(Outcome::Success);
                     counts.lock().unwrap()[i] += 1;
                 }
