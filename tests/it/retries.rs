@@ -97,7 +97,7 @@ async fn connections_aged_out_by_the_pods_lose_no_call_handed_to_them() {
     assert!(ok > 1000, "too little load: {ok}");
     only_resets_of_a_closing_server(ok + failed, &errors);
     // Every pod keeps getting calls across its connections' ends; how evenly is a bench row
-    // (BENCHMARKS.md, "Calls sent again": not within 10 % on tonic pods).
+    // (BENCHMARKS.md, "Calls sent again"; on tonic pods not within 10 % in every run).
     assert!(
         per_pod.iter().all(|&c| c > 0),
         "a pod was left out: {per_pod:?}"
