@@ -36,23 +36,7 @@ fn with_calls_in_flight_pods_of_alike_averages_go_by_their_calls_in_flight() {
 /// Shares of `callers` calling back to back for `total` calls, over pods that answer each
 /// call after their latency (whole milliseconds: the timer's grain), on the paused clock.
 async fn shares(latencies_ms: &[u64], callers: usize, total: usize) -> Vec<usize> {
-    let latencies = latencies_ms.to_vec();
-    shares_by(latencies_ms.len(), callers, total, move |pod, _| {
-        latencies[pod]
-    })
-    .await
-}
-
-/// Shares as [`shares`] gives them, over pods where a call on pod `i` started with `n` calls
-/// in flight there (itself included) takes `latency(i, n)` milliseconds.
-async fn shares_by(
-    pods: usize,
-    callers: usize,
-    total: usize,
-    latency: impl Fn(usize, usize) -> u64 + Send + Sync + 'static,
-) -> Vec<usize> {
-    let latency = Arc::new(latency);
-    let picker = picker(pods, 0.5);
+    let picker = picker(latencies_ms.len(), 0.5);
     let addrs: Vec<SocketAddr> = picker.snapshot().iter().map(|p| p.addr).collect();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(total));
     let counts = Arc::new(std::sync::Mutex::new(vec![0usize; addrs.len()]));
@@ -60,7 +44,7 @@ async fn shares_by(
         .map(|_| {
             let (picker, addrs, left, counts) =
                 (picker.clone(), addrs.clone(), left.clone(), counts.clone());
-            let latency = latency.clone();
+            let latencies = latencies_ms.to_vec();
             tokio::spawn(async move {
                 while left
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -68,8 +52,7 @@ async fn shares_by(
                 {
                     let pick = picker.pick(None).expect("a pod");
                     let i = addrs.iter().position(|a| *a == pick.addr()).unwrap();
-                    let in_flight = picker.snapshot()[i].in_flight.load(Ordering::Acquire);
-                    tokio::time::sleep(Duration::from_millis(latency(i, in_flight))).await;
+                    tokio::time::sleep(Duration::from_millis(latencies[i])).await;
                     pick.finish(Outcome::Success);
                     counts.lock().unwrap()[i] += 1;
                 }
