@@ -69,12 +69,13 @@ impl Estimate {
         self.rtt_ns * weight(now.saturating_duration_since(self.at), decay)
     }
 
-    /// The moving average at `now` without its peaks, in nanoseconds, decayed the same way.
+    /// The estimate at `now` and, decayed the same way, the moving average without its peaks.
     /// A peak is confirmed from the calls that ended one after another, and a pod given fewer
     /// calls has fewer to refute it: between busy pods it would read the pod given less as
     /// slower, while calls in flight already show a pod that slows.
-    pub(super) fn mean_at(&self, now: Instant, decay: Duration) -> f64 {
-        self.mean_ns * weight(now.saturating_duration_since(self.at), decay)
+    pub(super) fn at_with_mean(&self, now: Instant, decay: Duration) -> (f64, f64) {
+        let w = weight(now.saturating_duration_since(self.at), decay);
+        (self.rtt_ns * w, self.mean_ns * w)
     }
 
     /// Takes the round trip of a call that succeeded.
@@ -230,11 +231,11 @@ mod tests {
         }
         assert!(e.at(now, DECAY) >= 19.9 * MS, "{e:?}");
         // The average takes the three calls by their time alone: 60 ms of a 1 s decay.
-        let mean = e.mean_at(now, DECAY);
+        let (_, mean) = e.at_with_mean(now, DECAY);
         assert!(mean > 0.3 * MS && mean < 2.0 * MS, "{mean}");
         // A failure counts in both.
         e.penalize(us(50), now, DECAY, 1.0 * MS);
-        assert!(e.mean_at(now, DECAY) >= FAILURE_PENALTY * MS);
+        assert!(e.at_with_mean(now, DECAY).1 >= FAILURE_PENALTY * MS);
     }
 
     #[test]

@@ -406,10 +406,7 @@ impl Picker {
             (true, false)
         };
         let (estimate, mean) = match self.settings.measure {
-            LoadMeasure::PeakEwma { decay, .. } => (
-                state.estimate.at(now, decay),
-                state.estimate.mean_at(now, decay),
-            ),
+            LoadMeasure::PeakEwma { decay, .. } => state.estimate.at_with_mean(now, decay),
             LoadMeasure::PendingRequests => (1.0, 1.0),
         };
         Candidate {
